@@ -1,0 +1,50 @@
+# Two commands on a fresh machine with Python 3.11+: `make repro` and `make test`.
+# Both create .venv when it is missing and install the pinned versions from requirements.lock.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+# Stage commands in dvc.yaml call `python`, `dvc` and `mnist-pipeline`: use the venv's.
+export PATH := $(BIN):$(PATH)
+# Quieter TensorFlow start-up logs.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+# Training settings that suit the 5,000 bundled digits (see README, "Offline: make sample").
+SAMPLE_PARAMS := -S data.dataset=mnist-sample -S train.epochs=30 -S train.batch_size=64 \
+	-S train.learning_rate=0.003 -S train.early_stopping_patience=0
+
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install repro sample test test-fast lint lock clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+repro: install
+	dvc repro
+
+sample: install
+	dvc exp run $(SAMPLE_PARAMS)
+
+test: install
+	python -m pytest
+
+test-fast: install
+	python -m pytest -m 'not slow'
+
+lint: install
+	ruff check .
+
+# Re-pin every dependency to what is installed now (after an upgrade on purpose).
+lock: install
+	( sed -n '1,2p' requirements.lock; python -m pip freeze --exclude-editable | grep -v '^mnist-pipeline' ) > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

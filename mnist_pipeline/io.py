@@ -1,0 +1,73 @@
+"""Atomic file output: a reader (or a crashed run) never sees a half-written file.
+
+Each writer writes to a temporary file in the destination folder, flushes it, then renames
+it over the target; the rename is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it to ``target`` if the block succeeds.
+
+    On any exception the temporary file is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, target)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as temporary:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+
+def write_text(target: str | Path, text: str) -> None:
+    write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: str | Path, data: Any) -> None:
+    """Pretty, key-sorted JSON with a trailing newline, so git diffs stay readable."""
+    write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+def save_npy(target: str | Path, array: np.ndarray) -> None:
+    with atomic_path(target) as temporary:
+        with open(temporary, "wb") as stream:
+            np.save(stream, array, allow_pickle=False)
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """Load an array written by :func:`save_npy`; never unpickles objects."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro preprocess` first") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: not a valid .npy array ({error})") from None

@@ -1,0 +1,247 @@
+"""Load and validate ``params.yaml`` into frozen, typed objects.
+
+This is the only module that opens the params file. Every stage calls
+:func:`load_params` once, before doing any work, so that an unknown key, a wrong type or an
+out-of-range value fails fast with a message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mnist_pipeline import paths
+
+DatasetName = Literal["mnist", "fashion-mnist", "mnist-sample"]
+Architecture = Literal["convnet", "dense"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+LrSchedule = Literal["constant", "warmup_cosine"]
+
+
+class ParamsError(ValueError):
+    """A params.yaml key is unknown, missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: DatasetName = "mnist"
+    mirrors: tuple[str, ...] = ()
+    timeout_seconds: float = 30.0
+    retries: int = 3
+
+    def check(self) -> None:
+        _require(self.timeout_seconds > 0, "data.timeout_seconds", self.timeout_seconds, "> 0")
+        _require(0 <= self.retries <= 10, "data.retries", self.retries, "0..10")
+        for mirror in self.mirrors:
+            _require(bool(mirror.strip()), "data.mirrors", mirror, "non-empty URL or directory")
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+    def check(self) -> None:
+        _require(0 < self.val_fraction < 1, "preprocess.val_fraction", self.val_fraction,
+                 "a fraction in (0, 1)")
+        _require(0 < self.test_fraction < 1, "preprocess.test_fraction", self.test_fraction,
+                 "a fraction in (0, 1)")
+        total = self.val_fraction + self.test_fraction
+        _require(total < 1, "preprocess.val_fraction + preprocess.test_fraction", total,
+                 "< 1, leaving digits to train on")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    architecture: Architecture = "convnet"
+    conv_filters: tuple[int, ...] = (32, 64)
+    dense_units: int = 128
+    dropout_rate: float = 0.3
+    batch_norm: bool = True
+
+    def check(self) -> None:
+        _require(1 <= len(self.conv_filters) <= 2, "model.conv_filters", list(self.conv_filters),
+                 "1 or 2 blocks (each halves the 28x28 image)")
+        for filters in self.conv_filters:
+            _require(filters >= 1, "model.conv_filters", list(self.conv_filters),
+                     "positive filter counts")
+        _require(self.dense_units >= 1, "model.dense_units", self.dense_units, ">= 1")
+        _require(0 <= self.dropout_rate < 1, "model.dropout_rate", self.dropout_rate, "[0, 1)")
+
+
+@dataclass(frozen=True)
+class AugmentationParams:
+    rotation_degrees: float = 10.0
+    translation_fraction: float = 0.1
+    zoom_fraction: float = 0.1
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.rotation_degrees, self.translation_fraction, self.zoom_fraction))
+
+    def check(self) -> None:
+        _require(0 <= self.rotation_degrees <= 180, "train.augmentation.rotation_degrees",
+                 self.rotation_degrees, "0..180")
+        _require(0 <= self.translation_fraction < 0.5, "train.augmentation.translation_fraction",
+                 self.translation_fraction, "[0, 0.5)")
+        _require(0 <= self.zoom_fraction < 1, "train.augmentation.zoom_fraction",
+                 self.zoom_fraction, "[0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: OptimizerName = "adam"
+    learning_rate: float = 0.002
+    lr_schedule: LrSchedule = "warmup_cosine"
+    warmup_epochs: int = 1
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    early_stopping_patience: int = 5
+    augmentation: AugmentationParams = field(default_factory=AugmentationParams)
+
+    def check(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
+        _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs",
+                 self.warmup_epochs, f"0..{self.epochs - 1} (less than train.epochs)")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing,
+                 "[0, 1)")
+        _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",
+                 self.early_stopping_patience, ">= 0 (0 turns early stopping off)")
+        self.augmentation.check()
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = 1024
+
+    def check(self) -> None:
+        _require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass(frozen=True)
+class PlotParams:
+    gallery_size: int = 25
+    sample_grid_size: int = 25
+    figure_dpi: int = 100
+
+    def check(self) -> None:
+        _require(1 <= self.gallery_size <= 100, "plot.gallery_size", self.gallery_size, "1..100")
+        _require(1 <= self.sample_grid_size <= 100, "plot.sample_grid_size",
+                 self.sample_grid_size, "1..100")
+        _require(50 <= self.figure_dpi <= 300, "plot.figure_dpi", self.figure_dpi, "50..300")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    data: DataParams = field(default_factory=DataParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    plot: PlotParams = field(default_factory=PlotParams)
+
+    def check(self) -> None:
+        _require(0 <= self.seed < 2**31, "seed", self.seed, "an integer in 0..2**31-1")
+        for section in (self.data, self.preprocess, self.model, self.train, self.evaluate,
+                        self.plot):
+            section.check()
+
+
+def load_params(path: str | Path = paths.PARAMS_FILE) -> Params:
+    """Read ``path`` and return validated params, or raise :class:`ParamsError`.
+
+    Keys missing from the file take the defaults above, so an old params.yaml keeps working
+    when a new knob is added; unknown keys are refused, since a typo would otherwise be
+    silently ignored.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return params_from_dict({} if raw is None else raw)
+
+
+def params_from_dict(raw: Any) -> Params:
+    """Build and validate :class:`Params` from a plain mapping (the parsed YAML)."""
+    params = _build(Params, raw, prefix="")
+    params.check()
+    return params
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    """The params (or one section) as plain YAML-ready data: tuples become lists."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+    return plain(dataclasses.asdict(params))
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    section = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{section}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ParamsError(
+            f"{prefix}{unknown[0]}: unknown key; allowed keys in {section}: {', '.join(sorted(fields))}"
+        )
+    values = {name: _convert(hints[name], raw[name], f"{prefix}{name}") for name in raw}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ParamsError(f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+        return value
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(item_type, item, key) for item in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported params type {hint!r}")  # a bug here, not in the YAML
+
+
+def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ParamsError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+

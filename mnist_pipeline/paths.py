@@ -1,0 +1,50 @@
+"""Every file and folder the pipeline reads or writes, relative to the repository root.
+
+dvc.yaml names the same paths; tests/test_dvc_yaml.py checks that the two agree. Stages run
+from the repository root (as `dvc repro` does), so these relative paths resolve there.
+"""
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+# The download stage writes the verified, decompressed IDX files here, under their
+# canonical names (mnist-sample has no t10k files), plus a manifest (dataset, sources, digests).
+RAW_DIR = Path("data/raw")
+RAW_MANIFEST = RAW_DIR / "manifest.json"
+RAW_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+PREPARED_DIR = Path("data/prepared")
+SPLITS = ("train", "val", "test")
+
+
+def prepared_images(split: str) -> Path:
+    """Normalized float32 images of one split, shape (N, 28, 28), values in [0, 1]."""
+    return PREPARED_DIR / f"{split}_images.npy"
+
+
+def prepared_labels(split: str) -> Path:
+    """uint8 class labels 0..9 of one split, shape (N,)."""
+    return PREPARED_DIR / f"{split}_labels.npy"
+
+
+MODELS_DIR = Path("models")
+MODEL_FILE = MODELS_DIR / "model.keras"
+
+METRICS_DIR = Path("metrics")
+DATA_METRICS = METRICS_DIR / "data.json"
+EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+
+# dvclive's folder: metrics.json (final epoch values) and plots/metrics/{train,eval}/*.tsv.
+TRAINING_LOG_DIR = Path("dvclive")
+TRAINING_METRICS = TRAINING_LOG_DIR / "metrics.json"
+TRAINING_PLOTS_DIR = TRAINING_LOG_DIR / "plots" / "metrics"
+
+PLOTS_DIR = Path("plots")
+PREDICTIONS_FILE = PLOTS_DIR / "predictions.csv"  # index,actual,predicted,confidence
+PLOT_IMAGES_DIR = PLOTS_DIR / "images"
