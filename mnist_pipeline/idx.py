@@ -51,7 +51,9 @@ def decode(data: bytes, name: str = "IDX data") -> np.ndarray:
 def encode(array: np.ndarray) -> bytes:
     """IDX bytes for a uint8 array of 1 to 3 dimensions (the inverse of :func:`decode`)."""
     if array.dtype != np.uint8 or not 1 <= array.ndim <= 3:
-        raise ValueError(f"IDX encoding needs a uint8 array of 1-3 dims, got {array.dtype} {array.shape}")
+        raise ValueError(
+            f"IDX encoding needs a uint8 array of 1-3 dims, got {array.dtype} {array.shape}"
+        )
     header = bytes([0, 0, UBYTE, array.ndim]) + b"".join(
         int(size).to_bytes(4, "big") for size in array.shape
     )
@@ -85,7 +87,9 @@ def check_labels(labels: np.ndarray, name: str, num_classes: int = 10) -> None:
     """Refuse anything but a vector of class labels in 0..num_classes-1."""
     if labels.ndim != 1:
         raise IdxFormatError(f"{name}: expected a vector of labels, got shape {labels.shape}")
-    if labels.size and labels.max() >= num_classes:
-        raise IdxFormatError(
-            f"{name}: label {int(labels.max())} is outside 0..{num_classes - 1}"
-        )
+    if labels.size == 0:
+        return
+    # IDX labels are uint8, but callers may pass signed arrays: check both ends.
+    for bad in (int(labels.min()), int(labels.max())):
+        if not 0 <= bad < num_classes:
+            raise IdxFormatError(f"{name}: label {bad} is outside 0..{num_classes - 1}")

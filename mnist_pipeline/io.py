@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+# mkstemp creates files readable by the owner only; outputs should follow the umask instead.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -30,6 +34,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        os.chmod(temporary_path, 0o666 & ~_UMASK)
         os.replace(temporary_path, target)
     finally:
         temporary_path.unlink(missing_ok=True)

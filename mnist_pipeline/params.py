@@ -8,6 +8,8 @@ out-of-range value fails fast with a message naming the key, the value and what 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,10 @@ DatasetName = Literal["mnist", "fashion-mnist", "mnist-sample"]
 Architecture = Literal["convnet", "dense"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 LrSchedule = Literal["constant", "warmup_cosine"]
+
+# PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string; YAML 1.2 (and people)
+# write floats that way, so float keys accept that spelling too.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ParamsError(ValueError):
@@ -110,8 +116,13 @@ class TrainParams:
         _require(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
-        _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs",
-                 self.warmup_epochs, f"0..{self.epochs - 1} (less than train.epochs)")
+        # Warmup only exists in warmup_cosine; with a constant rate the key is ignored, so a
+        # one-epoch smoke run (`train.epochs=1`) needs no warmup_epochs override.
+        if self.lr_schedule == "warmup_cosine":
+            _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs",
+                     self.warmup_epochs, f"0..{self.epochs - 1} (less than train.epochs)")
+        else:
+            _require(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, ">= 0")
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing,
                  "[0, 1)")
@@ -195,15 +206,17 @@ def as_dict(params: Any) -> dict[str, Any]:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     section = prefix.rstrip(".") or "params.yaml"
+    if raw is None:  # a section whose keys are all commented out: take the defaults
+        raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{section}: expected a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - fields)
+    unknown = sorted(set(raw) - fields, key=str)  # YAML keys need not be strings
     if unknown:
-        raise ParamsError(
-            f"{prefix}{unknown[0]}: unknown key; allowed keys in {section}: {', '.join(sorted(fields))}"
-        )
+        allowed = ", ".join(sorted(fields))
+        raise ParamsError(f"{prefix}{unknown[0]}: unknown key; allowed keys in {section}: "
+                          f"{allowed}")
     values = {name: _convert(hints[name], raw[name], f"{prefix}{name}") for name in raw}
     return cls(**values)
 
@@ -215,7 +228,9 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ParamsError(f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+            raise ParamsError(
+                f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}"
+            )
         return value
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(hint)
@@ -231,8 +246,12 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

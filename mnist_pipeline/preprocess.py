@@ -1,0 +1,205 @@
+"""From raw IDX files to normalized, stratified train / val / test splits (numpy only).
+
+Everything here is a pure function of its arguments, except :func:`load_raw`, which reads
+``data/raw``. The stage script ``stages/preprocess.py`` wires them together; train, evaluate and
+predict never repeat this work: they read the prepared arrays, and the model carries
+:data:`PIXEL_SCALE` for raw input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_pipeline import idx, io, paths
+from mnist_pipeline.params import PreprocessParams
+
+NUM_CLASSES = 10
+
+# The one pixel scaling of the project. The model applies it to raw input as
+# `keras.layers.Rescaling(PIXEL_SCALE)`, which computes `float32(x) * float32(scale)`;
+# normalize() multiplies the same way (not `x / 255`, which differs in the last bit for
+# about half of the 256 values), so prepared arrays and raw input give identical tensors.
+PIXEL_SCALE = 1 / 255
+
+# Datasets published without a test split; preprocess carves one out of their training files.
+DATASETS_WITHOUT_TEST_SPLIT = frozenset({"mnist-sample"})
+
+# Independent random streams for the two splits carved from one seed.
+_TEST_STREAM = 1
+_VAL_STREAM = 2
+
+Split = tuple[np.ndarray, np.ndarray]  # (images, labels)
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """The decoded raw files: uint8 images (N, 28, 28) and uint8 labels (N,) per split."""
+
+    name: str
+    train: Split
+    test: Split | None  # None for datasets without a published test split
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels 0..255 (any shape) -> float32 in [0, 1], i.e. ``x * float32(1/255)``.
+
+    Only uint8 is accepted, so already-normalized floats cannot be scaled twice.
+    """
+    if images.dtype != np.uint8:
+        raise ValueError(f"normalize expects uint8 pixels 0..255, got {images.dtype}")
+    return images.astype(np.float32) * np.float32(PIXEL_SCALE)
+
+
+def class_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> list[int]:
+    """How many labels fall in each class 0..num_classes-1 (zeros included)."""
+    return [int(count) for count in np.bincount(labels, minlength=num_classes)[:num_classes]]
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int | Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices of ``labels`` into (keep, holdout), holding out ``fraction`` of each class.
+
+    The holdout has ``round(fraction * N)`` items; each class gets its exact share
+    ``fraction * n_class`` rounded down, and the items left over go to the classes with the
+    largest remainders (ties to the lower class), so per-class proportions are as exact as
+    whole items allow. A class with at least 2 items keeps at least one on each side (which
+    may move the total by an item or two on tiny inputs). Which items of a class are held out
+    is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same indices.
+
+    Both index arrays are int64 and sorted, so each part keeps the original order.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = fraction * counts
+    holdout_counts = np.floor(quotas).astype(np.int64)
+    leftover = int(round(fraction * len(labels))) - int(holdout_counts.sum())
+    # Stable sort on the negated remainders: largest first, ties to the lower class.
+    by_remainder = np.argsort(-(quotas - holdout_counts), kind="stable")
+    holdout_counts[by_remainder[:leftover]] += 1
+    can_split = counts >= 2
+    holdout_counts[can_split] = np.clip(holdout_counts[can_split], 1, counts[can_split] - 1)
+
+    rng = np.random.default_rng(seed)
+    holdout_parts = []
+    for label, count in zip(classes, holdout_counts, strict=True):
+        members = np.flatnonzero(labels == label)
+        holdout_parts.append(rng.permutation(members)[:count])
+    holdout = np.sort(np.concatenate(holdout_parts)).astype(np.int64)
+    keep = np.setdiff1d(np.arange(len(labels), dtype=np.int64), holdout, assume_unique=True)
+    return keep, holdout
+
+
+def split_dataset(
+    train: Split, test: Split | None, params: PreprocessParams, seed: int
+) -> dict[str, Split]:
+    """Raw uint8 (images, labels) -> {"train", "val", "test"} of (uint8 images, uint8 labels).
+
+    With a published test split (``test`` given), test is that split untouched and val is
+    ``params.val_fraction`` of ``train``, stratified. Without one (mnist-sample), a stratified
+    test split of ``params.test_fraction`` of ``train`` is carved out first, then val takes
+    ``params.val_fraction`` *of the original total* from the rest: both fractions read as
+    shares of all the digits (5,000 with 0.2 / 0.1 -> 3,500 / 500 / 1,000). Seeded: the same
+    inputs and seed give the same splits.
+    """
+    images, labels = train
+    if test is None:
+        rest, test_indices = stratified_split(labels, params.test_fraction, (seed, _TEST_STREAM))
+        test = (images[test_indices], labels[test_indices])
+        images, labels = images[rest], labels[rest]
+        val_fraction = params.val_fraction / (1 - params.test_fraction)
+    else:
+        val_fraction = params.val_fraction
+    train_indices, val_indices = stratified_split(labels, val_fraction, (seed, _VAL_STREAM))
+    return {
+        "train": (images[train_indices], labels[train_indices]),
+        "val": (images[val_indices], labels[val_indices]),
+        "test": test,
+    }
+
+
+def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int) -> dict[str, Split]:
+    """The stage's whole computation: split, then normalize each split's images.
+
+    Returns {"train", "val", "test"} of (float32 images in [0, 1], uint8 labels). Splitting
+    before normalizing copies uint8 arrays, a quarter of the bytes of float32 ones.
+    """
+    splits = split_dataset(raw.train, raw.test, params, seed)
+    return {name: (normalize(images), labels) for name, (images, labels) in splits.items()}
+
+
+def split_metrics(dataset: str, splits: Mapping[str, Split]) -> dict[str, Any]:
+    """Small JSON for metrics/data.json: dataset name, then size and per-class counts a split.
+
+    Flat numeric leaves (``class_0`` ... ``class_9`` rather than a list), which
+    ``dvc metrics show/diff`` render one column each.
+    """
+    metrics: dict[str, Any] = {"dataset": dataset}
+    for name, (_images, labels) in splits.items():
+        counts = class_counts(labels)
+        metrics[name] = {"size": int(len(labels))} | {
+            f"class_{label}": count for label, count in enumerate(counts)
+        }
+    return metrics
+
+
+def load_raw(directory: str | Path = paths.RAW_DIR) -> RawDataset:
+    """Read and check the download stage's output: manifest.json and the IDX files.
+
+    Raises FileNotFoundError (naming the file, pointing at `dvc repro download`) for a
+    missing file and :class:`idx.IdxFormatError` (naming the file) for corrupt ones, images
+    that are not N x 28 x 28, labels outside 0..9 or image and label counts that disagree.
+    """
+    directory = Path(directory)
+    name = read_dataset_name(directory / paths.RAW_MANIFEST.name)
+    train = _read_pair(directory, "train")
+    test = None if name in DATASETS_WITHOUT_TEST_SPLIT else _read_pair(directory, "test")
+    return RawDataset(name=name, train=train, test=test)
+
+
+def read_dataset_name(manifest_path: str | Path) -> str:
+    """The ``dataset`` entry of the download stage's manifest.json."""
+    manifest_path = Path(manifest_path)
+    try:
+        manifest = io.read_json(manifest_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(_missing(manifest_path)) from None
+    except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{manifest_path}: not valid JSON ({error})") from None
+    name = manifest.get("dataset") if isinstance(manifest, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{manifest_path}: no \"dataset\" name; run `dvc repro download` again")
+    return name
+
+
+def _read_pair(directory: Path, split: str) -> Split:
+    images_path = directory / paths.RAW_FILES[(split, "images")]
+    labels_path = directory / paths.RAW_FILES[(split, "labels")]
+    images, labels = _read_idx(images_path), _read_idx(labels_path)
+    idx.check_images(images, str(images_path))
+    idx.check_labels(labels, str(labels_path))
+    if len(images) != len(labels):
+        raise idx.IdxFormatError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
+    return images, labels
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        return idx.read(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(_missing(path)) from None
+
+
+def _missing(path: Path) -> str:
+    return f"{path}: missing; run `dvc repro download` first"

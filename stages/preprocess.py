@@ -1,0 +1,34 @@
+"""Preprocess stage: raw IDX files -> normalized, stratified train / val / test arrays.
+
+Reads  params `seed` and `preprocess` (via load_params), data/raw/ (IDX files, manifest.json).
+Writes data/prepared/{train,val,test}_images.npy (float32, N x 28 x 28, values in [0, 1]),
+       data/prepared/{train,val,test}_labels.npy (uint8 0..9), metrics/data.json (split sizes
+       and class counts).
+On bad params or raw files it prints one line naming the problem, writes nothing and exits 1.
+"""
+
+import sys
+
+from mnist_pipeline import io, paths, preprocess
+from mnist_pipeline.params import load_params
+
+
+def main() -> None:
+    # Everything that can fail on bad input happens before the first write.
+    try:
+        params = load_params()
+        raw = preprocess.load_raw(paths.RAW_DIR)
+        splits = preprocess.prepare_splits(raw, params.preprocess, params.seed)
+    except (FileNotFoundError, ValueError) as error:  # ParamsError, IdxFormatError included
+        sys.exit(f"preprocess: {error}")
+
+    for split, (images, labels) in splits.items():
+        io.save_npy(paths.prepared_images(split), images)
+        io.save_npy(paths.prepared_labels(split), labels)
+    io.write_json(paths.DATA_METRICS, preprocess.split_metrics(raw.name, splits))
+    sizes = ", ".join(f"{split} {len(labels):,}" for split, (_images, labels) in splits.items())
+    print(f"preprocess: {raw.name}: {sizes} -> {paths.PREPARED_DIR}")
+
+
+if __name__ == "__main__":
+    main()

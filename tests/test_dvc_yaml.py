@@ -1,0 +1,149 @@
+"""dvc.yaml and the code agree: each stage depends on exactly the code and params it uses.
+
+DVC reruns a stage only when one of its declared deps or params changes, so a missing dep
+means a stale result and an extra one means wasted reruns. These tests read the stage
+scripts' imports (AST, transitively through the library) and their `params.<section>`
+accesses, and compare them with dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_pipeline import paths
+from mnist_pipeline.params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "mnist_pipeline"
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+
+
+def _module_file(module: str) -> Path | None:
+    """The repo file of a project module name, or None for third-party modules."""
+    if module != PACKAGE and not module.startswith(PACKAGE + "."):
+        return None
+    relative = Path(*module.split("."))
+    for candidate in (ROOT / relative.with_suffix(".py"), ROOT / relative / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    raise AssertionError(f"import of {module}: no such project module")
+
+
+def _imported_modules(source_file: Path) -> set[str]:
+    tree = ast.parse(source_file.read_text(), filename=str(source_file))
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+            # `from mnist_pipeline import io` imports the submodule mnist_pipeline.io
+            modules.update(
+                f"{node.module}.{alias.name}" for alias in node.names if node.module == PACKAGE
+            )
+    return modules
+
+
+def project_files_used(script: Path) -> set[str]:
+    """The script plus every project module it imports, directly or indirectly.
+
+    mnist_pipeline/__init__.py is left out on purpose: it holds no logic (only the version),
+    so listing it in every stage would rerun the whole pipeline on a version bump.
+    """
+    seen: set[Path] = set()
+    pending = [script]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for module in _imported_modules(current):
+            module_file = _module_file(module) if module.startswith(PACKAGE) else None
+            if module_file is not None and module_file.name != "__init__.py":
+                pending.append(module_file)
+    return {str(path.relative_to(ROOT)) for path in seen}
+
+
+def _script_of(stage: dict) -> Path:
+    command = stage["cmd"].split()
+    assert command[0] == "python" and len(command) == 2, f"unexpected cmd {stage['cmd']!r}"
+    return ROOT / command[1]
+
+
+def _deps(stage: dict) -> list[str]:
+    return [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
+
+
+def _outs(stage: dict) -> list[str]:
+    return [out if isinstance(out, str) else next(iter(out)) for out in stage.get("outs", [])]
+
+
+@pytest.mark.parametrize("stage_name", list(STAGES))
+def test_code_deps_are_exactly_the_modules_the_stage_imports(stage_name):
+    stage = STAGES[stage_name]
+    declared = {dep for dep in _deps(stage) if dep.endswith(".py")}
+    used = project_files_used(_script_of(stage))
+    assert not used - declared, f"{stage_name}: imported but not in deps: {sorted(used - declared)}"
+    assert not declared - used, f"{stage_name}: in deps but not imported: {sorted(declared - used)}"
+
+
+def _params_sections_read(script: Path) -> set[str]:
+    """Top-level params keys a stage script reads, as `params.<key>` attribute accesses."""
+    sections = {f.name for f in dataclasses.fields(Params)}
+    tree = ast.parse(script.read_text())
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "params"
+        and node.attr in sections
+    }
+
+
+@pytest.mark.parametrize("stage_name", list(STAGES))
+def test_params_are_exactly_the_sections_the_stage_reads(stage_name):
+    stage = STAGES[stage_name]
+    declared = set(stage.get("params", []))
+    assert declared == _params_sections_read(_script_of(stage)), stage_name
+
+
+def test_stage_scripts_only_read_params_through_the_loader():
+    for script in (ROOT / "stages").glob("*.py"):
+        assert "params.yaml" not in script.read_text(), f"{script.name} opens params.yaml itself"
+
+
+def test_dvc_yaml_paths_match_the_paths_module():
+    outs = {name: set(_outs(stage)) for name, stage in STAGES.items()}
+    assert str(paths.RAW_DIR) in outs["download"]
+    assert {str(paths.PREPARED_DIR), str(paths.DATA_METRICS)} <= outs["preprocess"]
+    assert {str(paths.MODEL_FILE), str(paths.TRAINING_METRICS)} <= outs["train"]
+    assert str(paths.TRAINING_PLOTS_DIR.parent) in outs["train"]
+    assert {str(paths.EVALUATE_METRICS), str(paths.PREDICTIONS_FILE)} <= outs["evaluate"]
+    assert str(paths.PLOT_IMAGES_DIR) in outs["plot"]
+    assert set(DVC_YAML["metrics"]) == {
+        str(paths.DATA_METRICS), str(paths.TRAINING_METRICS), str(paths.EVALUATE_METRICS)
+    }
+
+
+def test_small_outputs_stay_in_git_and_large_ones_in_the_dvc_cache():
+    for name, stage in STAGES.items():
+        for out in stage.get("outs", []):
+            path, options = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+            in_git = options.get("cache", True) is False
+            large = path.startswith(("data/", "models/"))
+            assert in_git != large, f"{name}: {path} should be {'cached' if large else 'in git'}"
+
+
+def test_each_stage_reads_what_the_previous_one_writes():
+    outs = {path for stage in STAGES.values() for path in _outs(stage)}
+    for name, stage in STAGES.items():
+        for dep in _deps(stage):
+            if not dep.endswith(".py"):
+                assert dep in outs, f"{name}: data dep {dep} is no stage's output"

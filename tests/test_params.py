@@ -1,0 +1,176 @@
+"""params.yaml loading: the real file loads; each kind of bad value fails naming its key."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_pipeline.params import (
+    Params,
+    ParamsError,
+    PreprocessParams,
+    as_dict,
+    load_params,
+    params_from_dict,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_value(dotted_key: str, value) -> dict:
+    """The real params with one (possibly nested, possibly new) key set to ``value``."""
+    raw = copy.deepcopy(REAL_PARAMS)
+    *parents, leaf = dotted_key.split(".")
+    section = raw
+    for name in parents:
+        section = section.setdefault(name, {})
+    section[leaf] = value
+    return raw
+
+
+def test_the_real_params_file_loads():
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.seed == REAL_PARAMS["seed"]
+    assert params.data.dataset == REAL_PARAMS["data"]["dataset"]
+    assert params.preprocess == PreprocessParams(**REAL_PARAMS["preprocess"])
+    assert params.model.conv_filters == tuple(REAL_PARAMS["model"]["conv_filters"])
+    assert params.train.augmentation.rotation_degrees == REAL_PARAMS["train"]["augmentation"][
+        "rotation_degrees"
+    ]
+
+
+def test_the_real_file_sets_every_key_so_defaults_cannot_drift_from_it():
+    assert as_dict(load_params(ROOT / "params.yaml")) == REAL_PARAMS
+
+
+def test_params_are_frozen():
+    params = params_from_dict(REAL_PARAMS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.seed = 1  # type: ignore[misc]
+
+
+def test_missing_keys_and_empty_sections_take_the_defaults(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 7\ntrain:\n  augmentation:\n")
+    params = load_params(path)
+    assert params.seed == 7
+    assert params.train.augmentation == Params().train.augmentation
+    path.write_text("")
+    assert load_params(path) == Params()
+
+
+def test_ints_are_accepted_for_floats_and_exponent_strings_too():
+    assert params_from_dict(with_value("data.timeout_seconds", 5)).data.timeout_seconds == 5.0
+    # PyYAML reads `3e-3` as a string (YAML 1.1); DVC writes floats that way.
+    raw = yaml.safe_load("train:\n  learning_rate: 3e-3\n")
+    assert params_from_dict(raw).train.learning_rate == pytest.approx(0.003)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        # unknown keys, at every depth, with the allowed ones listed
+        ("sede", 1, r"^sede: unknown key; allowed keys in params.yaml: data, evaluate"),
+        ("train.epoch", 3, r"^train.epoch: unknown key; allowed keys in train: augmentation,"),
+        ("train.augmentation.foo", 1,
+         r"^train.augmentation.foo: unknown key; allowed keys in train.augmentation: "
+         r"rotation_degrees, translation_fraction, zoom_fraction"),
+        # wrong types
+        ("train.epochs", "ten", r"^train.epochs: expected an integer, got 'ten'"),
+        ("train.epochs", 2.5, r"^train.epochs: expected an integer, got 2.5"),
+        ("train.batch_size", True, r"^train.batch_size: expected an integer, got True"),
+        ("seed", False, r"^seed: expected an integer, got False"),
+        ("model.batch_norm", 1, r"^model.batch_norm: expected true or false, got 1"),
+        ("model.batch_norm", "yes please", r"^model.batch_norm: expected true or false"),
+        ("train.learning_rate", "fast", r"^train.learning_rate: expected a number, got 'fast'"),
+        ("train.learning_rate", True, r"^train.learning_rate: expected a number, got True"),
+        ("train.learning_rate", float("nan"), r"^train.learning_rate: expected a finite number"),
+        ("data.timeout_seconds", float("inf"), r"^data.timeout_seconds: expected a finite"),
+        ("model.conv_filters", 32, r"^model.conv_filters: expected a list, got 32"),
+        ("model.conv_filters", [32, "64"], r"^model.conv_filters: expected an integer, got '64'"),
+        ("data.mirrors", "http://example.org/", r"^data.mirrors: expected a list"),
+        ("data.mirrors", [7], r"^data.mirrors: expected a string, got 7"),
+        ("train", [1, 2], r"^train: expected a mapping of keys, got \[1, 2\]"),
+        ("train.augmentation", 5, r"^train.augmentation: expected a mapping of keys"),
+        # names from a fixed list
+        ("data.dataset", "cifar10",
+         r"^data.dataset: 'cifar10' is not allowed; choose one of mnist, fashion-mnist, "
+         r"mnist-sample$"),
+        ("model.architecture", "resnet", r"^model.architecture: .*choose one of convnet, dense"),
+        ("train.optimizer", "Adam", r"^train.optimizer: 'Adam' is not allowed"),
+        ("train.lr_schedule", "cosine", r"^train.lr_schedule: .*constant, warmup_cosine"),
+        # out of range
+        ("train.epochs", -1, r"^train.epochs: -1 is out of range; allowed: >= 1"),
+        ("train.epochs", 0, r"^train.epochs: 0 is out of range"),
+        ("train.batch_size", 0, r"^train.batch_size: 0 is out of range"),
+        ("train.learning_rate", 0, r"^train.learning_rate: 0.0 is out of range; allowed: > 0"),
+        ("train.warmup_epochs", 15, r"^train.warmup_epochs: 15 is out of range; allowed: 0..14"),
+        ("train.label_smoothing", 1.0, r"^train.label_smoothing: 1.0 is out of range"),
+        ("train.early_stopping_patience", -2, r"^train.early_stopping_patience: -2"),
+        ("train.augmentation.rotation_degrees", 200, r"^train.augmentation.rotation_degrees: "),
+        ("train.augmentation.zoom_fraction", -0.1, r"^train.augmentation.zoom_fraction: -0.1"),
+        ("preprocess.val_fraction", 0, r"^preprocess.val_fraction: 0.0 is out of range; "
+         r"allowed: a fraction in \(0, 1\)"),
+        ("preprocess.val_fraction", 1.5, r"^preprocess.val_fraction: 1.5 is out of range"),
+        ("preprocess.val_fraction", 1, r"^preprocess.val_fraction: 1.0 is out of range"),
+        ("preprocess.test_fraction", -0.2, r"^preprocess.test_fraction: -0.2 is out of range"),
+        ("preprocess.test_fraction", 0.95,
+         r"^preprocess.val_fraction \+ preprocess.test_fraction: 1.05 is out of range"),
+        ("model.conv_filters", [], r"^model.conv_filters: \[\] is out of range; allowed: 1 or 2"),
+        ("model.conv_filters", [32, 64, 128], r"^model.conv_filters: \[32, 64, 128\]"),
+        ("model.conv_filters", [32, 0], r"^model.conv_filters: .*positive filter counts"),
+        ("model.dropout_rate", 1, r"^model.dropout_rate: 1.0 is out of range"),
+        ("data.retries", 11, r"^data.retries: 11 is out of range; allowed: 0..10"),
+        ("data.timeout_seconds", 0, r"^data.timeout_seconds: 0.0 is out of range"),
+        ("data.mirrors", ["  "], r"^data.mirrors: '  ' is out of range"),
+        ("seed", -1, r"^seed: -1 is out of range; allowed: an integer in 0..2\*\*31-1"),
+        ("seed", 2**31, r"^seed: 2147483648 is out of range"),
+        ("evaluate.batch_size", 0, r"^evaluate.batch_size: 0 is out of range"),
+        ("plot.figure_dpi", 10, r"^plot.figure_dpi: 10 is out of range; allowed: 50..300"),
+        ("plot.gallery_size", 0, r"^plot.gallery_size: 0 is out of range"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        params_from_dict(with_value(key, value))
+
+
+def test_warmup_is_only_checked_when_the_schedule_has_one():
+    raw = with_value("train.epochs", 1)
+    with pytest.raises(ParamsError, match=r"^train.warmup_epochs: 1 is out of range"):
+        params_from_dict(raw)
+    raw["train"]["lr_schedule"] = "constant"
+    assert params_from_dict(raw).train.epochs == 1
+
+
+def test_non_string_yaml_keys_are_reported_not_crashed_on():
+    raw = copy.deepcopy(REAL_PARAMS)
+    raw[1] = "x"
+    raw["zzz"] = "y"
+    with pytest.raises(ParamsError, match=r"^1: unknown key"):
+        params_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- 1\n- 2\n", r"params.yaml: expected a mapping of keys"),
+        ("seed: [1\n", r"params.yaml: not valid YAML"),
+    ],
+)
+def test_a_broken_file_is_refused_naming_it(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=message):
+        load_params(path)
+
+
+def test_a_missing_file_is_a_params_error(tmp_path):
+    with pytest.raises(ParamsError, match=r"nope.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")
