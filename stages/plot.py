@@ -1,0 +1,33 @@
+"""Plot stage: draw the trained model's training curves, errors and predictions as PNGs.
+
+Reads  dvclive/plots/metrics/{train,eval}/{accuracy,loss}.tsv (train stage),
+       plots/predictions.csv (evaluate stage),
+       data/prepared/test_{images,labels}.npy (preprocess stage),
+       params.yaml: seed, plot.
+Writes plots/images/{training_curves,confusion_matrix,per_class_recall,misclassified,
+       sample_predictions}.png, and removes any other PNG there.
+"""
+
+from mnist_pipeline import io, paths, plotting
+from mnist_pipeline.params import load_params
+
+
+def main() -> None:
+    params = load_params()
+    history = plotting.read_training_history(paths.TRAINING_PLOTS_DIR)
+    predictions = plotting.read_predictions(paths.PREDICTIONS_FILE)
+    images = io.load_npy(paths.prepared_images("test"))
+    labels = io.load_npy(paths.prepared_labels("test"))
+    figures = plotting.make_figures(
+        history, predictions, images, labels,
+        gallery_size=params.plot.gallery_size,
+        sample_grid_size=params.plot.sample_grid_size,
+        figure_dpi=params.plot.figure_dpi,
+        seed=params.seed,
+    )
+    for path in plotting.save_figures(figures, paths.PLOT_IMAGES_DIR):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

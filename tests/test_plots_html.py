@@ -1,0 +1,244 @@
+"""`dvc plots show` / `dvc plots diff` pages render offline with the project's HTML template.
+
+In a temporary git + DVC repository holding the project's top-level `plots:` definitions,
+the project's template (dvc_plots_template.html, wired up with the same `dvc config` line
+as the project) and a link to the project's node_modules, DVC writes the page, and headless
+Chromium, with every host name unresolvable, renders it: each vega plot must draw a canvas
+or SVG, and the page must report no script errors.
+
+Needs `npm ci` (node_modules) and Chromium. Outside `make test` they are skipped when
+missing; `make test` sets PLOTS_HTML_REQUIRED=1, which turns the skip into a failure.
+Set TEST_ARTIFACTS_DIR to keep a screenshot of the rendered page there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parents[1]
+TEMPLATE = PROJECT / "dvc_plots_template.html"
+NODE_MODULES = PROJECT / "node_modules"
+# The line the project's .dvc/config holds; DVC resolves the path relative to .dvc/.
+CONFIG_TEMPLATE = ["plots.html_template", "../dvc_plots_template.html"]
+VEGA_PLOTS = 3  # Loss, Accuracy, Confusion matrix
+REQUIRED = os.environ.get("PLOTS_HTML_REQUIRED") == "1"
+
+
+def _need(condition: bool, reason: str) -> None:
+    if not condition:
+        if REQUIRED:
+            pytest.fail(f"{reason} (PLOTS_HTML_REQUIRED=1)")
+        pytest.skip(reason)
+
+
+def chromium() -> str:
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
+                                                 "google-chrome"))), None)
+    _need(found is not None, "Chromium is not installed")
+    return found
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test",
+               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@example.com")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd)
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run(["git", *args], cwd=cwd)
+
+
+def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
+    """dvclive-style TSVs, predictions.csv and one PNG, as the pipeline leaves them."""
+    steps = np.arange(epochs)
+    for folder, offset in (("train", 0.0), ("eval", 0.05)):
+        for metric, values in (("loss", 1.5 * np.exp(-steps / 2) + offset + shift),
+                               ("accuracy", 0.98 - 0.4 * np.exp(-steps) - offset - shift)):
+            target = repo / "dvclive/plots/metrics" / folder / f"{metric}.tsv"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"timestamp": 1_700_000_000_000 + steps, "step": steps,
+                          metric: values.round(5)}).to_csv(target, sep="\t", index=False)
+    rng = np.random.default_rng(0)
+    actual = rng.integers(0, 10, 200)
+    predicted = np.where(rng.random(200) < 0.1, rng.integers(0, 10, 200), actual)
+    pd.DataFrame({"index": range(200), "actual": actual, "predicted": predicted,
+                  "confidence": rng.uniform(0.5, 1, 200).round(4)}).to_csv(
+        repo / "plots/predictions.csv", index=False)
+    (repo / "plots/images").mkdir(parents=True, exist_ok=True)
+    gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
+    Image.fromarray(gradient).save(repo / "plots/images/confusion_matrix.png")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """Two commits (the second with other curve values), the project's plots and template."""
+    _need(TEMPLATE.is_file(), f"{TEMPLATE.name} is missing")
+    _need((NODE_MODULES / "vega-embed").is_dir(), "node_modules is missing: run `npm ci`")
+    root = tmp_path_factory.mktemp("plots_repo")
+    git("init", "--quiet", "--initial-branch=main", cwd=root)
+    dvc("init", "--quiet", cwd=root)
+    project_plots = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["plots"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": project_plots}, sort_keys=False))
+    shutil.copy(TEMPLATE, root / TEMPLATE.name)
+    (root / "node_modules").symlink_to(NODE_MODULES)
+    (root / ".gitignore").write_text("/node_modules\n/dvc_plots/\n")
+    dvc("config", *CONFIG_TEMPLATE, cwd=root)
+    (root / "plots").mkdir()
+    write_plot_data(root, epochs=4, shift=0.0)
+    git("add", "-A", cwd=root)
+    git("commit", "--quiet", "-m", "first run", cwd=root)
+    write_plot_data(root, epochs=6, shift=0.1)
+    git("commit", "--quiet", "-am", "second run", cwd=root)
+    return root
+
+
+def test_cdn_fallback_loads_the_versions_npm_installs():
+    """The template's CDN URLs name the versions pinned in package.json and package-lock.json."""
+    template = TEMPLATE.read_text()
+    pinned = json.loads((PROJECT / "package.json").read_text())["dependencies"]
+    locked = json.loads((PROJECT / "package-lock.json").read_text())["packages"]
+    assert set(pinned) == {"vega", "vega-lite", "vega-embed"}
+    for name, version in pinned.items():
+        assert locked[f"node_modules/{name}"]["version"] == version
+        build = f"{name}/build/{name}.min.js"
+        assert f"../node_modules/{build}" in template
+        assert f"https://cdn.jsdelivr.net/npm/{name}@{version}/build/{name}.min.js" in template
+
+
+class _PlotDivs(HTMLParser):
+    """For each element id in ``ids``: the tag names found inside it."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+            "source", "track", "wbr"}
+
+    def __init__(self, ids):
+        super().__init__()
+        self.inside = {plot_id: [] for plot_id in ids}
+        self.open: list[tuple[str, str | None]] = []
+        self.text_of: dict[str, str] = {}
+
+    def handle_starttag(self, tag, attrs):
+        element_id = dict(attrs).get("id")
+        for _, open_id in self.open:
+            if open_id in self.inside:
+                self.inside[open_id].append(tag)
+        if tag not in self.VOID:
+            self.open.append((tag, element_id))
+
+    def handle_endtag(self, tag):
+        for position in range(len(self.open) - 1, -1, -1):
+            if self.open[position][0] == tag:
+                del self.open[position:]
+                break
+
+    def handle_data(self, data):
+        if self.open and self.open[-1][1]:
+            self.text_of[self.open[-1][1]] = self.text_of.get(self.open[-1][1], "") + data
+
+
+def vega_ids(page: Path) -> list[str]:
+    """The ids of the page's vega plots, from DVC's inline `vegaEmbed('#id', spec)` calls."""
+    text = page.read_text()
+    return [chunk.split("'", 1)[0] for chunk in text.split("vegaEmbed('#")[1:]]
+
+
+def browse(page: Path, profile: Path, *mode: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on ``page`` with no network: every host name fails to resolve."""
+    command = [
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={profile}", "--virtual-time-budget=10000", *mode, page.as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def rendered_plots(page: Path, profile: Path) -> tuple[dict[str, list[str]], str]:
+    """Tags inside each vega plot div after rendering, and the page's reported errors."""
+    dom = browse(page, profile, "--dump-dom").stdout
+    parser = _PlotDivs(vega_ids(page) + ["plot-errors"])
+    parser.feed(dom)
+    errors = parser.text_of.get("plot-errors", "").strip()
+    return {k: v for k, v in parser.inside.items() if k != "plot-errors"}, errors
+
+
+def assert_all_drawn(plots: dict[str, list[str]], errors: str) -> None:
+    assert len(plots) == VEGA_PLOTS, plots.keys()
+    assert not errors, f"the page reported errors:\n{errors}"
+    for plot_id, tags in plots.items():
+        assert {"canvas", "svg"} & set(tags), f"plot {plot_id} drew nothing: {tags}"
+
+
+def test_plots_show_renders_every_plot_offline(repo, tmp_path):
+    result = dvc("plots", "show", cwd=repo)
+    page = repo / "dvc_plots" / "index.html"
+    assert page.as_uri() in result.stdout
+    html = page.read_text()
+    assert "../node_modules/vega-embed/build/vega-embed.min.js" in html  # our template
+    assert 'src="https://cdn.jsdelivr.net/npm/vega@5.20.2"' not in html  # not DVC's default
+    images = [line.split('src="', 1)[1].split('"')[0] for line in html.splitlines()
+              if "<img" in line]
+    assert images and all((page.parent / src).is_file() for src in images)
+
+    plots, errors = rendered_plots(page, tmp_path / "profile")
+    assert_all_drawn(plots, errors)
+
+    screenshot = tmp_path / "plots_page.png"
+    browse(page, tmp_path / "profile", "--window-size=1400,1400", f"--screenshot={screenshot}")
+    with Image.open(screenshot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 10, "the screenshot is blank"
+    if os.environ.get("TEST_ARTIFACTS_DIR"):
+        artifacts = Path(os.environ["TEST_ARTIFACTS_DIR"])
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, artifacts / "plots_page.png")
+
+
+def test_plots_diff_shows_both_revisions(repo, tmp_path):
+    data = json.loads(dvc("plots", "diff", "HEAD~1", "HEAD", "--json", cwd=repo).stdout)
+    loss = data["data"]["Loss"][0]
+    assert set(loss["revisions"]) == {"HEAD~1", "HEAD"}
+    points = loss["content"]["data"]["values"]
+    assert {point["rev"] for point in points} == {"HEAD~1", "HEAD"}
+    # 4 epochs then 6, each with train and eval curves.
+    assert len(points) == 2 * (4 + 6)
+
+    out = tmp_path / "diff_page"
+    dvc("plots", "diff", "HEAD~1", "HEAD", "--out", str(out), cwd=repo)
+    # With -o elsewhere, ../node_modules is not the repository's: link it as dvc_plots/ has it.
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    plots, errors = rendered_plots(out / "index.html", tmp_path / "profile")
+    assert_all_drawn(plots, errors)
+
+
+def test_without_node_modules_or_network_the_page_says_why(repo, tmp_path):
+    out = tmp_path / "no_node_modules" / "dvc_plots"
+    dvc("plots", "show", "--out", str(out), cwd=repo)
+    plots, errors = rendered_plots(out / "index.html", tmp_path / "profile")
+    assert len(plots) == VEGA_PLOTS
+    assert "vega could not be loaded: run `npm ci`" in errors
+    for tags in plots.values():
+        assert not {"canvas", "svg"} & set(tags)

