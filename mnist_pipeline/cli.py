@@ -1,0 +1,145 @@
+"""The ``mnist-pipeline`` command: ``mnist-pipeline predict [options] INPUT...``.
+
+Subcommands are argparse sub-parsers, each with a ``run_<name>(args) -> exit status``
+function, so that another command is one more parser and one more function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mnist_pipeline import __version__, paths, predict
+from mnist_pipeline import io as pipeline_io
+
+PROG = "mnist-pipeline"
+
+# Exit statuses: documented in the help text below.
+EXIT_OK = 0
+EXIT_INPUT_ERRORS = 1
+EXIT_NO_MODEL = 2  # argparse also exits with 2 on a bad command line
+
+PREDICT_DESCRIPTION = """\
+Classify handwritten digits with the trained model and write one CSV row per digit.
+
+INPUT can be:
+  - a PNG or JPEG picture of one digit: a photo or scan of a dark digit on light
+    paper, or a light digit on a dark background, any size. It is made MNIST-style
+    first: grayscale (EXIF rotation applied, transparency on white), inverted if
+    needed (see --invert), cropped to the digit, scaled to fit 20x20 and centered by
+    its center of mass in 28x28;
+  - a directory: its .png/.jpg/.jpeg files, sorted by name (not subdirectories);
+  - an IDX image file, raw or gzip-compressed (e.g. t10k-images-idx3-ubyte.gz);
+  - a .npy array of shape (N, 28, 28): uint8 0..255, or floats, read as the [0, 1]
+    scale (and multiplied by 255) when their maximum is <= 1.0, else as 0..255.
+IDX and .npy digits must already be MNIST-style (light digit on black, 28x28) and
+are used as they are.
+"""
+
+PREDICT_EPILOG = """\
+output:
+  CSV with the header  input,index,label,confidence  and one row per digit: the
+  input as given (a directory's files as DIR/FILE), the digit's position in an
+  IDX/.npy batch (0 for a picture), the predicted class 0-9 and its probability
+  (4 decimals).
+
+exit status:
+  0  every input was predicted
+  1  some input could not be read (one 'error:' line each on stderr); the others
+     are still predicted and written
+  2  bad command line, or no model (run `dvc repro` or `make sample` first)
+
+examples:
+  mnist-pipeline predict digit.jpg
+  mnist-pipeline predict --output predictions.csv scans/ data/raw/t10k-images-idx3-ubyte
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mnist-pipeline`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The MNIST pipeline's command line. The pipeline itself runs with "
+        "`dvc repro`; these commands use what it produced.",
+        epilog=f"predict reads pictures of digits (PNG/JPEG, or directories of them), IDX "
+        "image files and .npy arrays, and writes CSV (input,index,label,confidence). "
+        f"Run `{PROG} COMMAND --help` for a command's inputs, options and output.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    predict_parser = commands.add_parser(
+        "predict",
+        help="classify digits in pictures, IDX files or .npy arrays; write CSV",
+        description=PREDICT_DESCRIPTION,
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict_parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", type=Path,
+        help="picture, directory of pictures, IDX image file or .npy array",
+    )
+    predict_parser.add_argument(
+        "--model", type=Path, default=paths.MODEL_FILE,
+        help="trained Keras model (default: %(default)s)",
+    )
+    predict_parser.add_argument(
+        "--output", "-o", type=Path, metavar="FILE.csv",
+        help="write the CSV to this file (atomically) instead of standard output",
+    )
+    predict_parser.add_argument(
+        "--invert", choices=predict.INVERT_MODES, default="auto",
+        help="pictures only: 'auto' (default) inverts a picture whose border is mostly "
+        "light, i.e. a dark digit on paper; 'always' or 'never' force it",
+    )
+    predict_parser.set_defaults(run=run_predict)
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Predict every input and write the CSV; returns the exit status."""
+    # Checked before reading anything: a missing model is the likeliest first-run mistake.
+    if not args.model.is_file():
+        report(f"{args.model}: model file not found; run `dvc repro` (or `make sample`) first")
+        return EXIT_NO_MODEL
+
+    loaded, errors = predict.load_inputs(args.inputs, args.invert)
+    for error in errors:
+        report(str(error))
+
+    rows: list[tuple[str, int, int, float]] = []
+    if loaded:
+        try:
+            model = predict.load_model(args.model)
+        except Exception as error:  # noqa: BLE001 - Keras raises many kinds; one line for all
+            report(f"{args.model}: cannot load the model ({error})")
+            return EXIT_NO_MODEL
+        rows = predict.predict_rows(model, loaded)
+
+    text = predict.format_csv(rows)
+    if args.output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        pipeline_io.write_text(args.output, text)
+    return EXIT_INPUT_ERRORS if errors else EXIT_OK
+
+
+def report(message: str) -> None:
+    """One ``mnist-pipeline: error: ...`` line on stderr, as argparse writes its own."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments), run the command, return its status.
+
+    The console script calls this and exits with what it returns.
+    """
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

