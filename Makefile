@@ -41,6 +41,7 @@ sample: install
 
 # PLOTS_HTML_REQUIRED=1: a missing Chromium or node_modules fails the browser test, not skips it.
 test: install
+	ruff check .
 	PLOTS_HTML_REQUIRED=1 python -m pytest
 
 test-fast: install

@@ -29,7 +29,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
     os.close(handle)
     temporary_path = Path(temporary)
     try:
@@ -41,11 +43,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as temporary:
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+    with atomic_path(target) as temporary, open(temporary, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def write_text(target: str | Path, text: str) -> None:
@@ -63,9 +64,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_npy(target: str | Path, array: np.ndarray) -> None:
-    with atomic_path(target) as temporary:
-        with open(temporary, "wb") as stream:
-            np.save(stream, array, allow_pickle=False)
+    with atomic_path(target) as temporary, open(temporary, "wb") as stream:
+        np.save(stream, array, allow_pickle=False)
 
 
 def load_npy(path: str | Path) -> np.ndarray:
