@@ -1,0 +1,193 @@
+"""The whole pipeline under DVC, as a user drives it, in a temporary git repository.
+
+One module-scoped run of `dvc repro` on the bundled mnist-sample with a tiny, short
+training serves every test here: reruns, params-to-stage dependencies, diffs across
+branches (also from a fresh clone without the DVC cache) and `dvc exp run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+# Small enough to train in seconds, real enough to learn something.
+QUICK_SAMPLE_PARAMS = {
+    "data": {"dataset": "mnist-sample"},
+    "model": {"conv_filters": [8, 16], "dense_units": 32},
+    "train": {"epochs": 2, "batch_size": 128, "warmup_epochs": 0, "early_stopping_patience": 0},
+}
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the venv's python/dvc first on PATH, as `make` does."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run(["git", *args], cwd=cwd)
+
+
+def update_params(repo: Path, changes: dict) -> None:
+    """Merge nested ``changes`` into the repo's params.yaml."""
+    params_file = repo / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+
+    def merge(target: dict, updates: dict) -> None:
+        for key, value in updates.items():
+            if isinstance(value, dict):
+                merge(target.setdefault(key, {}), value)
+            else:
+                target[key] = value
+
+    merge(params, changes)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_project(destination: Path) -> None:
+    """Copy the project's source files (tracked or new, never ignored ones) into a new repo."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for relative in filter(None, listed):
+        source = PROJECT / relative
+        # Skip the pipeline's own results: the temporary repo makes its own.
+        if not source.is_file() or relative.startswith(("metrics/", "plots/", "dvclive/")):
+            continue
+        if relative == "dvc.lock":
+            continue
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> Path:
+    """A git+DVC repo holding the project, after one full `dvc repro` on the sample, committed."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    git("init", "-q", "-b", "main", cwd=repo)
+    update_params(repo, QUICK_SAMPLE_PARAMS)
+    # As in a clone: the code is committed before the pipeline runs (dvclive needs a HEAD).
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "project", cwd=repo)
+    dvc("repro", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "sample run", cwd=repo)
+    return repo
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """Stages whose own deps or params changed since the last run, according to DVC."""
+    status = json.loads(dvc("status", "--json", cwd=repo).stdout or "{}")
+    return {name.split(":")[-1] for name in status}
+
+
+def test_repro_writes_every_output(pipeline_repo):
+    repo = pipeline_repo
+    for path in ("data/raw/manifest.json", "data/prepared/train_images.npy",
+                 "models/model.keras", "metrics/data.json", "metrics/evaluate.json",
+                 "dvclive/metrics.json", "plots/predictions.csv"):
+        assert (repo / path).is_file(), path
+    assert list((repo / "plots/images").glob("*.png"))
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    # Two short epochs of a tiny convnet on 5,000 real digits beat chance (10%) by far.
+    assert evaluation["accuracy"] > 0.5
+    tracked = git("ls-files", cwd=repo).stdout.split()
+    assert "metrics/evaluate.json" in tracked and "dvc.lock" in tracked
+    cached_in_git = [path for path in tracked
+                     if path.startswith(("data/", "models/")) and not path.endswith(".gitignore")]
+    assert cached_in_git == []
+
+
+def test_second_repro_runs_no_stage(pipeline_repo):
+    result = dvc("repro", cwd=pipeline_repo)
+    assert "Running stage" not in result.stdout
+    assert changed_stages(pipeline_repo) == set()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"plot": {"figure_dpi": 90}}, {"plot"}),
+        ({"evaluate": {"batch_size": 256}}, {"evaluate"}),
+        ({"train": {"epochs": 3}}, {"train"}),
+        ({"model": {"dense_units": 16}}, {"train"}),
+        ({"preprocess": {"val_fraction": 0.2}}, {"preprocess"}),
+        ({"data": {"retries": 1}}, {"download"}),
+        ({"seed": 7}, {"preprocess", "train", "plot"}),
+    ],
+)
+def test_a_params_change_reruns_only_the_stages_that_read_it(pipeline_repo, change, expected):
+    params_file = pipeline_repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        update_params(pipeline_repo, change)
+        assert changed_stages(pipeline_repo) == expected
+    finally:
+        params_file.write_text(original)
+
+
+def test_diffs_across_branches_work_in_a_fresh_clone(pipeline_repo, tmp_path):
+    repo = pipeline_repo
+    git("checkout", "-q", "-b", "faster-lr", cwd=repo)
+    try:
+        update_params(repo, {"train": {"learning_rate": 0.01}})
+        dvc("repro", cwd=repo)
+        git("commit", "-q", "-am", "higher learning rate", cwd=repo)
+
+        for where in (repo, _fresh_clone(repo, tmp_path / "clone")):
+            params_diff = json.loads(dvc("params", "diff", "main", "--json", cwd=where).stdout)
+            learning_rate = params_diff["params.yaml"]["train.learning_rate"]
+            assert (learning_rate["old"], learning_rate["new"]) == (0.002, 0.01)
+            metrics_diff = json.loads(dvc("metrics", "diff", "main", "--json", cwd=where).stdout)
+            assert "metrics/evaluate.json" in metrics_diff
+            assert "accuracy" in metrics_diff["metrics/evaluate.json"]
+            plots_diff = dvc("plots", "diff", "main", "--json", cwd=where).stdout
+            assert '"main"' in plots_diff and "workspace" in plots_diff
+    finally:
+        git("checkout", "-q", "main", cwd=repo)
+        dvc("checkout", "-q", cwd=repo)
+
+
+def _fresh_clone(repo: Path, destination: Path) -> Path:
+    git("clone", "-q", str(repo), str(destination), cwd=repo.parent)
+    assert not (destination / ".dvc" / "cache").exists()
+    git("checkout", "-q", "faster-lr", cwd=destination)
+    return destination
+
+
+def test_exp_run_with_a_param_override_is_read_back(pipeline_repo):
+    dvc("exp", "run", "-S", "train.epochs=1", "-n", "one-epoch", cwd=pipeline_repo)
+    rows = json.loads(dvc("exp", "show", "--json", cwd=pipeline_repo).stdout)
+    experiments = [
+        exp for row in rows for exp in (row.get("experiments") or [])
+        for run in exp.get("revs", []) if run.get("name") == "one-epoch"
+    ]
+    assert experiments, rows
