@@ -368,20 +368,15 @@ def load_inputs(
 
 
 def load_model(path: str | Path) -> Any:
-    """The trained Keras model at ``path`` (raw 0..255 pixels in, 10 probabilities out).
+    """The trained Keras model at ``path``, checked by :func:`mnist_pipeline.model.load_model`.
 
-    Raises ``FileNotFoundError`` naming the stage that makes it when the file is missing.
+    Evaluate loads and runs the model through the same functions, so the two cannot disagree.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: model file not found; run `dvc repro` (or `make sample`) first"
-        )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_stderr_silenced():
-        import keras  # here, not at the top: importing TensorFlow takes seconds
+        from mnist_pipeline import model  # here, not at the top: importing TensorFlow takes seconds
 
-    return keras.saving.load_model(path, safe_mode=True)
+    return model.load_model(path)
 
 
 @contextlib.contextmanager
@@ -403,24 +398,6 @@ def native_stderr_silenced() -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def predict_probabilities(
-    model: Any, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE
-) -> np.ndarray:
-    """Class probabilities (N, 10) for float32 pixels 0..255 of shape (N, 28, 28)."""
-    if len(images) == 0:
-        return np.zeros((0, 10), dtype=np.float32)
-    if len(images) <= batch_size:
-        # One direct call skips building predict()'s tf.function: faster for a few images.
-        probabilities = np.asarray(model(images, training=False))
-    else:
-        probabilities = model.predict(images, batch_size=batch_size, verbose=0)
-    if probabilities.shape != (len(images), 10):
-        raise ValueError(
-            f"model returned shape {probabilities.shape}, expected ({len(images)}, 10)"
-        )
-    return probabilities
 
 
 def prediction_rows(
@@ -445,6 +422,8 @@ def predict_rows(
     images = np.concatenate([loaded.images for loaded in inputs]) if inputs else np.zeros(
         (0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32
     )
+    from mnist_pipeline.model import predict_probabilities  # TensorFlow is loaded by now
+
     return prediction_rows(inputs, predict_probabilities(model, images, batch_size))
 
 
