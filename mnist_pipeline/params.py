@@ -23,6 +23,7 @@ DatasetName = Literal["mnist", "fashion-mnist", "mnist-sample"]
 Architecture = Literal["convnet", "dense"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 LrSchedule = Literal["constant", "warmup_cosine"]
+Distribute = Literal["none", "mirrored", "multi_worker"]
 
 # PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string; YAML 1.2 (and people)
 # write floats that way, so float keys accept that spelling too.
@@ -110,6 +111,11 @@ class TrainParams:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     early_stopping_patience: int = 5
+    # "none": one device. "mirrored": every local GPU (the CPU when there is none).
+    # "multi_worker": every worker listed in the TF_CONFIG environment variable. In all three,
+    # batch_size is the GLOBAL batch, split across the replicas, and learning_rate is used
+    # as written (not scaled with the number of replicas).
+    distribute: Distribute = "none"
     augmentation: AugmentationParams = field(default_factory=AugmentationParams)
 
     def check(self) -> None:

@@ -105,6 +105,9 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("model.architecture", "resnet", r"^model.architecture: .*choose one of convnet, dense"),
         ("train.optimizer", "Adam", r"^train.optimizer: 'Adam' is not allowed"),
         ("train.lr_schedule", "cosine", r"^train.lr_schedule: .*constant, warmup_cosine"),
+        ("train.distribute", "horovod",
+         r"^train.distribute: 'horovod' is not allowed; choose one of none, mirrored, "
+         r"multi_worker$"),
         # out of range
         ("train.epochs", -1, r"^train.epochs: -1 is out of range; allowed: >= 1"),
         ("train.epochs", 0, r"^train.epochs: 0 is out of range"),
