@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pipeline_e2e import copy_project, dvc, git, update_params
+from test_pipeline_e2e import dvc, git, init_project_repo
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +29,7 @@ QUEUE_TIMEOUT_SECONDS = 240
 @pytest.fixture(scope="module")
 def trained_repo(tmp_path_factory) -> Path:
     """The project in a new git repo, `dvc repro train` done on the sample, all committed."""
-    repo = tmp_path_factory.mktemp("remote") / "repo"
-    repo.mkdir()
-    copy_project(repo)
-    git("init", "-q", "-b", "main", cwd=repo)
-    update_params(repo, TINY)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "project", cwd=repo)
+    repo = init_project_repo(tmp_path_factory.mktemp("remote") / "repo", TINY)
     dvc("repro", "train", cwd=repo)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "trained", cwd=repo)

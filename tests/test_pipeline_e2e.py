@@ -86,17 +86,24 @@ def copy_project(destination: Path) -> None:
         shutil.copy2(source, target)
 
 
+def init_project_repo(repo: Path, params: dict) -> Path:
+    """A new git+DVC repo at ``repo``: the project with ``params`` merged in, committed.
+
+    As in a clone, the code is committed before the pipeline runs (dvclive needs a HEAD).
+    """
+    repo.mkdir(parents=True)
+    copy_project(repo)
+    git("init", "-q", "-b", "main", cwd=repo)
+    update_params(repo, params)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "project", cwd=repo)
+    return repo
+
+
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory) -> Path:
     """A git+DVC repo holding the project, after one full `dvc repro` on the sample, committed."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    repo.mkdir()
-    copy_project(repo)
-    git("init", "-q", "-b", "main", cwd=repo)
-    update_params(repo, QUICK_SAMPLE_PARAMS)
-    # As in a clone: the code is committed before the pipeline runs (dvclive needs a HEAD).
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "project", cwd=repo)
+    repo = init_project_repo(tmp_path_factory.mktemp("pipeline") / "repo", QUICK_SAMPLE_PARAMS)
     dvc("repro", cwd=repo)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "sample run", cwd=repo)
