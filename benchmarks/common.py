@@ -1,0 +1,150 @@
+"""Shared helpers of the benchmark scripts: data, params overrides, timing, tables, JSON.
+
+Run the scripts from the repository root with the venv's python, e.g.
+``.venv/bin/python benchmarks/time_to_accuracy.py``; they import the project's own code
+(``mnist_pipeline``) so that what is measured is what the pipeline runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # tests.test_pipeline_e2e, stages/
+
+from mnist_pipeline import idx, preprocess  # noqa: E402
+from mnist_pipeline.params import Params, as_dict, load_params, params_from_dict  # noqa: E402
+
+DATASETS = ("mnist-sample", "fashion-mnist")
+
+
+def sample_overrides(makefile: Path = ROOT / "Makefile") -> list[str]:
+    """The ``key=value`` overrides of ``make sample`` (the Makefile's SAMPLE_PARAMS)."""
+    text = makefile.read_text(encoding="utf-8").replace("\\\n", " ")
+    match = re.search(r"^SAMPLE_PARAMS\s*:?=(.*)$", text, flags=re.MULTILINE)
+    if not match:
+        raise SystemExit(f"{makefile}: no SAMPLE_PARAMS line")
+    words = shlex.split(match.group(1))
+    return [word for flag, word in zip(words, words[1:], strict=False) if flag == "-S"]
+
+
+def apply_overrides(params: Params, overrides: list[str]) -> Params:
+    """``params`` with dotted ``key=value`` overrides (values parsed as YAML), re-validated."""
+    import yaml
+
+    raw = as_dict(params)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise SystemExit(f"override {override!r}: expected key=value")
+        *parents, leaf = key.strip().split(".")
+        section = raw
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[leaf] = yaml.safe_load(value)
+    return params_from_dict(raw)
+
+
+def base_params(overrides: list[str]) -> Params:
+    return apply_overrides(load_params(ROOT / "params.yaml"), overrides)
+
+
+def load_splits(dataset: str, params: Params) -> dict[str, tuple[Any, Any]]:
+    """{"train", "val", "test"} of (float32 images in [0, 1], uint8 labels), as the pipeline
+    prepares them (same stratified, seeded splits)."""
+    if dataset == "mnist-sample":
+        from mnist_pipeline.datasets import get_dataset
+        from mnist_pipeline.download import download_dataset
+
+        with tempfile.TemporaryDirectory(prefix="bench-raw-") as tmp:
+            raw_dir = Path(tmp) / "raw"
+            download_dataset(get_dataset("mnist-sample"), raw_dir)
+            raw = preprocess.load_raw(raw_dir)
+    elif dataset == "fashion-mnist":
+        def pair(prefix: str):
+            return (idx.read(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz"),
+                    idx.read(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz"))
+        raw = preprocess.RawDataset(name=dataset, train=pair("train"), test=pair("t10k"))
+    else:
+        raise SystemExit(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    return preprocess.prepare_splits(raw, params.preprocess, params.seed)
+
+
+def epoch_timer():
+    """A Keras callback recording, per epoch, wall and process-CPU seconds since fit began,
+    the time spent on training batches only, and the logs (val_accuracy...)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self, max_seconds: float | None = None):
+            super().__init__()
+            self.max_seconds = max_seconds
+            self.epochs: list[dict[str, float]] = []
+
+        def on_train_begin(self, logs=None):
+            self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = time.perf_counter()
+            self.last_batch_end = self.epoch_start
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.last_batch_end = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            self.epochs.append({
+                "epoch": epoch + 1,
+                "wall_s": now - self.start_wall,
+                "cpu_s": time.process_time() - self.start_cpu,
+                "epoch_wall_s": now - self.epoch_start,
+                "train_batches_wall_s": self.last_batch_end - self.epoch_start,
+                **{key: float(value) for key, value in (logs or {}).items()
+                   if isinstance(value, (int, float))},
+            })
+            if self.max_seconds is not None and now - self.start_wall > self.max_seconds:
+                self.model.stop_training = True
+
+    return EpochTimer
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "loadavg_at_end": load}
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A Markdown table (paste-able into benchmarks/README.md)."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.1f}"
+        return "-" if value is None else str(value)
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for row in rows:
+        print("| " + " | ".join(cell(value) for value in row) + " |")
