@@ -10,8 +10,10 @@ export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # Training settings that suit the 5,000 bundled digits (see README, "Offline: make sample").
-SAMPLE_PARAMS := -S data.dataset=mnist-sample -S train.epochs=30 -S train.batch_size=64 \
-	-S train.learning_rate=0.003 -S train.early_stopping_patience=0
+SAMPLE_PARAMS := -S data.dataset=mnist-sample -S train.epochs=60 -S train.batch_size=64 \
+	-S train.learning_rate=0.003 -S train.early_stopping_patience=0 \
+	-S train.augmentation.rotation_degrees=10 -S train.augmentation.translation_fraction=0.1 \
+	-S train.augmentation.zoom_fraction=0.1
 
 INSTALLED := $(VENV)/.installed
 # Local copies of vega, vega-lite and vega-embed for `dvc plots show` offline (not committed).

@@ -35,11 +35,12 @@ PIXEL_MAX = 255.0
 def build_network(config: ModelParams) -> keras.Model:
     """The classifier on [0, 1] images (N, 28, 28) -> softmax probabilities (N, 10).
 
-    ``convnet``: per entry of ``conv_filters`` a block of two 3x3 convolutions (each
-    conv -> batch norm -> relu) and a 2x2 max-pool; then Flatten, Dense(dense_units), Dropout
-    and the softmax layer. ``dense``: Flatten, Dense(dense_units), Dropout, softmax: the
-    cheap baseline. Flatten rather than global average pooling because on 7x7 or 14x14 maps
-    the position of a stroke is part of what makes a digit.
+    ``convnet``: per entry of ``conv_filters`` a block of ``convs_per_block`` (1 or 2) 3x3
+    convolutions (each conv -> batch norm -> relu) and a 2x2 max-pool; then Flatten,
+    Dense(dense_units), Dropout and the softmax layer. ``dense``: Flatten,
+    Dense(dense_units), Dropout, softmax: the cheap baseline. Flatten rather than global
+    average pooling because on 7x7 or 14x14 maps the position of a stroke is part of what
+    makes a digit.
     """
     if config.architecture not in ("convnet", "dense"):
         raise ValueError(f"model.architecture: unknown {config.architecture!r}; "
@@ -48,7 +49,7 @@ def build_network(config: ModelParams) -> keras.Model:
     if config.architecture == "convnet":
         x = layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(inputs)
         for block, filters in enumerate(config.conv_filters, start=1):
-            for index in (1, 2):
+            for index in range(1, config.convs_per_block + 1):
                 x = _normalized_relu(
                     layers.Conv2D(filters, 3, padding="same", use_bias=not config.batch_norm,
                                   name=f"block{block}_conv{index}"),

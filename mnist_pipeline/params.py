@@ -67,6 +67,7 @@ class PreprocessParams:
 class ModelParams:
     architecture: Architecture = "convnet"
     conv_filters: tuple[int, ...] = (32, 64)
+    convs_per_block: int = 1
     dense_units: int = 128
     dropout_rate: float = 0.3
     batch_norm: bool = True
@@ -77,15 +78,17 @@ class ModelParams:
         for filters in self.conv_filters:
             _require(filters >= 1, "model.conv_filters", list(self.conv_filters),
                      "positive filter counts")
+        _require(self.convs_per_block in (1, 2), "model.convs_per_block", self.convs_per_block,
+                 "1 or 2 (3x3 convs before each 2x2 max-pool)")
         _require(self.dense_units >= 1, "model.dense_units", self.dense_units, ">= 1")
         _require(0 <= self.dropout_rate < 1, "model.dropout_rate", self.dropout_rate, "[0, 1)")
 
 
 @dataclass(frozen=True)
 class AugmentationParams:
-    rotation_degrees: float = 10.0
-    translation_fraction: float = 0.1
-    zoom_fraction: float = 0.1
+    rotation_degrees: float = 0.0
+    translation_fraction: float = 0.05
+    zoom_fraction: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -102,7 +105,7 @@ class AugmentationParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 15
+    epochs: int = 20
     batch_size: int = 128
     optimizer: OptimizerName = "adam"
     learning_rate: float = 0.002

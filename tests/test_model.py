@@ -34,6 +34,10 @@ def digits():
 @pytest.mark.parametrize("config, parameters", [
     (ModelParams(conv_filters=(4, 8), dense_units=16), None),
     (ModelParams(conv_filters=(4,), dense_units=16, batch_norm=False), None),
+    # one conv per block, no batch norm: conv 3*3*1*4+4, conv 3*3*4*8+8, dense 7*7*8*16+16,
+    # head 16*10+10
+    (ModelParams(conv_filters=(4, 8), convs_per_block=1, dense_units=16, batch_norm=False),
+     40 + 296 + 392 * 16 + 16 + 170),
     # dense, no batch norm: 784*16+16 + 16*10+10
     (ModelParams(architecture="dense", dense_units=16, batch_norm=False), 784 * 16 + 16 + 170),
 ])

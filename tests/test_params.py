@@ -113,7 +113,7 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("train.epochs", 0, r"^train.epochs: 0 is out of range"),
         ("train.batch_size", 0, r"^train.batch_size: 0 is out of range"),
         ("train.learning_rate", 0, r"^train.learning_rate: 0.0 is out of range; allowed: > 0"),
-        ("train.warmup_epochs", 15, r"^train.warmup_epochs: 15 is out of range; allowed: 0..14"),
+        ("train.warmup_epochs", 20, r"^train.warmup_epochs: 20 is out of range; allowed: 0..19"),
         ("train.label_smoothing", 1.0, r"^train.label_smoothing: 1.0 is out of range"),
         ("train.early_stopping_patience", -2, r"^train.early_stopping_patience: -2"),
         ("train.augmentation.rotation_degrees", 200, r"^train.augmentation.rotation_degrees: "),
@@ -128,6 +128,8 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("model.conv_filters", [], r"^model.conv_filters: \[\] is out of range; allowed: 1 or 2"),
         ("model.conv_filters", [32, 64, 128], r"^model.conv_filters: \[32, 64, 128\]"),
         ("model.conv_filters", [32, 0], r"^model.conv_filters: .*positive filter counts"),
+        ("model.convs_per_block", 3, r"^model.convs_per_block: 3 is out of range; allowed: 1 or 2"),
+        ("model.convs_per_block", 0, r"^model.convs_per_block: 0 is out of range"),
         ("model.dropout_rate", 1, r"^model.dropout_rate: 1.0 is out of range"),
         ("data.retries", 11, r"^data.retries: 11 is out of range; allowed: 0..10"),
         ("data.timeout_seconds", 0, r"^data.timeout_seconds: 0.0 is out of range"),
@@ -177,3 +179,8 @@ def test_a_broken_file_is_refused_naming_it(tmp_path, text, message):
 def test_a_missing_file_is_a_params_error(tmp_path):
     with pytest.raises(ParamsError, match=r"nope.yaml: params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_code_defaults_match_params_yaml():
+    """A key missing from params.yaml takes the code default: both must say the same."""
+    assert as_dict(Params()) == REAL_PARAMS
