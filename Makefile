@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # Training settings that suit the 5,000 bundled digits (see README, "Offline: make sample").
 SAMPLE_PARAMS := -S data.dataset=mnist-sample -S train.epochs=60 -S train.batch_size=64 \
-	-S train.learning_rate=0.003 -S train.early_stopping_patience=0 \
+	-S train.learning_rate=0.003 -S train.early_stopping_patience=0 -S train.ema_momentum=0 \
 	-S train.augmentation.rotation_degrees=10 -S train.augmentation.translation_fraction=0.1 \
 	-S train.augmentation.zoom_fraction=0.1
 

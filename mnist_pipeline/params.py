@@ -114,6 +114,9 @@ class TrainParams:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     early_stopping_patience: int = 5
+    # Exponential moving average of the weights (Polyak averaging), updated every step with
+    # this momentum; validation, early stopping and the saved model use the average. 0 = off.
+    ema_momentum: float = 0.99
     # "none": one device. "mirrored": every local GPU (the CPU when there is none).
     # "multi_worker": every worker listed in the TF_CONFIG environment variable. In all three,
     # batch_size is the GLOBAL batch, split across the replicas, and learning_rate is used
@@ -135,6 +138,8 @@ class TrainParams:
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing,
                  "[0, 1)")
+        _require(0 <= self.ema_momentum < 1, "train.ema_momentum", self.ema_momentum,
+                 "[0, 1) (0 turns the weight average off)")
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",
                  self.early_stopping_patience, ">= 0 (0 turns early stopping off)")
         self.augmentation.check()

@@ -210,15 +210,37 @@ def learning_rate(config: TrainParams, steps_per_epoch: int):
 
 
 def make_optimizer(config: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam, AdamW (with ``weight_decay``) or SGD with Nesterov momentum."""
+    """Adam, AdamW (with ``weight_decay``) or SGD with Nesterov momentum; with
+    ``ema_momentum`` > 0, it also keeps a moving average of the weights (see :func:`train`)."""
     rate = learning_rate(config, steps_per_epoch)
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=rate)
+        return keras.optimizers.Adam(learning_rate=rate, **ema)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay,
+                                      **ema)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=SGD_MOMENTUM, nesterov=True)
+        return keras.optimizers.SGD(learning_rate=rate, momentum=SGD_MOMENTUM, nesterov=True,
+                                    **ema)
     raise ValueError(f"train.optimizer: unknown {config.optimizer!r}; choose adam, adamw or sgd")
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """``SwapEMAWeights(swap_on_epoch=True)`` that also leaves the average in the model when
+    fit stops before its last epoch (a callback's ``stop_training``): Keras's own callback
+    only restores it after the last epoch, so the model would end with the raw weights."""
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+        self._average = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._average = self.model.get_weights()  # the average: just swapped in
+
+    def on_train_end(self, logs=None):
+        if self._average is not None:
+            self.model.set_weights(self._average)
 
 
 def train(
@@ -234,7 +256,9 @@ def train(
     """Compile and fit ``network`` in place on (images, labels) pairs in [0, 1] / 0..9.
 
     With ``early_stopping_patience`` > 0, training stops once ``val_accuracy`` has not improved
-    for that many epochs and the best epoch's weights are restored. Call
+    for that many epochs and the best epoch's weights are restored. With ``ema_momentum`` > 0,
+    "weights" means the moving average of the weights: it is what validation scores, what
+    early stopping keeps, and what ``network`` holds at the end. Call
     :func:`set_determinism` before building the network for repeatable runs.
 
     With a ``strategy`` (see :func:`make_strategy`), build ``network`` inside
@@ -258,6 +282,11 @@ def train(
             metrics=["accuracy"],
         )
     all_callbacks = list(callbacks)
+    if config.ema_momentum:
+        # The averaged weights go in the model at each epoch end, so validation, the caller's
+        # callbacks and early stopping's best weights all see them; training resumes on the
+        # raw weights, and the model ends with the average. It must come first.
+        all_callbacks.insert(0, AveragedWeights())
     if config.early_stopping_patience:
         all_callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=config.early_stopping_patience,

@@ -118,6 +118,8 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("train.early_stopping_patience", -2, r"^train.early_stopping_patience: -2"),
         ("train.augmentation.rotation_degrees", 200, r"^train.augmentation.rotation_degrees: "),
         ("train.augmentation.zoom_fraction", -0.1, r"^train.augmentation.zoom_fraction: -0.1"),
+        ("train.ema_momentum", 1.0, r"^train.ema_momentum: 1.0 is out of range; allowed: "
+         r"\[0, 1\) \(0 turns the weight average off\)"),
         ("preprocess.val_fraction", 0, r"^preprocess.val_fraction: 0.0 is out of range; "
          r"allowed: a fraction in \(0, 1\)"),
         ("preprocess.val_fraction", 1.5, r"^preprocess.val_fraction: 1.5 is out of range"),

@@ -72,6 +72,44 @@ def test_optimizers(name, cls):
     assert type(optimizer) is cls
     if name == "adamw":
         assert optimizer.weight_decay == pytest.approx(0.01)
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.99)
+    no_average = training.make_optimizer(dataclasses.replace(config, ema_momentum=0.0), 10)
+    assert not no_average.use_ema
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+
+
+@pytest.mark.parametrize("stop_after", [None, 2])
+def test_the_model_ends_with_the_validated_weight_average(splits, stop_after):
+    """Validation sees the moving average, and the trained model is that average, also when
+    a callback stops fit before its last epoch (Keras's SwapEMAWeights alone leaves the raw
+    weights then)."""
+    config = dataclasses.replace(TINY_TRAIN, epochs=3, ema_momentum=0.5,
+                                 augmentation=AugmentationParams(0, 0, 0))
+    callbacks = [_StopAfter(stop_after)] if stop_after else []
+    training.set_determinism(5)
+    network = build_network(TINY_MODEL)
+    history = training.train(network, *splits, config, 5, callbacks=callbacks, verbose=0)
+    assert len(history.history["val_loss"]) == (stop_after or 3)
+    val_loss, _ = network.evaluate(training.make_dataset(*splits[1], batch_size=32), verbose=0)
+    assert val_loss == pytest.approx(history.history["val_loss"][-1], rel=1e-5)
+
+    training.set_determinism(5)
+    raw = build_network(TINY_MODEL)
+    raw_history = training.train(raw, *splits, dataclasses.replace(config, ema_momentum=0.0),
+                                 5, callbacks=callbacks, verbose=0)
+    # same seed, same steps: only the averaging differs
+    assert raw_history.history["loss"][0] == pytest.approx(history.history["loss"][0])
+    assert raw_history.history["val_loss"][-1] != pytest.approx(
+        history.history["val_loss"][-1], rel=1e-3)
 
 
 def _train_and_score(splits, seed, train_config=TINY_TRAIN):
