@@ -7,14 +7,17 @@ function, so that another command is one more parser and one more function.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mnist_pipeline import __version__, paths, predict
+from mnist_pipeline import __version__, digit_image, paths, predict
 from mnist_pipeline import io as pipeline_io
 
 PROG = "mnist-pipeline"
+CSV_HEADER = ("input", "index", "label", "confidence")
 
 # Exit statuses: documented in the help text below.
 EXIT_OK = 0
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the CSV to this file (atomically) instead of standard output",
     )
     predict_parser.add_argument(
-        "--invert", choices=predict.INVERT_MODES, default="auto",
+        "--invert", choices=digit_image.INVERT_MODES, default="auto",
         help="pictures only: 'auto' (default) inverts a picture whose border is mostly "
         "light, i.e. a dark digit on paper; 'always' or 'never' force it",
     )
@@ -118,13 +121,23 @@ def run_predict(args: argparse.Namespace) -> int:
             return EXIT_NO_MODEL
         rows = predict.predict_rows(model, loaded)
 
-    text = predict.format_csv(rows)
+    text = format_csv(rows)
     if args.output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
         pipeline_io.write_text(args.output, text)
     return EXIT_INPUT_ERRORS if errors else EXIT_OK
+
+
+def format_csv(rows: Iterable[tuple[str, int, int, float]]) -> str:
+    """The CSV text: header ``input,index,label,confidence``, confidence to 4 decimals."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for name, index, label, confidence in rows:
+        writer.writerow((name, index, label, f"{confidence:.4f}"))
+    return buffer.getvalue()
 
 
 def report(message: str) -> None:

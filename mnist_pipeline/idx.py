@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 UBYTE = 0x08
-IMAGES_MAGIC = 0x00000803
+IMAGES_MAGIC = 0x00000803  # the two magic numbers MNIST uses, as error messages name them
 LABELS_MAGIC = 0x00000801
 
 
@@ -28,8 +28,8 @@ def decode(data: bytes, name: str = "IDX data") -> np.ndarray:
         raise IdxFormatError(f"{name}: {len(data)} bytes is too short for an IDX header")
     if data[0] != 0 or data[1] != 0 or data[2] != UBYTE or not 1 <= data[3] <= 3:
         raise IdxFormatError(
-            f"{name}: bad magic number 0x{data[:4].hex()}; expected 0x00000801 (labels) "
-            "or 0x00000803 (images)"
+            f"{name}: bad magic number 0x{data[:4].hex()}; expected 0x{LABELS_MAGIC:08x} "
+            f"(labels) or 0x{IMAGES_MAGIC:08x} (images)"
         )
     ndim = data[3]
     header_size = 4 + 4 * ndim

