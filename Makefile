@@ -9,11 +9,11 @@ export PATH := $(BIN):$(PATH)
 # Quieter TensorFlow start-up logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-# Training settings that suit the 5,000 bundled digits (see README, "Offline: make sample").
-SAMPLE_PARAMS := -S data.dataset=mnist-sample -S train.epochs=60 -S train.batch_size=64 \
-	-S train.learning_rate=0.003 -S train.early_stopping_patience=0 -S train.ema_momentum=0 \
-	-S train.augmentation.rotation_degrees=10 -S train.augmentation.translation_fraction=0.1 \
-	-S train.augmentation.zoom_fraction=0.1
+# `make sample`'s settings for the 5,000 bundled digits live in recipes/sample.yaml (one home,
+# also read by benchmarks/ and tests/): each `key: value` line becomes `-S key=value`.
+SAMPLE_RECIPE := recipes/sample.yaml
+SAMPLE_PARAMS := $(shell sed -n -e 's/\#.*//' -e 's/[[:space:]]//g' \
+	-e 's/^\([A-Za-z0-9_.]*\):\(..*\)$$/-S \1=\2/p' $(SAMPLE_RECIPE))
 
 INSTALLED := $(VENV)/.installed
 # Local copies of vega, vega-lite and vega-embed for `dvc plots show` offline (not committed).

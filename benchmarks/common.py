@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-import shlex
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+SAMPLE_RECIPE = ROOT / "recipes" / "sample.yaml"  # what `make sample` runs
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.test_pipeline_e2e, stages/
@@ -33,14 +32,14 @@ from mnist_pipeline.params import Params, as_dict, load_params, params_from_dict
 DATASETS = ("mnist-sample", "fashion-mnist")
 
 
-def sample_overrides(makefile: Path = ROOT / "Makefile") -> list[str]:
-    """The ``key=value`` overrides of ``make sample`` (the Makefile's SAMPLE_PARAMS)."""
-    text = makefile.read_text(encoding="utf-8").replace("\\\n", " ")
-    match = re.search(r"^SAMPLE_PARAMS\s*:?=(.*)$", text, flags=re.MULTILINE)
-    if not match:
-        raise SystemExit(f"{makefile}: no SAMPLE_PARAMS line")
-    words = shlex.split(match.group(1))
-    return [word for flag, word in zip(words, words[1:], strict=False) if flag == "-S"]
+def sample_overrides(recipe: Path = SAMPLE_RECIPE) -> list[str]:
+    """The ``key=value`` overrides of ``make sample`` (recipes/sample.yaml, as the Makefile
+    passes them to ``dvc exp run -S``)."""
+    import yaml
+
+    entries = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+            for key, value in entries.items()]
 
 
 def apply_overrides(params: Params, overrides: list[str]) -> Params:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -80,7 +83,7 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("train.epoch", 3, r"^train.epoch: unknown key; allowed keys in train: augmentation,"),
         ("train.augmentation.foo", 1,
          r"^train.augmentation.foo: unknown key; allowed keys in train.augmentation: "
-         r"rotation_degrees, translation_fraction, zoom_fraction"),
+         r"elastic_pixels, rotation_degrees, translation_fraction, zoom_fraction"),
         # wrong types
         ("train.epochs", "ten", r"^train.epochs: expected an integer, got 'ten'"),
         ("train.epochs", 2.5, r"^train.epochs: expected an integer, got 2.5"),
@@ -118,6 +121,9 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("train.early_stopping_patience", -2, r"^train.early_stopping_patience: -2"),
         ("train.augmentation.rotation_degrees", 200, r"^train.augmentation.rotation_degrees: "),
         ("train.augmentation.zoom_fraction", -0.1, r"^train.augmentation.zoom_fraction: -0.1"),
+        ("train.augmentation.elastic_pixels", -1, r"^train.augmentation.elastic_pixels: -1.0 is "
+         r"out of range; allowed: 0..4 \(RMS displacement in pixels; 0 turns it off\)"),
+        ("train.augmentation.elastic_pixels", 5, r"^train.augmentation.elastic_pixels: 5.0"),
         ("train.ema_momentum", 1.0, r"^train.ema_momentum: 1.0 is out of range; allowed: "
          r"\[0, 1\) \(0 turns the weight average off\)"),
         ("preprocess.val_fraction", 0, r"^preprocess.val_fraction: 0.0 is out of range; "
@@ -186,3 +192,37 @@ def test_a_missing_file_is_a_params_error(tmp_path):
 def test_code_defaults_match_params_yaml():
     """A key missing from params.yaml takes the code default: both must say the same."""
     assert as_dict(Params()) == REAL_PARAMS
+
+
+SAMPLE_RECIPE = ROOT / "recipes" / "sample.yaml"
+
+
+def test_the_sample_recipe_is_valid_overrides_of_params_yaml():
+    """recipes/sample.yaml, `make sample`'s one home: dotted keys of params.yaml, valid."""
+    recipe = yaml.safe_load(SAMPLE_RECIPE.read_text())
+    raw = copy.deepcopy(REAL_PARAMS)
+    for key, value in recipe.items():
+        *parents, leaf = key.split(".")
+        section = raw
+        for name in parents:
+            section = section[name]  # KeyError: a key params.yaml does not have
+        assert leaf in section, key
+        section[leaf] = value
+    params = params_from_dict(raw)
+    assert params.data.dataset == "mnist-sample"
+    assert params.train.early_stopping_patience == 0  # its val split is too small to stop on
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_sample_passes_exactly_the_recipe_to_dvc_exp_run():
+    recipe = yaml.safe_load(SAMPLE_RECIPE.read_text())
+    done = subprocess.run(["make", "-n", "-o", "install", "sample"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    command = [line for line in done.stdout.splitlines() if line.startswith("dvc exp run")]
+    assert len(command) == 1, done.stdout
+    words = shlex.split(command[0])[3:]
+    assert words[::2] == ["-S"] * len(recipe)
+    passed = dict(word.split("=", 1) for word in words[1::2])
+    assert list(passed) == list(recipe)
+    # dvc reads each value as YAML (Hydra): the same values as the recipe file
+    assert {key: yaml.safe_load(value) for key, value in passed.items()} == recipe
