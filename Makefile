@@ -18,10 +18,12 @@ SAMPLE_PARAMS := $(shell sed -n -e 's/\#.*//' -e 's/[[:space:]]//g' \
 INSTALLED := $(VENV)/.installed
 # Local copies of vega, vega-lite and vega-embed for `dvc plots show` offline (not committed).
 NODE_INSTALLED := node_modules/.installed
+# The `dvc plots show` page template with those copies inlined (named in .dvc/config).
+PLOTS_TEMPLATE := .dvc/plots_template.html
 
-.PHONY: install repro sample test test-fast lint lock clean
+.PHONY: install repro sample baseline test test-fast lint lock clean
 
-install: $(INSTALLED) $(NODE_INSTALLED)
+install: $(INSTALLED) $(NODE_INSTALLED) $(PLOTS_TEMPLATE)
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -35,11 +37,22 @@ $(NODE_INSTALLED): package.json package-lock.json
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: dvc plots show will load vega from its CDN"; fi
 
+# Rebuilt when npm installs (again) or the source changes; without npm, CDN fallback only.
+$(PLOTS_TEMPLATE): dvc_plots_template.html mnist_pipeline/plots_page.py $(INSTALLED) $(wildcard $(NODE_INSTALLED))
+	python -m mnist_pipeline.plots_page
+
 repro: install
 	dvc repro
 
 sample: install
 	dvc exp run $(SAMPLE_PARAMS)
+
+# Commit the current run on the current branch (main, the first time): what `dvc metrics diff
+# main`, `dvc params diff main` and `dvc plots diff main` compare against later.
+BASELINE_FILES := params.yaml dvc.lock metrics plots dvclive data/.gitignore models/.gitignore
+baseline:
+	git add $(BASELINE_FILES)
+	git commit -m "Baseline: pipeline results of $$(git rev-parse --short HEAD)" -- $(BASELINE_FILES)
 
 # PLOTS_HTML_REQUIRED=1: a missing Chromium or node_modules fails the browser test, not skips it.
 test: install
@@ -58,4 +71,4 @@ lock: install
 	mv requirements.lock.new requirements.lock
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules $(PLOTS_TEMPLATE) .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 # mkstemp creates files readable by the owner only; outputs should follow the umask instead.
 _UMASK = os.umask(0)
@@ -61,6 +62,11 @@ def write_json(target: str | Path, data: Any) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as stream:
         return json.load(stream)
+
+
+def write_csv(target: str | Path, table: pd.DataFrame) -> None:
+    """A table as CSV with a header row and no index column (what `dvc plots` reads)."""
+    write_text(target, table.to_csv(index=False))
 
 
 def save_npy(target: str | Path, array: np.ndarray) -> None:

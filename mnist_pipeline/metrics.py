@@ -1,13 +1,15 @@
-"""Classification metrics from labels and probabilities: plain numpy, no TensorFlow.
+"""Classification metrics from labels and probabilities: numpy and pandas, no TensorFlow.
 
-The result of :func:`classification_metrics` is what ``metrics/evaluate.json`` holds; its
-flat top-level numbers and ``per_class.<digit>.<metric>`` keys read well in
-``dvc metrics diff``.
+:func:`classification_metrics` gives the headline numbers that ``metrics/evaluate.json``
+holds (a handful of columns in ``dvc metrics show`` and ``dvc exp show``);
+:func:`per_class_metrics` gives the per-digit table that ``plots/per_class.csv`` holds, which
+``dvc plots show/diff`` draws as bar charts.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 # Probabilities are clipped like Keras's cross-entropy does, so a confident mistake costs
 # -log(1e-7) ~ 16 rather than infinity.
@@ -43,42 +45,48 @@ def classification_metrics(
     probabilities: np.ndarray | None = None,
     num_classes: int = 10,
 ) -> dict:
-    """Accuracy, error count, macro F1 and per-class precision/recall/F1 (+ loss if given probs).
+    """The numbers a person compares first, JSON-ready::
 
-    Precision, recall or F1 of a class is 0 where it is undefined (no predictions of, or no
-    samples of, that class), as scikit-learn's ``zero_division=0``. Returns JSON-ready data::
+        {"accuracy": float, "errors": int, "macro_f1": float, "loss": float (with probabilities)}
 
-        {"num_samples": int, "errors": int, "accuracy": float, "macro_f1": float,
-         "loss": float (only with probabilities),
-         "per_class": {"0": {"precision", "recall", "f1", "support"}, ...}}
+    Macro F1 is the mean of the per-class F1 of :func:`per_class_metrics`.
     """
     matrix = confusion_matrix(y_true, y_pred, num_classes)
+    total = int(matrix.sum())
+    correct = int(np.trace(matrix))
+    result: dict = {
+        "accuracy": _round(correct / total if total else 0.0),
+        "errors": total - correct,
+        "macro_f1": _round(_per_class_scores(matrix)["f1"].mean()),
+    }
+    if probabilities is not None:
+        result["loss"] = _round(cross_entropy(y_true, probabilities))
+    return result
+
+
+def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10
+                      ) -> pd.DataFrame:
+    """One row per class: digit, precision, recall, f1, support (number of samples).
+
+    Precision, recall or F1 of a class is 0 where it is undefined (no predictions of, or no
+    samples of, that class), as scikit-learn's ``zero_division=0``.
+    """
+    scores = _per_class_scores(confusion_matrix(y_true, y_pred, num_classes))
+    table = pd.DataFrame({"digit": np.arange(num_classes)})
+    for name in ("precision", "recall", "f1"):
+        table[name] = np.round(scores[name], DECIMALS)
+    table["support"] = scores["support"]
+    return table
+
+
+def _per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
     true_positives = np.diag(matrix).astype(np.float64)
     predicted = matrix.sum(axis=0)  # column sums: how often each class was predicted
     actual = matrix.sum(axis=1)  # row sums: how many samples of each class
     precision = _safe_divide(true_positives, predicted)
     recall = _safe_divide(true_positives, actual)
     f1 = _safe_divide(2 * precision * recall, precision + recall)
-    total = int(matrix.sum())
-    correct = int(true_positives.sum())
-    result: dict = {
-        "num_samples": total,
-        "errors": total - correct,
-        "accuracy": _round(correct / total if total else 0.0),
-        "macro_f1": _round(f1.mean()),
-        "per_class": {
-            str(label): {
-                "precision": _round(precision[label]),
-                "recall": _round(recall[label]),
-                "f1": _round(f1[label]),
-                "support": int(actual[label]),
-            }
-            for label in range(num_classes)
-        },
-    }
-    if probabilities is not None:
-        result["loss"] = _round(cross_entropy(y_true, probabilities))
-    return result
+    return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
 
 
 def _labels(values: np.ndarray, name: str, num_classes: int) -> np.ndarray:

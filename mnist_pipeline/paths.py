@@ -47,4 +47,13 @@ TRAINING_PLOTS_DIR = TRAINING_LOG_DIR / "plots" / "metrics"
 
 PLOTS_DIR = Path("plots")
 PREDICTIONS_FILE = PLOTS_DIR / "predictions.csv"  # index,actual,predicted,confidence
+PER_CLASS_FILE = PLOTS_DIR / "per_class.csv"  # digit,precision,recall,f1,support (test split)
+CLASS_COUNTS_DIR = PLOTS_DIR / "class_counts"  # <split>.csv: digit,count
+
+
+def class_counts_file(split: str) -> Path:
+    """How many digits of each class one split holds (preprocess stage)."""
+    return CLASS_COUNTS_DIR / f"{split}.csv"
+
+
 PLOT_IMAGES_DIR = PLOTS_DIR / "images"

@@ -1,8 +1,8 @@
 """Evaluate stage: score the saved model on the test digits, used exactly as predict uses it.
 
 Reads   params.yaml (evaluate), models/model.keras, data/prepared/test_{images,labels}.npy
-Writes  metrics/evaluate.json: accuracy, loss (cross-entropy), macro_f1, errors, num_samples
-        and per_class.<digit>.{precision,recall,f1,support}
+Writes  metrics/evaluate.json: accuracy, loss (cross-entropy), macro_f1, errors
+        plots/per_class.csv: digit,precision,recall,f1,support (one row per digit)
         plots/predictions.csv: index,actual,predicted,confidence (one row per test digit)
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from mnist_pipeline import paths
-from mnist_pipeline.io import atomic_path, write_json
-from mnist_pipeline.metrics import classification_metrics
+from mnist_pipeline.io import write_csv, write_json
+from mnist_pipeline.metrics import classification_metrics, per_class_metrics
 from mnist_pipeline.model import load_model, load_prepared, predict_probabilities, to_pixels
 from mnist_pipeline.params import load_params
 
@@ -39,11 +39,11 @@ def main() -> None:
     })
 
     write_json(paths.EVALUATE_METRICS, scores)
-    with atomic_path(paths.PREDICTIONS_FILE) as temporary:
-        predictions.to_csv(temporary, index=False)
+    write_csv(paths.PER_CLASS_FILE, per_class_metrics(labels, predicted))
+    write_csv(paths.PREDICTIONS_FILE, predictions)
     print(f"evaluate: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}, "
           f"macro F1 {scores['macro_f1']:.4f}, {scores['errors']} errors "
-          f"of {scores['num_samples']}")
+          f"of {len(labels)}")
 
 
 if __name__ == "__main__":

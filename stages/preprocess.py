@@ -2,8 +2,8 @@
 
 Reads  params `seed` and `preprocess` (via load_params), data/raw/ (IDX files, manifest.json).
 Writes data/prepared/{train,val,test}_images.npy (float32, N x 28 x 28, values in [0, 1]),
-       data/prepared/{train,val,test}_labels.npy (uint8 0..9), metrics/data.json (split sizes
-       and class counts).
+       data/prepared/{train,val,test}_labels.npy (uint8 0..9), metrics/data.json (dataset
+       and split sizes), plots/class_counts/{train,val,test}.csv (digit,count).
 On bad params or raw files it prints one line naming the problem, writes nothing and exits 1.
 """
 
@@ -25,6 +25,7 @@ def main() -> None:
     for split, (images, labels) in splits.items():
         io.save_npy(paths.prepared_images(split), images)
         io.save_npy(paths.prepared_labels(split), labels)
+        io.write_csv(paths.class_counts_file(split), preprocess.class_count_table(labels))
     io.write_json(paths.DATA_METRICS, preprocess.split_metrics(raw.name, splits))
     sizes = ", ".join(f"{split} {len(labels):,}" for split, (_images, labels) in splits.items())
     print(f"preprocess: {raw.name}: {sizes} -> {paths.PREPARED_DIR}")

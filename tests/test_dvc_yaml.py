@@ -80,8 +80,18 @@ def _deps(stage: dict) -> list[str]:
     return [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
 
 
+def _declared(stage: dict, kind: str) -> dict[str, dict]:
+    """A stage's ``outs``, ``metrics`` or ``plots`` entries: path -> options."""
+    return dict((out, {}) if isinstance(out, str) else next(iter(out.items()))
+                for out in stage.get(kind, []))
+
+
 def _outs(stage: dict) -> list[str]:
-    return [out if isinstance(out, str) else next(iter(out)) for out in stage.get("outs", [])]
+    """Every file or folder the stage writes, whatever its kind."""
+    return [path for kind in OUTPUT_KINDS for path in _declared(stage, kind)]
+
+
+OUTPUT_KINDS = ("outs", "metrics", "plots")
 
 
 @pytest.mark.parametrize("stage_name", list(STAGES))
@@ -122,25 +132,39 @@ def test_only_the_params_module_parses_yaml():
 
 
 def test_dvc_yaml_paths_match_the_paths_module():
-    outs = {name: set(_outs(stage)) for name, stage in STAGES.items()}
-    assert str(paths.RAW_DIR) in outs["download"]
-    assert {str(paths.PREPARED_DIR), str(paths.DATA_METRICS)} <= outs["preprocess"]
-    assert {str(paths.MODEL_FILE), str(paths.TRAINING_METRICS)} <= outs["train"]
-    assert str(paths.TRAINING_PLOTS_DIR.parent) in outs["train"]
-    assert {str(paths.EVALUATE_METRICS), str(paths.PREDICTIONS_FILE)} <= outs["evaluate"]
-    assert str(paths.PLOT_IMAGES_DIR) in outs["plot"]
-    assert set(DVC_YAML["metrics"]) == {
-        str(paths.DATA_METRICS), str(paths.TRAINING_METRICS), str(paths.EVALUATE_METRICS)
-    }
+    def declared(stage: str, kind: str) -> set[str]:
+        return set(_declared(STAGES[stage], kind))
+
+    assert declared("download", "outs") == {str(paths.RAW_DIR)}
+    assert declared("preprocess", "outs") == {str(paths.PREPARED_DIR)}
+    assert declared("preprocess", "metrics") == {str(paths.DATA_METRICS)}
+    assert declared("preprocess", "plots") == {str(paths.CLASS_COUNTS_DIR)}
+    assert declared("train", "outs") == {str(paths.MODEL_FILE)}
+    assert declared("train", "metrics") == {str(paths.TRAINING_METRICS)}
+    assert declared("train", "plots") == {str(paths.TRAINING_PLOTS_DIR.parent)}
+    assert declared("evaluate", "metrics") == {str(paths.EVALUATE_METRICS)}
+    assert declared("evaluate", "plots") == {str(paths.PER_CLASS_FILE),
+                                             str(paths.PREDICTIONS_FILE)}
+    assert declared("plot", "plots") == {str(paths.PLOT_IMAGES_DIR)}
+    assert DVC_YAML["artifacts"]["mnist-classifier"]["path"] == str(paths.MODEL_FILE)
 
 
 def test_small_outputs_stay_in_git_and_large_ones_in_the_dvc_cache():
     for name, stage in STAGES.items():
-        for out in stage.get("outs", []):
-            path, options = (out, {}) if isinstance(out, str) else next(iter(out.items()))
-            in_git = options.get("cache", True) is False
-            large = path.startswith(("data/", "models/"))
-            assert in_git != large, f"{name}: {path} should be {'cached' if large else 'in git'}"
+        for kind in OUTPUT_KINDS:
+            for path, options in _declared(stage, kind).items():
+                in_git = options.get("cache", True) is False
+                large = path.startswith(("data/", "models/"))
+                assert in_git != large, (
+                    f"{name}: {path} should be {'cached' if large else 'in git'}")
+
+
+def test_small_outputs_keep_the_run_cache():
+    """DVC saves no run-cache entry for a stage with a `cache: false` file under `outs:`
+    (dvc/stage/__init__.py, `no_cache_outs`): such files belong under `metrics:`/`plots:`."""
+    for name, stage in STAGES.items():
+        for path, options in _declared(stage, "outs").items():
+            assert options.get("cache", True), f"{name}: {path} is cache: false under outs:"
 
 
 def test_each_stage_reads_what_the_previous_one_writes():

@@ -78,10 +78,11 @@ def test_train_writes_model_and_dvclive_logs(workspace):
 
 def test_evaluate_writes_metrics_and_predictions(workspace):
     scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())
-    assert set(scores) == {"accuracy", "loss", "macro_f1", "errors", "num_samples", "per_class"}
-    assert scores["num_samples"] == 50
-    assert sorted(scores["per_class"], key=int) == [str(d) for d in range(10)]
-    assert set(scores["per_class"]["0"]) == {"precision", "recall", "f1", "support"}
+    assert set(scores) == {"accuracy", "loss", "macro_f1", "errors"}  # headline numbers only
+    per_class = pd.read_csv(workspace / paths.PER_CLASS_FILE)
+    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"]
+    assert list(per_class.digit) == list(range(10)) and per_class.support.sum() == 50
+    assert scores["macro_f1"] == pytest.approx(per_class.f1.mean(), abs=1e-6)
     predictions = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
     assert list(predictions.columns) == ["index", "actual", "predicted", "confidence"]
     assert list(predictions["index"]) == list(range(50))
@@ -130,7 +131,8 @@ def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, works
         load_stage(stage).main()
     assert exit_.value.code != 0
     assert "\n" not in str(exit_.value.code)
-    outputs = ((paths.EVALUATE_METRICS, paths.PREDICTIONS_FILE) if stage == "evaluate"
+    outputs = ((paths.EVALUATE_METRICS, paths.PER_CLASS_FILE, paths.PREDICTIONS_FILE)
+               if stage == "evaluate"
                else (paths.MODEL_FILE, paths.TRAINING_METRICS))
     assert not any(output.exists() for output in outputs)
 

@@ -1,10 +1,11 @@
 """`dvc plots show` / `dvc plots diff` pages render offline with the project's HTML template.
 
-In a temporary git + DVC repository holding the project's top-level `plots:` definitions,
-the project's template (dvc_plots_template.html, wired up with the same `dvc config` line
-as the project) and a link to the project's node_modules, DVC writes the page, and headless
+In a temporary git + DVC repository holding the project's dvc.yaml (stage-level and top-level
+plots), the page template built as `make install` builds it (mnist_pipeline.plots_page: vega
+inlined from node_modules) and the project's .dvc/config, DVC writes the page, and headless
 Chromium, with every host name unresolvable, renders it: each vega plot must draw a canvas
-or SVG, and the page must report no script errors.
+or SVG, and the page must report no script errors. The page is moved before it is opened:
+nothing it needs may sit at a relative path.
 
 Needs `npm ci` (node_modules) and Chromium. Outside `make test` they are skipped when
 missing; `make test` sets PLOTS_HTML_REQUIRED=1, which turns the skip into a failure.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,12 +29,16 @@ import pytest
 import yaml
 from PIL import Image
 
+from mnist_pipeline import plots_page
+
 PROJECT = Path(__file__).resolve().parents[1]
 TEMPLATE = PROJECT / "dvc_plots_template.html"
 NODE_MODULES = PROJECT / "node_modules"
-# The line the project's .dvc/config holds; DVC resolves the path relative to .dvc/.
-CONFIG_TEMPLATE = ["plots.html_template", "../dvc_plots_template.html"]
-VEGA_PLOTS = 3  # Loss, Accuracy, Confusion matrix
+DVC_YAML = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+# 5 top-level definitions (Loss, Accuracy, normalized confusion, precision, F1) and one chart
+# per file of the stages' plot data: 3 class counts, 4 dvclive TSVs, per_class.csv (recall),
+# predictions.csv (confusion counts).
+VEGA_PLOTS = 5 + 3 + 4 + 1 + 1
 REQUIRED = os.environ.get("PLOTS_HTML_REQUIRED") == "1"
 
 
@@ -70,7 +76,8 @@ def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
-    """dvclive-style TSVs, predictions.csv and one PNG, as the pipeline leaves them."""
+    """dvclive-style TSVs, class counts, per-class scores, predictions.csv and one PNG, as the
+    pipeline leaves them."""
     steps = np.arange(epochs)
     for folder, offset in (("train", 0.0), ("eval", 0.05)):
         for metric, values in (("loss", 1.5 * np.exp(-steps / 2) + offset + shift),
@@ -85,6 +92,13 @@ def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
     pd.DataFrame({"index": range(200), "actual": actual, "predicted": predicted,
                   "confidence": rng.uniform(0.5, 1, 200).round(4)}).to_csv(
         repo / "plots/predictions.csv", index=False)
+    recall = np.clip(0.97 - shift + rng.normal(0, 0.01, 10), 0, 1).round(4)
+    pd.DataFrame({"digit": range(10), "precision": recall[::-1], "recall": recall,
+                  "f1": recall, "support": 20}).to_csv(repo / "plots/per_class.csv", index=False)
+    (repo / "plots/class_counts").mkdir(exist_ok=True)
+    for split, count in (("train", 350), ("val", 50), ("test", 100)):
+        pd.DataFrame({"digit": range(10), "count": count}).to_csv(
+            repo / f"plots/class_counts/{split}.csv", index=False)
     (repo / "plots/images").mkdir(parents=True, exist_ok=True)
     gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
     Image.fromarray(gradient).save(repo / "plots/images/confusion_matrix.png")
@@ -92,18 +106,17 @@ def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """Two commits (the second with other curve values), the project's plots and template."""
+    """Two commits (the second with other values), the project's dvc.yaml, .dvc/config and the
+    page template built as `make install` builds it."""
     _need(TEMPLATE.is_file(), f"{TEMPLATE.name} is missing")
     _need((NODE_MODULES / "vega-embed").is_dir(), "node_modules is missing: run `npm ci`")
     root = tmp_path_factory.mktemp("plots_repo")
     git("init", "--quiet", "--initial-branch=main", cwd=root)
     dvc("init", "--quiet", cwd=root)
-    project_plots = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["plots"]
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": project_plots}, sort_keys=False))
-    shutil.copy(TEMPLATE, root / TEMPLATE.name)
-    (root / "node_modules").symlink_to(NODE_MODULES)
-    (root / ".gitignore").write_text("/node_modules\n/dvc_plots/\n")
-    dvc("config", *CONFIG_TEMPLATE, cwd=root)
+    (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    shutil.copy(PROJECT / ".dvc" / "config", root / ".dvc" / "config")
+    assert plots_page.build(TEMPLATE, root / plots_page.TARGET, NODE_MODULES)
+    (root / ".gitignore").write_text("/dvc_plots/\n/.dvc/plots_template.html\n")
     (root / "plots").mkdir()
     write_plot_data(root, epochs=4, shift=0.0)
     git("add", "-A", cwd=root)
@@ -124,6 +137,28 @@ def test_cdn_fallback_loads_the_versions_npm_installs():
         build = f"{name}/build/{name}.min.js"
         assert f"../node_modules/{build}" in template
         assert f"https://cdn.jsdelivr.net/npm/{name}@{version}/build/{name}.min.js" in template
+
+
+def test_built_template_inlines_each_pinned_library(tmp_path):
+    _need((NODE_MODULES / "vega-embed").is_dir(), "node_modules is missing: run `npm ci`")
+    target = tmp_path / "template.html"
+    assert plots_page.build(TEMPLATE, target, NODE_MODULES)
+    built = target.read_text()
+    pinned = json.loads((PROJECT / "package.json").read_text())["dependencies"]
+    for name, version in pinned.items():
+        assert f"<script>/* {name} {version}, inlined" in built
+        assert f'src="../node_modules/{name}' not in built
+    assert built.count("{plot_divs}") == 1  # only the template's own placeholder
+
+
+def test_a_library_holding_a_dvc_placeholder_is_refused(tmp_path):
+    package = tmp_path / "node_modules" / "vega"
+    (package / "build").mkdir(parents=True)
+    (package / "package.json").write_text('{"version": "1.0.0"}')
+    (package / "build" / "vega.min.js").write_text("var s = '{plot_divs}';")
+    template = '<script src="../node_modules/vega/build/vega.min.js"></script>{plot_divs}'
+    with pytest.raises(ValueError, match="contains {plot_divs}"):
+        plots_page.inline_scripts(template, tmp_path / "node_modules")
 
 
 class _PlotDivs(HTMLParser):
@@ -192,15 +227,18 @@ def assert_all_drawn(plots: dict[str, list[str]], errors: str) -> None:
         assert {"canvas", "svg"} & set(tags), f"plot {plot_id} drew nothing: {tags}"
 
 
-def test_plots_show_renders_every_plot_offline(repo, tmp_path):
-    result = dvc("plots", "show", cwd=repo)
-    page = repo / "dvc_plots" / "index.html"
-    assert page.as_uri() in result.stdout
+def test_plots_show_renders_every_plot_offline_after_the_folder_moves(repo, tmp_path):
+    written = tmp_path / "out" / "plots"  # two levels down: no ../node_modules there
+    result = dvc("plots", "show", "--out", str(written), cwd=repo)
+    assert (written / "index.html").as_uri() in result.stdout
+    moved = tmp_path / "elsewhere" / "attached-to-a-ci-run"
+    moved.parent.mkdir()
+    shutil.move(written, moved)
+    page = moved / "index.html"
     html = page.read_text()
-    assert "../node_modules/vega-embed/build/vega-embed.min.js" in html  # our template
-    assert 'src="https://cdn.jsdelivr.net/npm/vega@5.20.2"' not in html  # not DVC's default
-    images = [line.split('src="', 1)[1].split('"')[0] for line in html.splitlines()
-              if "<img" in line]
+    assert "inlined from node_modules" in html  # our template
+    assert 'src="../node_modules' not in html  # nothing loaded by a relative path
+    images = re.findall(r'<img [^>]*src="(static/[^"]+)"', html)  # DVC copies images there
     assert images and all((page.parent / src).is_file() for src in images)
 
     plots, errors = rendered_plots(page, tmp_path / "profile")
@@ -225,20 +263,27 @@ def test_plots_diff_shows_both_revisions(repo, tmp_path):
     assert {point["rev"] for point in points} == {"HEAD~1", "HEAD"}
     # 4 epochs then 6, each with train and eval curves.
     assert len(points) == 2 * (4 + 6)
+    # Per-class recall of both revisions side by side: ten bars each.
+    recall = data["data"]["plots/per_class.csv"][0]["content"]["data"]["values"]
+    assert sorted(point["rev"] for point in recall) == ["HEAD"] * 10 + ["HEAD~1"] * 10
 
     out = tmp_path / "diff_page"
     dvc("plots", "diff", "HEAD~1", "HEAD", "--out", str(out), cwd=repo)
-    # With -o elsewhere, ../node_modules is not the repository's: link it as dvc_plots/ has it.
-    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
     plots, errors = rendered_plots(out / "index.html", tmp_path / "profile")
     assert_all_drawn(plots, errors)
 
 
 def test_without_node_modules_or_network_the_page_says_why(repo, tmp_path):
-    out = tmp_path / "no_node_modules" / "dvc_plots"
-    dvc("plots", "show", "--out", str(out), cwd=repo)
+    template = repo / plots_page.TARGET
+    built = template.read_text()
+    try:  # the template `make install` builds on a machine without npm
+        assert not plots_page.build(TEMPLATE, template, tmp_path / "no_node_modules")
+        out = tmp_path / "no_node_modules" / "dvc_plots"
+        dvc("plots", "show", "--out", str(out), cwd=repo)
+    finally:
+        template.write_text(built)
     plots, errors = rendered_plots(out / "index.html", tmp_path / "profile")
     assert len(plots) == VEGA_PLOTS
-    assert "vega could not be loaded: run `npm ci`" in errors
+    assert "vega could not be loaded: run `make install`" in errors
     for tags in plots.values():
         assert not {"canvas", "svg"} & set(tags)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mnist_pipeline import idx, io, paths
@@ -201,13 +202,18 @@ def test_same_seed_same_bytes_other_seed_other_split(sample):
         assert first[name][0].tobytes() != other[name][0].tobytes()
 
 
-def test_split_metrics_are_flat_numbers_per_split(sample):
+def test_split_metrics_are_the_dataset_and_split_sizes(sample):
     splits = pp.split_dataset(sample, None, PARAMS, seed=42)
     metrics = pp.split_metrics("mnist-sample", splits)
-    assert metrics["dataset"] == "mnist-sample"
-    assert metrics["val"] == {"size": 500} | {f"class_{c}": 50 for c in range(10)}
-    assert metrics["test"]["size"] == 1000 and metrics["train"]["class_9"] == 350
+    assert metrics == {"dataset": "mnist-sample", "train": {"size": 3500}, "val": {"size": 500},
+                       "test": {"size": 1000}}
     assert json.loads(json.dumps(metrics)) == metrics
+
+
+def test_class_count_table_has_a_row_per_digit(sample):
+    table = pp.class_count_table(pp.split_dataset(sample, None, PARAMS, seed=42)["train"][1])
+    assert list(table.columns) == ["digit", "count"]
+    assert list(table.digit) == list(range(10)) and set(table["count"]) == {350}
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's Fashion-MNIST not installed")
@@ -218,9 +224,10 @@ def test_full_size_fashion_mnist_splits(tmp_path):
         (raw_dir / name).symlink_to(FASHION_MNIST / f"{name}.gz")
     io.write_json(raw_dir / "manifest.json", {"dataset": "fashion-mnist", "files": {}})
     raw = pp.load_raw(raw_dir)
-    metrics = pp.split_metrics(raw.name, pp.split_dataset(raw.train, raw.test, PARAMS, seed=42))
+    splits = pp.split_dataset(raw.train, raw.test, PARAMS, seed=42)
+    metrics = pp.split_metrics(raw.name, splits)
     assert [metrics[split]["size"] for split in paths.SPLITS] == [54000, 6000, 10000]
-    assert {metrics["val"][f"class_{c}"] for c in range(10)} == {600}
+    assert set(pp.class_count_table(splits["val"][1])["count"]) == {600}
 
 
 # --- load_raw ------------------------------------------------------------------------------------
@@ -315,13 +322,15 @@ def test_stage_writes_prepared_arrays_and_metrics(workspace, capsys):
     metrics = io.read_json(paths.DATA_METRICS)
     assert metrics["dataset"] == "mnist-sample"
     assert [metrics[split]["size"] for split in paths.SPLITS] == [210, 30, 60]
-    assert {metrics["test"][f"class_{c}"] for c in range(10)} == {6}
+    counts = pd.read_csv(paths.class_counts_file("test"))
+    assert list(counts.digit) == list(range(10)) and set(counts["count"]) == {6}
     assert "train 210, val 30, test 60" in capsys.readouterr().out
 
 
 def test_stage_reruns_give_byte_identical_files(workspace):
     stage = load_stage()
-    outputs = [paths.prepared_images(s) for s in paths.SPLITS] + [paths.DATA_METRICS]
+    outputs = [paths.prepared_images(s) for s in paths.SPLITS] + [paths.DATA_METRICS] + [
+        paths.class_counts_file(s) for s in paths.SPLITS]
     stage.main()
     first = [path.read_bytes() for path in outputs]
     stage.main()
