@@ -1,0 +1,223 @@
+// The drawing page of `mnist-pipeline serve`: plain JavaScript, nothing loaded from elsewhere.
+// Strokes are drawn white on black (as MNIST); while the user draws, the canvas is sent as a
+// PNG to POST /predict at most every THROTTLE_MS, one request at a time, and the answer shown.
+"use strict";
+
+const THROTTLE_MS = 150;
+const STROKE_WIDTH = 18; // canvas pixels of 280: about 2 px once the digit is 20 px tall
+
+const pad = document.getElementById("pad");
+const context = pad.getContext("2d");
+const statusLine = document.getElementById("status");
+const labelText = document.getElementById("label");
+const confidenceText = document.getElementById("confidence");
+const seen = document.getElementById("seen");
+const fileInput = document.getElementById("file");
+
+let drawing = false;
+let inked = false; // anything drawn since the last Clear
+let last = null; // last point of the stroke being drawn
+let generation = 0; // bumped by Clear and by a picked file: older answers are dropped
+let answers = 0; // answers shown, for tests and the curious
+let pending = false; // the canvas changed since the last request
+let inFlight = false;
+let lastSent = -Infinity;
+let timer = null;
+
+// --- bars ---------------------------------------------------------------------------------
+
+const bars = [];
+for (let digit = 0; digit < 10; digit++) {
+  const item = document.createElement("li");
+  item.innerHTML = `<span class="digit">${digit}</span><span class="track">` +
+    `<span class="fill"></span></span><span class="value"></span>`;
+  document.getElementById("bars").appendChild(item);
+  bars.push(item);
+}
+
+// --- drawing ------------------------------------------------------------------------------
+
+function clearPad() {
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, pad.width, pad.height);
+  inked = false;
+}
+
+function pointOf(event) {
+  const box = pad.getBoundingClientRect();
+  return {
+    x: (event.clientX - box.left) * pad.width / box.width,
+    y: (event.clientY - box.top) * pad.height / box.height,
+  };
+}
+
+function strokeTo(point) {
+  context.strokeStyle = "#fff";
+  context.lineWidth = STROKE_WIDTH;
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.beginPath();
+  context.moveTo(last.x, last.y);
+  context.lineTo(point.x, point.y);
+  context.stroke();
+  last = point;
+  inked = true;
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  if (event.pointerType === "mouse" && event.button !== 0) return;
+  event.preventDefault();
+  try {
+    pad.setPointerCapture(event.pointerId);
+  } catch (error) {
+    // a synthetic event has no active pointer to capture; drawing works all the same
+  }
+  drawing = true;
+  last = pointOf(event);
+  strokeTo(last); // a dot
+  requestPrediction();
+});
+
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  event.preventDefault();
+  const coalesced = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const each of coalesced.length ? coalesced : [event]) strokeTo(pointOf(each));
+  requestPrediction();
+});
+
+function endStroke() {
+  if (!drawing) return;
+  drawing = false;
+  requestPrediction();
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+pad.addEventListener("lostpointercapture", endStroke);
+
+document.getElementById("clear").addEventListener("click", () => {
+  generation++;
+  pending = false;
+  clearPad();
+  fileInput.value = "";
+  showNothing("Draw with the mouse, a finger or a pen.");
+});
+
+// --- asking the server --------------------------------------------------------------------
+
+function requestPrediction() {
+  pending = true;
+  pump();
+}
+
+// At most one request in flight and one every THROTTLE_MS; the last drawing is always sent.
+function pump() {
+  if (!pending || inFlight || timer !== null) return;
+  const wait = lastSent + THROTTLE_MS - performance.now();
+  if (wait > 0) {
+    timer = setTimeout(() => { timer = null; pump(); }, wait);
+    return;
+  }
+  pending = false;
+  if (!inked) return;
+  inFlight = true;
+  lastSent = performance.now();
+  document.body.dataset.state = "busy";
+  const sent = generation;
+  pad.toBlob((blob) => {
+    predict(blob, "drawing.png", sent).finally(() => {
+      inFlight = false;
+      document.body.dataset.state = "idle";
+      pump();
+    });
+  }, "image/png");
+}
+
+async function predict(blob, name, sent) {
+  const form = new FormData();
+  form.append("file", blob, name);
+  let response;
+  let body;
+  try {
+    response = await fetch("/predict", { method: "POST", body: form });
+    body = await response.json();
+  } catch (error) {
+    if (sent === generation) showError(`the server did not answer (${error.message})`);
+    return;
+  }
+  if (sent !== generation) return; // cleared, or another picture, meanwhile
+  if (!response.ok) {
+    showError(body.detail || `error ${response.status}`);
+    return;
+  }
+  show(body);
+}
+
+fileInput.addEventListener("change", () => {
+  const file = fileInput.files[0];
+  if (!file) return;
+  generation++;
+  pending = false;
+  clearPad();
+  statusLine.textContent = `Picture: ${file.name}`;
+  statusLine.className = "";
+  document.body.dataset.state = "busy";
+  predict(file, file.name, generation).finally(() => {
+    document.body.dataset.state = "idle";
+  });
+});
+
+// --- showing the answer -------------------------------------------------------------------
+
+function show(result) {
+  labelText.textContent = String(result.label);
+  confidenceText.textContent = `${(100 * result.confidence).toFixed(1)}%`;
+  result.probabilities.forEach((probability, digit) => {
+    bars[digit].querySelector(".fill").style.width = `${(100 * probability).toFixed(1)}%`;
+    bars[digit].querySelector(".value").textContent = probability.toFixed(3);
+    bars[digit].classList.toggle("best", digit === result.label);
+  });
+  drawSeen(result.digit);
+  if (statusLine.className === "error") {
+    statusLine.textContent = "";
+    statusLine.className = "";
+  }
+  answers++;
+  document.body.dataset.answers = String(answers);
+}
+
+function drawSeen(digit) {
+  const picture = seen.getContext("2d").createImageData(28, 28);
+  for (let row = 0; row < 28; row++) {
+    for (let column = 0; column < 28; column++) {
+      const at = 4 * (28 * row + column);
+      const value = digit ? digit[row][column] : 0;
+      picture.data.set([value, value, value, 255], at);
+    }
+  }
+  seen.getContext("2d").putImageData(picture, 0, 0);
+}
+
+function showNothing(message) {
+  labelText.textContent = "–";
+  confidenceText.textContent = "–";
+  for (const item of bars) {
+    item.querySelector(".fill").style.width = "0";
+    item.querySelector(".value").textContent = "";
+    item.classList.remove("best");
+  }
+  drawSeen(null);
+  statusLine.textContent = message;
+  statusLine.className = "";
+}
+
+function showError(message) {
+  statusLine.textContent = message;
+  statusLine.className = "error";
+  document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1);
+}
+
+clearPad();
+showNothing("Draw with the mouse, a finger or a pen.");
+document.body.dataset.state = "idle";
+document.body.dataset.answers = "0";

@@ -1,0 +1,379 @@
+"""`mnist-pipeline serve`'s application, through FastAPI's test client, with a small real model.
+
+Pictures must come out exactly as `mnist-pipeline predict` makes them (digit_image), JSON
+pixels as predict reads .npy arrays; every kind of bad input gets a 4xx with a one-line
+reason while the server keeps serving; requests that arrive together share a model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import struct
+import threading
+import time
+import zlib
+
+import httpx2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_model import ServedModel, served_model
+
+from mnist_pipeline import cli, digit_image, predict, serve
+
+
+@pytest.fixture(scope="module")
+def trained() -> ServedModel:
+    return served_model()
+
+
+@pytest.fixture(scope="module")
+def client(trained: ServedModel):
+    with TestClient(serve.create_app(trained.model, model_name="tiny")) as test_client:
+        yield test_client
+
+
+def png_bytes(pixels: np.ndarray, size: int | None = None) -> bytes:
+    picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if size:
+        picture = picture.resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def paper_scan(digit: np.ndarray, size: int = 140) -> np.ndarray:
+    """``digit`` as a dark digit on light paper, enlarged, with a margin: a scan, roughly."""
+    page = np.full((size, size), 235.0, np.float32)
+    ink = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((size // 2, size // 2)),
+                     dtype=np.float32)
+    page[size // 4:size // 4 + size // 2, size // 4:size // 4 + size // 2] -= ink * 0.85
+    return page
+
+
+def chunk(name: str, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + name.encode() + data
+            + struct.pack(">I", zlib.crc32(name.encode() + data)))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few hundred bytes of valid PNG header announcing width x height 8-bit gray pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk("IHDR", header)
+            + chunk("IDAT", zlib.compress(b"\x00" * 10_000)) + chunk("IEND", b""))
+
+
+def post_json(client: TestClient, document: object) -> httpx2.Response:
+    return client.post("/predict", content=json.dumps(document),
+                       headers={"content-type": "application/json"})
+
+
+def assert_refused(response: httpx2.Response, status: int, reason: str) -> None:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail and "\n" not in detail
+    assert reason in detail, detail
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def test_health_names_the_model(client: TestClient) -> None:
+    answer = client.get("/health").json()
+    assert answer["status"] == "ok" and answer["model"] == "tiny"
+
+
+def test_one_digit_as_json_pixels(client: TestClient, trained: ServedModel) -> None:
+    digit = trained.digits[0]
+    response = post_json(client, {"pixels": digit.astype(int).tolist()})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["label"] == trained.predicted[0]
+    assert len(answer["probabilities"]) == 10
+    assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert answer["confidence"] == max(answer["probabilities"])
+    assert np.array_equal(answer["digit"], digit)  # JSON pixels are used as they are
+    expected = np.asarray(trained.model(digit[np.newaxis]))[0]
+    assert np.allclose(answer["probabilities"], expected, atol=1e-5)
+
+
+def test_a_batch_answers_in_order(client: TestClient, trained: ServedModel) -> None:
+    response = post_json(client, {"pixels": trained.digits[:40].tolist()})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == trained.predicted[:40].tolist()
+    assert all("digit" not in p for p in predictions)
+    single = post_json(client, {"pixels": trained.digits[:1].tolist()}).json()
+    assert len(single["predictions"]) == 1  # N x 28 x 28 is a batch, even of one
+
+
+def test_pixels_are_read_as_predict_reads_npy(client: TestClient, trained: ServedModel) -> None:
+    """Floats with a maximum <= 1.0 are on the [0, 1] scale, as in predict.as_pixel_batch."""
+    digits = trained.digits[:5]
+    on_unit_scale = post_json(client, {"pixels": (digits / 255).tolist()}).json()
+    as_pixels = post_json(client, {"pixels": digits.tolist()}).json()
+    assert [p["label"] for p in on_unit_scale["predictions"]] == \
+        [p["label"] for p in as_pixels["predictions"]]
+    assert np.allclose([p["probabilities"] for p in on_unit_scale["predictions"]],
+                       [p["probabilities"] for p in as_pixels["predictions"]], atol=1e-5)
+
+
+def test_an_upload_goes_through_predicts_picture_path(client: TestClient, trained: ServedModel,
+                                                      tmp_path) -> None:
+    """A scan-like PNG: the 28x28 the server saw is exactly what predict makes of the file."""
+    data = png_bytes(paper_scan(trained.digits[3]))
+    response = client.post("/predict", files={"file": ("scan.png", data, "image/png")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    path = tmp_path / "scan.png"
+    path.write_bytes(data)
+    as_predict_sees_it = predict.load_input(path)[0]
+    assert np.array_equal(answer["digit"], np.rint(as_predict_sees_it))
+    assert np.array_equal(as_predict_sees_it, digit_image.picture_to_digit(data))
+    expected = np.asarray(trained.model(as_predict_sees_it[np.newaxis]))[0]
+    assert answer["label"] == int(expected.argmax())
+    assert np.allclose(answer["probabilities"], expected, atol=1e-5)
+
+
+def test_raw_png_and_jpeg_bodies(client: TestClient, trained: ServedModel) -> None:
+    scan = paper_scan(trained.digits[7])
+    labels = []
+    for media_type, picture_format in (("image/png", "PNG"), ("image/jpeg", "JPEG")):
+        buffer = io.BytesIO()
+        Image.fromarray(scan.astype(np.uint8)).save(buffer, format=picture_format)
+        response = client.post("/predict", content=buffer.getvalue(),
+                               headers={"content-type": media_type})
+        assert response.status_code == 200, response.text
+        labels.append(response.json()["label"])
+    assert labels[0] == labels[1]
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def gif_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("data", "status", "reason"), [
+    (b"just some text", 400, "not a readable image"),
+    (b"", 400, "empty upload"),
+    (None, 400, "truncated"),  # the first 300 bytes of a real PNG
+    (b"GIF", 400, "GIF"),
+    (png_claiming(50_000, 50_000), 413, "too large"),  # a decompression bomb's header
+    (png_bytes(np.full((40, 40), 255)), 400, "blank image"),
+], ids=["text", "empty", "truncated", "gif", "bomb", "blank"])
+def test_bad_pictures_are_refused(client: TestClient, trained: ServedModel, data: bytes | None,
+                                  status: int, reason: str) -> None:
+    if data is None:
+        data = png_bytes(paper_scan(trained.digits[0], 300))[:300]
+    if data == b"GIF":
+        data = gif_bytes()
+    response = client.post("/predict", files={"file": ("upload.png", data, "image/png")})
+    assert_refused(response, status, reason)
+
+
+def test_multipart_without_a_file_field(client: TestClient) -> None:
+    response = client.post("/predict", data={"name": "value"},
+                           files={"other": ("x.png", b"x", "image/png")})
+    assert_refused(response, 400, 'field named "file"')
+
+
+def test_unknown_content_type(client: TestClient) -> None:
+    response = client.post("/predict", content=b"1,2,3", headers={"content-type": "text/csv"})
+    assert_refused(response, 415, "content type text/csv")
+
+
+def test_a_body_over_the_limit_is_refused_unread(client: TestClient) -> None:
+    response = client.post("/predict", content=b"\0" * (serve.MAX_REQUEST_BYTES + 1),
+                           headers={"content-type": "image/png"})
+    assert_refused(response, 413, "over the limit")
+
+
+def test_a_streamed_body_is_cut_at_the_limit(client: TestClient) -> None:
+    """Without Content-Length (chunked), reading stops once the limit is passed."""
+    def body():
+        for _ in range(serve.MAX_REQUEST_BYTES // 65536 + 50):
+            yield b"\0" * 65536
+
+    response = client.post("/predict", content=body(), headers={"content-type": "image/png"})
+    assert_refused(response, 413, "over the limit")
+
+
+def pixels_of(value: float) -> list[list[float]]:
+    rows = np.zeros((28, 28)).tolist()
+    rows[5][5] = value
+    return rows
+
+
+@pytest.mark.parametrize(("document", "status", "reason"), [
+    ("[[1, 2], [3, 4]", 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, 400, "not valid JSON"),  # nesting too deep
+    ([[0] * 28] * 28, 422, 'expected a JSON object {"pixels"'),
+    ({"image": [[0] * 28] * 28}, 422, 'expected a JSON object {"pixels"'),
+    ({"pixels": [[0] * 28] * 27}, 422, "got shape 27x28"),
+    ({"pixels": [0] * 784}, 422, "got shape 784"),
+    ({"pixels": [[[[0] * 28] * 28]]}, 422, "got shape 1x1x28x28"),
+    ({"pixels": 7}, 422, "got shape"),
+    ({"pixels": [[0] * 28] * 27 + [[0] * 27]}, 422, "different lengths"),
+    ({"pixels": [["0"] * 28] * 28}, 422, "strings"),
+    ({"pixels": [[None] * 28] * 28}, 422, "nulls"),
+    ({"pixels": [[True] * 28] * 28}, 422, "booleans"),
+    ({"pixels": {"a": 1}}, 422, "objects"),
+    ({"pixels": pixels_of(1e30)}, 422, "outside 0..255"),
+    ({"pixels": pixels_of(2 ** 70)}, 422, "huge integers"),  # beyond int64: object array
+    ({"pixels": pixels_of(-1)}, 422, "outside 0..255"),
+    ({"pixels": pixels_of(256)}, 422, "outside 0..255"),
+    ({"pixels": []}, 422, "empty batch"),
+    ({"pixels": [[[0] * 28] * 28] * (serve.MAX_BATCH_IMAGES + 1)}, 422, "over the limit"),
+], ids=["truncated", "not-utf8", "deep", "bare-array", "no-pixels", "27x28", "flat", "4d",
+        "scalar", "ragged", "strings", "nulls", "booleans", "object", "huge", "bigint",
+        "negative", "256", "empty-batch", "batch-over-limit"])
+def test_bad_json_is_refused(client: TestClient, document: object, status: int,
+                             reason: str) -> None:
+    body = document if isinstance(document, str | bytes) else json.dumps(document)
+    response = client.post("/predict", content=body,
+                           headers={"content-type": "application/json"})
+    assert_refused(response, status, reason)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused(client: TestClient, value: str) -> None:
+    body = json.dumps({"pixels": pixels_of(1.5)}).replace("1.5", value)  # Python's JSON reads them
+    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert_refused(response, 422, "NaN or infinite")
+
+
+def test_the_server_keeps_serving_after_bad_input(client: TestClient,
+                                                  trained: ServedModel) -> None:
+    for _ in range(3):
+        client.post("/predict", content=b"{", headers={"content-type": "application/json"})
+        client.post("/predict", files={"file": ("x.png", b"\x89PNG\r\n\x1a\n", "image/png")})
+        client.post("/predict", content=png_claiming(60_000, 60_000),
+                    headers={"content-type": "image/png"})
+    response = post_json(client, {"pixels": trained.digits[0].tolist()})
+    assert response.status_code == 200 and response.json()["label"] == trained.predicted[0]
+    assert client.get("/health").json()["status"] == "ok"
+
+
+# --- page, docs ---------------------------------------------------------------------------------
+
+
+def test_the_page_and_its_files_are_served_locally(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert 'id="pad"' in page.text and 'id="file"' in page.text and 'id="clear"' in page.text
+    for name in ("page.js", "page.css"):
+        asset = client.get(f"/static/{name}")
+        assert asset.status_code == 200
+        assert "http://" not in asset.text and "https://" not in asset.text
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_docs_work_offline(client: TestClient) -> None:
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "cdn" not in docs.text and "https://" not in docs.text
+    for path in ("/static-offline-docs/swagger-ui-bundle.js",
+                 "/static-offline-docs/swagger-ui.css"):
+        assert client.get(path).status_code == 200
+    assert "https://" not in client.get("/redoc").text
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data", "image/png", "image/jpeg"}
+    assert {"400", "413", "415", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+
+class SlowModel:
+    """Stands in for a Keras model: 20 ms a call whatever the batch, calls counted."""
+
+    def __init__(self):
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, pixels, training=False):
+        with self.lock:
+            self.calls += 1
+        time.sleep(0.02)
+        # Each image's "probabilities" peak at its first pixel, so answers can be matched.
+        probabilities = np.full((len(pixels), 10), 0.01, np.float32)
+        probabilities[np.arange(len(pixels)), pixels[:, 0, 0].astype(int) % 10] = 0.91
+        return probabilities
+
+
+async def concurrent_predictions(app, count: int) -> list[dict]:
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
+        async def one(index: int) -> dict:
+            pixels = np.zeros((28, 28), dtype=int)
+            pixels[0, 0] = 10 + index  # (not 1: a maximum <= 1 means the [0, 1] scale)
+            response = await http.post("/predict", json={"pixels": pixels.tolist()})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        return await asyncio.gather(*(one(index) for index in range(count)))
+
+
+@pytest.mark.parametrize("max_model_batch", [serve.MAX_MODEL_BATCH, 1])
+def test_requests_that_arrive_together_share_a_model_call(max_model_batch: int) -> None:
+    model = SlowModel()
+    app = serve.create_app(model, max_model_batch=max_model_batch)
+    model.calls = 0  # after the warm-up call
+    answers = asyncio.run(concurrent_predictions(app, 24))
+    assert [answer["label"] for answer in answers] == [index % 10 for index in range(24)]
+    if max_model_batch == 1:
+        assert model.calls == 24
+    else:
+        assert model.calls <= 3  # the first request alone, then the rest while it ran
+    assert app.state.batcher.images == 24 and app.state.batcher.model_calls == model.calls
+
+
+def test_a_failing_model_fails_its_requests_only() -> None:
+    calls = []
+
+    def flaky(pixels, training=False):
+        calls.append(len(pixels))
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return np.full((len(pixels), 10), 0.1, np.float32)
+
+    with TestClient(serve.create_app(flaky), raise_server_exceptions=False) as test_client:
+        document = {"pixels": np.zeros((28, 28)).tolist()}
+        assert post_json(test_client, document).status_code == 500
+        assert post_json(test_client, document).status_code == 200
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def test_serve_listens_on_loopback_by_default() -> None:
+    args = cli.build_parser().parse_args(["serve"])
+    assert (args.host, args.port, str(args.model)) == ("127.0.0.1", 8000, "models/model.keras")
+
+
+def test_serve_without_a_model_says_so(tmp_path, capsys) -> None:
+    status = cli.main(["serve", "--model", str(tmp_path / "missing.keras")])
+    assert status == cli.EXIT_NO_MODEL
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_create_app_loads_a_model_file_once(trained: ServedModel, monkeypatch) -> None:
+    loads = []
+    real_load = predict.load_model
+    monkeypatch.setattr(predict, "load_model", lambda path: loads.append(path) or
+                        real_load(path))
+    with TestClient(serve.create_app(trained.path)) as test_client:
+        for digit in trained.digits[:3]:
+            assert post_json(test_client, {"pixels": digit.tolist()}).status_code == 200
+        assert test_client.get("/health").json()["model"] == str(trained.path)
+    assert loads == [trained.path]
