@@ -23,6 +23,7 @@ let pending = false; // the canvas changed since the last request
 let inFlight = false;
 let lastSent = -Infinity;
 let timer = null;
+let uploads = 0; // picked files being predicted
 
 // --- bars ---------------------------------------------------------------------------------
 
@@ -64,6 +65,14 @@ function strokeTo(point) {
   inked = true;
 }
 
+function dot(point) {
+  context.fillStyle = "#fff";
+  context.beginPath();
+  context.arc(point.x, point.y, STROKE_WIDTH / 2, 0, 2 * Math.PI);
+  context.fill();
+  inked = true;
+}
+
 pad.addEventListener("pointerdown", (event) => {
   if (event.pointerType === "mouse" && event.button !== 0) return;
   event.preventDefault();
@@ -74,7 +83,7 @@ pad.addEventListener("pointerdown", (event) => {
   }
   drawing = true;
   last = pointOf(event);
-  strokeTo(last); // a dot
+  dot(last); // a zero-length line would draw nothing
   requestPrediction();
 });
 
@@ -101,6 +110,7 @@ document.getElementById("clear").addEventListener("click", () => {
   clearPad();
   fileInput.value = "";
   showNothing("Draw with the mouse, a finger or a pen.");
+  settle();
 });
 
 // --- asking the server --------------------------------------------------------------------
@@ -110,24 +120,33 @@ function requestPrediction() {
   pump();
 }
 
+// body[data-state] is "busy" while anything is still to be sent or answered (tests wait on it).
+function settle() {
+  const busy = pending || inFlight || uploads > 0 || timer !== null;
+  document.body.dataset.state = busy ? "busy" : "idle";
+}
+
 // At most one request in flight and one every THROTTLE_MS; the last drawing is always sent.
 function pump() {
-  if (!pending || inFlight || timer !== null) return;
-  const wait = lastSent + THROTTLE_MS - performance.now();
-  if (wait > 0) {
-    timer = setTimeout(() => { timer = null; pump(); }, wait);
-    return;
+  if (pending && !inFlight && timer === null) {
+    const wait = lastSent + THROTTLE_MS - performance.now();
+    if (wait > 0) {
+      timer = setTimeout(() => { timer = null; pump(); }, wait);
+    } else {
+      pending = false;
+      if (inked) send();
+    }
   }
-  pending = false;
-  if (!inked) return;
+  settle();
+}
+
+function send() {
   inFlight = true;
   lastSent = performance.now();
-  document.body.dataset.state = "busy";
   const sent = generation;
   pad.toBlob((blob) => {
     predict(blob, "drawing.png", sent).finally(() => {
       inFlight = false;
-      document.body.dataset.state = "idle";
       pump();
     });
   }, "image/png");
@@ -161,9 +180,11 @@ fileInput.addEventListener("change", () => {
   clearPad();
   statusLine.textContent = `Picture: ${file.name}`;
   statusLine.className = "";
-  document.body.dataset.state = "busy";
+  uploads++;
+  settle();
   predict(file, file.name, generation).finally(() => {
-    document.body.dataset.state = "idle";
+    uploads--;
+    settle();
   });
 });
 
@@ -219,5 +240,5 @@ function showError(message) {
 
 clearPad();
 showNothing("Draw with the mouse, a finger or a pen.");
-document.body.dataset.state = "idle";
 document.body.dataset.answers = "0";
+settle();

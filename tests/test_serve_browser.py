@@ -1,0 +1,357 @@
+"""The drawing page of `mnist-pipeline serve`, in headless Chromium with no network.
+
+The real command serves a small trained model on a free port of 127.0.0.1; Chromium, with
+every host name unresolvable (as in test_plots_html.py; 127.0.0.1 excepted), opens the page
+and is driven over the DevTools protocol: a "7" is drawn with the mouse and a "4" with a
+finger (real input events, which the page receives as Pointer Events), then a PNG scan of a
+held-out digit is picked with the file input. Each time the label shown must be the right
+one, with the 28x28 picture the model saw drawn beside it; the page must load nothing but its
+own server's files and report no script error. /docs must render offline too.
+
+Needs Chromium. Outside `make test` it is skipped when missing; `make test` sets
+PLOTS_HTML_REQUIRED=1, which turns the skip into a failure.
+Set TEST_ARTIFACTS_DIR to keep a screenshot of the page there.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from serve_model import ServedModel, served_model
+
+from mnist_pipeline import digit_image
+
+REQUIRED = os.environ.get("PLOTS_HTML_REQUIRED") == "1"
+TIMEOUT_SECONDS = 30
+
+
+def _need(condition: bool, reason: str) -> None:
+    if not condition:
+        if REQUIRED:
+            pytest.fail(f"{reason} (PLOTS_HTML_REQUIRED=1)")
+        pytest.skip(reason)
+
+
+def chromium() -> str:
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
+                                                 "google-chrome"))), None)
+    _need(found is not None, "Chromium is not installed")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, what: str, timeout: float = TIMEOUT_SECONDS):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def trained() -> ServedModel:
+    return served_model()
+
+
+@pytest.fixture(scope="module")
+def server(trained: ServedModel, tmp_path_factory) -> Iterator[str]:
+    """`mnist-pipeline serve --model <small model> --port <free>`; its base URL."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_pipeline.cli", "serve", "--model", str(trained.path),
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"the server exited ({process.returncode}):\n{log.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                return json.load(response)["status"] == "ok"
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, "the server to answer /health", timeout=120)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client for one page, over a websocket."""
+
+    def __init__(self, websocket_url: str):
+        from websockets.sync.client import connect
+
+        self.socket = connect(websocket_url, max_size=None, open_timeout=TIMEOUT_SECONDS)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=TIMEOUT_SECONDS))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def event_params(self, method: str) -> list[dict]:
+        return [event["params"] for event in self.events if event.get("method") == method]
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator[DevTools]:
+    """Headless Chromium with no name resolution, on about:blank, driven over DevTools."""
+    executable = chromium()
+    profile = tmp_path_factory.mktemp("chromium_profile")
+    process = subprocess.Popen(
+        [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         # Every host name fails to resolve, as in test_plots_html.py; the rule would
+         # catch the IP literal of our own server too, hence the one exclusion.
+         "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+         f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=900,800",
+         "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        def devtools_url() -> str | None:
+            line = process.stderr.readline()
+            if not line and process.poll() is not None:
+                raise AssertionError(f"Chromium exited ({process.returncode})")
+            return line.split("listening on ", 1)[1].strip() if "listening on ws" in line \
+                else None
+
+        browser_url = wait_until(devtools_url, "Chromium's DevTools address")
+        http_root = browser_url.split("/devtools/")[0].replace("ws://", "http://")
+        with urllib.request.urlopen(f"{http_root}/json/list", timeout=10) as response:
+            page = next(t for t in json.load(response) if t["type"] == "page")
+        devtools = DevTools(page["webSocketDebuggerUrl"])
+        for domain in ("Page", "Runtime", "Network", "Log", "DOM"):
+            devtools.call(f"{domain}.enable")
+        yield devtools
+        devtools.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def open_page(browser: DevTools, url: str) -> None:
+    browser.events.clear()
+    browser.call("Page.navigate", url=url)
+    wait_until(lambda: browser.evaluate(
+        "document.readyState === 'complete' && document.body.dataset.state === 'idle'"),
+        f"{url} to load")
+
+
+def wait_for_answer(browser: DevTools, answers_before: int) -> str:
+    """The label shown once the page has answered and has nothing left to send."""
+    wait_until(lambda: browser.evaluate(
+        f"document.body.dataset.state === 'idle' && "
+        f"Number(document.body.dataset.answers) > {answers_before}"), "the page's answer")
+    return browser.evaluate("document.getElementById('label').textContent")
+
+
+def answers(browser: DevTools) -> int:
+    return int(browser.evaluate("document.body.dataset.answers"))
+
+
+def pad_box(browser: DevTools) -> dict:
+    return browser.evaluate(
+        "(() => { const b = document.getElementById('pad').getBoundingClientRect();"
+        " return {x: b.left, y: b.top, width: b.width, height: b.height}; })()")
+
+
+def along(points: list[tuple[float, float]], steps_per_segment: int = 12):
+    """Points every few pixels along the polyline ``points``."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        for step in range(steps_per_segment):
+            fraction = step / steps_per_segment
+            yield x0 + (x1 - x0) * fraction, y0 + (y1 - y0) * fraction
+    yield points[-1]
+
+
+def on_pad(box: dict, x: float, y: float) -> tuple[float, float]:
+    """Canvas coordinates (0..280) -> page coordinates of the pad."""
+    return box["x"] + x * box["width"] / 280, box["y"] + y * box["height"] / 280
+
+
+def draw_with_mouse(browser: DevTools, stroke: list[tuple[float, float]]) -> None:
+    box = pad_box(browser)
+    points = [on_pad(box, x, y) for x, y in along(stroke)]
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=points[0][0], y=points[0][1])
+    browser.call("Input.dispatchMouseEvent", type="mousePressed", x=points[0][0],
+                 y=points[0][1], button="left", buttons=1, clickCount=1)
+    for x, y in points[1:]:
+        browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button="left",
+                     buttons=1)
+        time.sleep(0.01)  # a hand takes time: the page sends throttled requests meanwhile
+    browser.call("Input.dispatchMouseEvent", type="mouseReleased", x=points[-1][0],
+                 y=points[-1][1], button="left", buttons=0, clickCount=1)
+
+
+def draw_with_finger(browser: DevTools, strokes: list[list[tuple[float, float]]]) -> None:
+    box = pad_box(browser)
+    for stroke in strokes:
+        points = [on_pad(box, x, y) for x, y in along(stroke)]
+        for index, (x, y) in enumerate(points):
+            browser.call("Input.dispatchTouchEvent",
+                         type="touchStart" if index == 0 else "touchMove",
+                         touchPoints=[{"x": x, "y": y, "id": 1}])
+        browser.call("Input.dispatchTouchEvent", type="touchEnd", touchPoints=[])
+
+
+def seen_ink(browser: DevTools) -> float:
+    """Sum of the red channel of the 28x28 'what the model saw' canvas."""
+    return browser.evaluate(
+        "(() => { const d = document.getElementById('seen').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data; let s = 0;"
+        " for (let i = 0; i < d.length; i += 4) s += d[i]; return s; })()")
+
+
+def assert_offline_and_clean(browser: DevTools, base_url: str) -> None:
+    urls = [params["request"]["url"] for params in
+            browser.event_params("Network.requestWillBeSent")]
+    assert urls, "no request was recorded"
+    outside = [url for url in urls if not url.startswith((base_url, "data:", "blob:"))]
+    assert not outside, f"the page loaded from elsewhere: {outside}"
+    failed = browser.event_params("Network.loadingFailed")
+    assert not failed, failed
+    errors = [params["exceptionDetails"] for params in
+              browser.event_params("Runtime.exceptionThrown")]
+    errors += [params["entry"] for params in browser.event_params("Log.entryAdded")
+               if params["entry"]["level"] == "error"]
+    refusals = [browser.call("Network.getResponseBody", requestId=params["requestId"])["body"]
+                for params in browser.event_params("Network.responseReceived")
+                if params["response"]["status"] >= 400]
+    assert not errors, (errors, refusals)
+
+
+def paper_scan(digit: np.ndarray, size: int = 200) -> np.ndarray:
+    """``digit`` as a dark digit on light paper, enlarged: what a phone photo crops to."""
+    page = np.full((size, size), 230.0, np.float32)
+    ink = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((size // 2, size // 2)),
+                     dtype=np.float32)
+    page[size // 4:size // 4 + size // 2, size // 4:size // 4 + size // 2] -= ink * 0.8
+    return page
+
+
+SEVEN = [(70, 50), (210, 50), (120, 240)]
+FOUR = [[(150, 40), (70, 170), (210, 170)], [(170, 90), (170, 250)]]
+
+
+def test_draw_and_upload_digits_offline(browser: DevTools, server: str, trained: ServedModel,
+                                        tmp_path: Path) -> None:
+    open_page(browser, f"{server}/")
+    assert browser.evaluate("document.getElementById('bars').children.length") == 10
+
+    draw_with_mouse(browser, SEVEN)
+    assert wait_for_answer(browser, 0) == "7"
+    assert seen_ink(browser) > 28 * 28 * 10  # the 28x28 picture is drawn
+    assert browser.evaluate("document.querySelector('#bars li.best .digit').textContent") == "7"
+    assert answers(browser) >= 2, "the page should answer while the stroke is drawn"
+
+    browser.evaluate("document.getElementById('clear').click()")
+    assert browser.evaluate("document.getElementById('label').textContent") == "–"
+    assert seen_ink(browser) == 0
+    count = answers(browser)
+    draw_with_finger(browser, FOUR)
+    assert wait_for_answer(browser, count) == "4"
+
+    # A scan of a held-out digit, dark on paper, that the model gets right from the picture.
+    for digit, label in zip(trained.digits, trained.labels, strict=True):
+        scan = paper_scan(digit)
+        seen = digit_image.picture_to_digit(Image.fromarray(scan.astype(np.uint8)))
+        if label not in (4, 7) and int(np.asarray(trained.model(seen[None])).argmax()) == label:
+            break
+    picture = tmp_path / "scan.png"
+    Image.fromarray(scan.astype(np.uint8)).save(picture)
+    count = answers(browser)
+    document = browser.call("DOM.getDocument")
+    file_input = browser.call("DOM.querySelector", nodeId=document["root"]["nodeId"],
+                              selector="#file")
+    browser.call("DOM.setFileInputFiles", files=[str(picture)], nodeId=file_input["nodeId"])
+    assert wait_for_answer(browser, count) == str(label)
+    assert "scan.png" in browser.evaluate("document.getElementById('status').textContent")
+    assert math.isclose(seen_ink(browser), float(np.rint(seen).sum()), rel_tol=0.01)
+
+    if os.environ.get("TEST_ARTIFACTS_DIR"):
+        artifacts = Path(os.environ["TEST_ARTIFACTS_DIR"])
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shot = browser.call("Page.captureScreenshot", format="png")
+        (artifacts / "serve_page.png").write_bytes(base64.b64decode(shot["data"]))
+    assert_offline_and_clean(browser, server)
+
+
+def test_a_bad_picture_shows_the_servers_reason(browser: DevTools, server: str,
+                                                tmp_path: Path) -> None:
+    open_page(browser, f"{server}/")
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 255).save(blank)
+    document = browser.call("DOM.getDocument")
+    file_input = browser.call("DOM.querySelector", nodeId=document["root"]["nodeId"],
+                              selector="#file")
+    browser.call("DOM.setFileInputFiles", files=[str(blank)], nodeId=file_input["nodeId"])
+    wait_until(lambda: browser.evaluate("document.body.dataset.errors === '1' && "
+                                        "document.body.dataset.state === 'idle'"),
+               "the page to show the error")
+    assert "blank image" in browser.evaluate("document.getElementById('status').textContent")
+    # The 400 is the answer, not a failure of the page: it loaded nothing from elsewhere.
+    browser.events[:] = [event for event in browser.events
+                         if event.get("method") != "Log.entryAdded"]
+    assert_offline_and_clean(browser, server)
+
+
+def test_api_docs_render_offline(browser: DevTools, server: str) -> None:
+    browser.events.clear()
+    browser.call("Page.navigate", url=f"{server}/docs")
+    operations = wait_until(lambda: browser.evaluate(
+        "document.querySelectorAll('.opblock').length"), "Swagger UI to list the operations")
+    assert operations >= 2  # /predict and /health
+    assert_offline_and_clean(browser, server)
