@@ -17,7 +17,9 @@ objects), so it loads with ``safe_mode=True``.
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -207,15 +209,42 @@ def save_model(model: keras.Model, target: str | Path = paths.MODEL_FILE) -> Non
     """Save atomically: a crash never leaves a half-written ``target``.
 
     Keras insists on the ``.keras`` suffix, so the model is written to a ``.keras`` file beside
-    the temporary path that :func:`mnist_pipeline.io.atomic_path` renames into place.
+    the temporary path that :func:`mnist_pipeline.io.atomic_path` renames into place (both
+    names match the `.gitignore` patterns for temporaries, should a kill leave them behind).
+    Equal weights give equal bytes (:func:`without_save_times`), so a retrain that changes
+    nothing changes no hash and reruns nothing downstream.
     """
     with io.atomic_path(target) as temporary:
-        staged = temporary.with_suffix(".keras")
+        staged = temporary.with_name(temporary.name + ".keras")
         try:
             model.save(staged)
+            without_save_times(staged)
             os.replace(staged, temporary)
         finally:
             staged.unlink(missing_ok=True)
+
+
+# The earliest time a zip entry can hold (as `SOURCE_DATE_EPOCH` tools write).
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def without_save_times(archive: str | Path) -> None:
+    """Rewrite a ``.keras`` zip without the times Keras stamps on it, in place.
+
+    Keras writes the save date into metadata.json (``date_saved``) and the file time onto the
+    weights entry; everything else (config, HDF5 weights) is already a function of the model.
+    """
+    with zipfile.ZipFile(archive) as source:
+        members = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(archive, "w") as rewritten:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
+            entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
+            rewritten.writestr(entry, data)
 
 
 def load_model(path: str | Path = paths.MODEL_FILE) -> keras.Model:

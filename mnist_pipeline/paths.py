@@ -7,6 +7,8 @@ from the repository root (as `dvc repro` does), so these relative paths resolve 
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
+# Written by the check_params stage when params.yaml is valid; the first stage depends on it.
+PARAMS_CHECKED = Path("data/params.ok")
 
 # The download stage writes the verified, decompressed IDX files here, under their
 # canonical names (mnist-sample has no t10k files), plus a manifest (dataset, sources, digests).
@@ -35,6 +37,7 @@ def prepared_labels(split: str) -> Path:
 
 MODELS_DIR = Path("models")
 MODEL_FILE = MODELS_DIR / "model.keras"
+SERVING_DIR = MODELS_DIR / "serving"  # the same model as a TensorFlow SavedModel (TF Serving)
 
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"

@@ -6,25 +6,32 @@ Reads  dvclive/plots/metrics/{train,eval}/{accuracy,loss}.tsv (train stage),
        params.yaml: seed, plot.
 Writes plots/images/{training_curves,confusion_matrix,per_class_recall,misclassified,
        sample_predictions}.png, and removes any other PNG there.
+On bad params or inputs it prints one line naming the problem, writes nothing and exits 1.
 """
+
+import sys
 
 from mnist_pipeline import io, paths, plotting
 from mnist_pipeline.params import load_params
 
 
 def main() -> None:
-    params = load_params()
-    history = plotting.read_training_history(paths.TRAINING_PLOTS_DIR)
-    predictions = plotting.read_predictions(paths.PREDICTIONS_FILE)
-    images = io.load_npy(paths.prepared_images("test"))
-    labels = io.load_npy(paths.prepared_labels("test"))
-    figures = plotting.make_figures(
-        history, predictions, images, labels,
-        gallery_size=params.plot.gallery_size,
-        sample_grid_size=params.plot.sample_grid_size,
-        figure_dpi=params.plot.figure_dpi,
-        seed=params.seed,
-    )
+    # Everything that can fail on bad input happens before the first write.
+    try:
+        params = load_params()
+        history = plotting.read_training_history(paths.TRAINING_PLOTS_DIR)
+        predictions = plotting.read_predictions(paths.PREDICTIONS_FILE)
+        images = io.load_npy(paths.prepared_images("test"))
+        labels = io.load_npy(paths.prepared_labels("test"))
+        figures = plotting.make_figures(
+            history, predictions, images, labels,
+            gallery_size=params.plot.gallery_size,
+            sample_grid_size=params.plot.sample_grid_size,
+            figure_dpi=params.plot.figure_dpi,
+            seed=params.seed,
+        )
+    except (OSError, ValueError) as error:  # ParamsError, pandas' parser errors included
+        sys.exit(f"plot: {error}")
     for path in plotting.save_figures(figures, paths.PLOT_IMAGES_DIR):
         print(f"wrote {path}")
 

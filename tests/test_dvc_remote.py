@@ -1,7 +1,9 @@
-"""DVC remote storage and queued experiments on the sample, in a temporary git repository.
+"""DVC remote storage, the model registry and queued experiments on the sample, in a
+temporary git repository.
 
 A local folder stands in for S3/GCS/SSH: `dvc push` there, a fresh `git clone` + `dvc pull`
-gets the same model back; `dvc exp run --queue` + `dvc queue start --jobs 2` runs a grid.
+gets the same model back, and so does `dvc artifacts get` of the registered model from
+outside any repository; `dvc exp run --queue` + `dvc queue start --jobs 2` runs a grid.
 """
 
 from __future__ import annotations
@@ -36,13 +38,19 @@ def trained_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def test_push_then_pull_in_a_fresh_clone_restores_the_model(trained_repo, tmp_path):
-    storage = tmp_path / "storage"
+@pytest.fixture(scope="module")
+def pushed_repo(trained_repo, tmp_path_factory) -> Path:
+    """``trained_repo`` with a local folder as its default remote (committed), pushed there."""
+    storage = tmp_path_factory.mktemp("storage")
     dvc("remote", "add", "-d", "local", str(storage), cwd=trained_repo)
     git("commit", "-q", "-am", "local remote", cwd=trained_repo)
     dvc("push", cwd=trained_repo)
     assert any(path.is_file() for path in storage.rglob("*"))
+    return trained_repo
 
+
+def test_push_then_pull_in_a_fresh_clone_restores_the_model(pushed_repo, tmp_path):
+    trained_repo = pushed_repo
     clone = tmp_path / "clone"
     git("clone", "-q", str(trained_repo), str(clone), cwd=tmp_path)
     assert not (clone / "models/model.keras").exists()
@@ -51,6 +59,23 @@ def test_push_then_pull_in_a_fresh_clone_restores_the_model(trained_repo, tmp_pa
     assert "Data and pipelines are up to date" in status, status
     original = (trained_repo / "models/model.keras").read_bytes()
     assert (clone / "models/model.keras").read_bytes() == original
+
+
+def test_the_model_is_a_registered_artifact_that_artifacts_get_fetches(pushed_repo, tmp_path):
+    from dvc.api import artifacts_show
+
+    # A version is a git tag in GTO's format, as the README registers one.
+    git("tag", "-a", "mnist-classifier@v1.0.0", "-m", "first model", cwd=pushed_repo)
+    shown = artifacts_show("mnist-classifier", repo=str(pushed_repo))
+    assert shown["path"] == "models/model.keras"
+    assert shown["rev"] == git("rev-parse", "HEAD", cwd=pushed_repo).stdout.strip()
+
+    elsewhere = tmp_path / "deploy"  # not a repository: what a deployment job does
+    elsewhere.mkdir()
+    dvc("artifacts", "get", str(pushed_repo), "mnist-classifier", "-o", "model.keras",
+        cwd=elsewhere)
+    assert (elsewhere / "model.keras").read_bytes() == (
+        pushed_repo / "models/model.keras").read_bytes()
 
 
 def test_a_queued_grid_runs_two_jobs_and_reads_back(trained_repo):

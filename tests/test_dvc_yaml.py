@@ -117,11 +117,24 @@ def _params_sections_read(script: Path) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("stage_name", list(STAGES))
+@pytest.mark.parametrize("stage_name", [name for name in STAGES if name != "check_params"])
 def test_params_are_exactly_the_sections_the_stage_reads(stage_name):
     stage = STAGES[stage_name]
     declared = set(stage.get("params", []))
     assert declared == _params_sections_read(_script_of(stage)), stage_name
+
+
+def test_the_params_check_runs_first_on_every_key():
+    """check_params tracks the whole file (unknown keys too) and is upstream of every stage."""
+    check = STAGES["check_params"]
+    assert check["params"] == [{"params.yaml": None}]
+    assert _outs(check) == [str(paths.PARAMS_CHECKED)]
+    assert str(paths.PARAMS_CHECKED) in _deps(STAGES["download"])
+    # every other stage reaches download through its data deps
+    for name, stage in STAGES.items():
+        if name not in ("check_params", "download"):
+            assert any(dep.startswith("data/") or dep.startswith("models/")
+                       for dep in _deps(stage)), name
 
 
 def test_only_the_params_module_parses_yaml():
@@ -142,11 +155,13 @@ def test_dvc_yaml_paths_match_the_paths_module():
     assert declared("train", "outs") == {str(paths.MODEL_FILE)}
     assert declared("train", "metrics") == {str(paths.TRAINING_METRICS)}
     assert declared("train", "plots") == {str(paths.TRAINING_PLOTS_DIR.parent)}
+    assert declared("export", "outs") == {str(paths.SERVING_DIR)}
     assert declared("evaluate", "metrics") == {str(paths.EVALUATE_METRICS)}
     assert declared("evaluate", "plots") == {str(paths.PER_CLASS_FILE),
                                              str(paths.PREDICTIONS_FILE)}
     assert declared("plot", "plots") == {str(paths.PLOT_IMAGES_DIR)}
     assert DVC_YAML["artifacts"]["mnist-classifier"]["path"] == str(paths.MODEL_FILE)
+    assert DVC_YAML["artifacts"]["mnist-classifier-serving"]["path"] == str(paths.SERVING_DIR)
 
 
 def test_small_outputs_stay_in_git_and_large_ones_in_the_dvc_cache():

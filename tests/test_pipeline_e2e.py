@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_pipeline import plots_page
+
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -96,6 +98,8 @@ def init_project_repo(repo: Path, params: dict) -> Path:
     """
     repo.mkdir(parents=True)
     copy_project(repo)
+    # What `make install` adds beside the tracked files: the `dvc plots show` page template.
+    plots_page.build(repo / plots_page.SOURCE, repo / plots_page.TARGET, PROJECT / "node_modules")
     git("init", "-q", "-b", "main", cwd=repo)
     update_params(repo, params)
     git("add", "-A", cwd=repo)
@@ -105,12 +109,29 @@ def init_project_repo(repo: Path, params: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory) -> Path:
-    """A git+DVC repo holding the project, after one full `dvc repro` on the sample, committed."""
+    """A git+DVC repo holding the project, after one full `dvc repro` on the sample, committed
+    on main with `make baseline` as the README says."""
     repo = init_project_repo(tmp_path_factory.mktemp("pipeline") / "repo", QUICK_SAMPLE_PARAMS)
     dvc("repro", cwd=repo)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "sample run", cwd=repo)
+    run(["make", "baseline"], cwd=repo)
     return repo
+
+
+def readme_commands(section: str) -> list[str]:
+    """The lines of the first ```bash block under the README heading ``section``, comments
+    and blank lines dropped."""
+    text = (PROJECT / "README.md").read_text()
+    block = text.split(f"## {section}\n", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line]
+
+
+def output_bytes(repo: Path, *more_folders: str) -> dict[str, bytes]:
+    """Every file the stages after preprocess write (and in ``more_folders``), path -> content."""
+    folders = ("models", "dvclive", "metrics", "plots", *more_folders)
+    return {str(path.relative_to(repo)): path.read_bytes()
+            for folder in folders for path in sorted((repo / folder).rglob("*"))
+            if path.is_file() and path.name != ".gitignore"}
 
 
 def changed_stages(repo: Path) -> set[str]:
@@ -131,6 +152,8 @@ def test_repro_writes_every_output(pipeline_repo):
     assert evaluation["accuracy"] > 0.5
     tracked = git("ls-files", cwd=repo).stdout.split()
     assert "metrics/evaluate.json" in tracked and "dvc.lock" in tracked
+    # `make baseline` committed every result: nothing left over
+    assert git("status", "--porcelain", cwd=repo).stdout == ""
     cached_in_git = [path for path in tracked
                      if path.startswith(("data/", "models/")) and not path.endswith(".gitignore")]
     assert cached_in_git == []
@@ -159,9 +182,82 @@ def test_a_params_change_reruns_only_the_stages_that_read_it(pipeline_repo, chan
     original = params_file.read_text()
     try:
         update_params(pipeline_repo, change)
-        assert changed_stages(pipeline_repo) == expected
+        # check_params reads every key: it reruns (in well under a second) on any change
+        assert changed_stages(pipeline_repo) == expected | {"check_params"}
     finally:
         params_file.write_text(original)
+
+
+def test_a_params_typo_fails_before_any_output_is_removed(pipeline_repo):
+    repo = pipeline_repo
+    first = output_bytes(repo, "data")
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        update_params(repo, {"train": {"epochs": "10"}})
+        result = dvc("repro", "train", cwd=repo, check=False)
+        assert result.returncode != 0
+        assert "check_params: train.epochs: expected an integer" in result.stderr + result.stdout
+        assert "Running stage 'train'" not in result.stdout
+        after = output_bytes(repo, "data")
+        assert after == {path: data for path, data in first.items()
+                         if path != "data/params.ok"}
+    finally:
+        params_file.write_text(original)
+        dvc("checkout", "-q", cwd=repo)
+    assert output_bytes(repo, "data") == first
+
+
+def test_params_run_before_are_restored_from_the_run_cache(pipeline_repo):
+    """A -> B -> A: going back to params already run restores every stage's outputs from the
+    run-cache (train included) without running its command, byte for byte."""
+    repo = pipeline_repo
+    first = output_bytes(repo)
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        update_params(repo, {"train": {"epochs": 1}})
+        assert "Running stage 'train'" in dvc("repro", cwd=repo).stdout
+        assert output_bytes(repo) != first
+        params_file.write_text(original)
+        back = dvc("repro", cwd=repo).stdout
+        for stage in ("train", "evaluate", "plot"):
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back, back
+        assert "Running stage" not in back
+        assert output_bytes(repo) == first
+        # `dvc exp run` takes B from the run-cache as well
+        again = dvc("exp", "run", "-S", "train.epochs=1", cwd=repo).stdout
+        assert "Stage 'train' is cached - skipping run" in again, again
+        assert "Running stage 'train'" not in again
+    finally:  # back to the committed run: params, dvc.lock and git-tracked results, then DVC's
+        git("checkout", "-q", "--", ".", cwd=repo)
+        dvc("checkout", "-q", cwd=repo)
+    assert output_bytes(repo) == first
+
+
+def test_the_readme_comparison_commands_show_both_values(pipeline_repo):
+    """README, "Comparing branches", run line by line after the fixture's `make baseline`."""
+    repo = pipeline_repo
+    commands = readme_commands("Comparing branches")
+    assert commands[0] == "make baseline"  # what the fixture ran
+    outputs = {}
+    try:
+        for command in commands[1:]:
+            outputs[command] = run(["bash", "-c", command], cwd=repo).stdout
+        metrics_diff = next(out for command, out in outputs.items()
+                            if command.startswith("dvc metrics diff main"))
+        params_diff = next(out for command, out in outputs.items()
+                           if command.startswith("dvc params diff main"))
+        # e.g. "metrics/evaluate.json  accuracy  0.91  0.93  0.02": both values
+        accuracy = next(line for line in metrics_diff.splitlines()
+                        if line.split()[:2] == ["metrics/evaluate.json", "accuracy"])
+        old, new = (float(value) for value in accuracy.split()[2:4])
+        evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+        assert new == pytest.approx(evaluation["accuracy"]) and old != new
+        assert "model.dense_units" in params_diff
+    finally:
+        git("checkout", "-q", "-f", "main", cwd=repo)
+        dvc("checkout", "-q", cwd=repo)
 
 
 def test_diffs_across_branches_work_in_a_fresh_clone(pipeline_repo, tmp_path):

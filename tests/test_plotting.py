@@ -151,8 +151,39 @@ def test_stage_refuses_predictions_of_other_test_data(tmp_path, monkeypatch):
     predictions = write_inputs(tmp_path, count=50)
     predictions.assign(actual=(predictions["actual"] + 1) % 10).to_csv(
         paths.PREDICTIONS_FILE, index=False)
-    with pytest.raises(ValueError, match="stale"):
+    with pytest.raises(SystemExit, match="^plot: .*stale"):
         load_stage().main()
+
+
+def _remove(path: Path) -> None:
+    path.unlink()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _figure_dpi_10(_path: Path) -> None:
+    Path(paths.PARAMS_FILE).write_text(yaml.safe_dump({"seed": 7, "plot": {"figure_dpi": 10}}))
+
+
+@pytest.mark.parametrize(("target", "damage", "message"), [
+    (paths.PREDICTIONS_FILE, _remove, "plots/predictions.csv: missing; run `dvc repro evaluate`"),
+    (paths.TRAINING_PLOTS_DIR / "train" / "loss.tsv", _remove, "train/loss.tsv: missing"),
+    (paths.prepared_images("test"), _truncate, "test_images.npy: not a valid .npy array"),
+    (paths.PREDICTIONS_FILE, _truncate, "plots/predictions.csv"),
+    (paths.PARAMS_FILE, _figure_dpi_10, "plot.figure_dpi"),
+])
+def test_bad_inputs_or_params_give_one_line_and_write_nothing(tmp_path, monkeypatch, target,
+                                                              damage, message):
+    monkeypatch.chdir(tmp_path)
+    write_inputs(tmp_path, count=40)
+    damage(Path(target))
+    with pytest.raises(SystemExit) as exit_:
+        load_stage().main()
+    error = str(exit_.value.code)
+    assert error.startswith("plot: ") and message in error and "\n" not in error
+    assert not (tmp_path / paths.PLOT_IMAGES_DIR).exists()
 
 
 def test_stage_imports_no_tensorflow(tmp_path):

@@ -1,0 +1,61 @@
+"""The check_params stage: the whole of params.yaml validated first, fast, without TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+STAGE = PROJECT / "stages" / "check_params.py"
+# Runs the stage as DVC does, then reports whether TensorFlow or Keras got imported.
+RUN_STAGE = (
+    "import runpy, sys\n"
+    "try:\n"
+    f"    runpy.run_path({str(STAGE)!r}, run_name='__main__')\n"
+    "finally:\n"
+    "    print('imported:', sorted({'tensorflow', 'keras'} & set(sys.modules)))\n"
+)
+
+
+def run_stage(workspace: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", RUN_STAGE], cwd=workspace,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    return tmp_path
+
+
+def test_valid_params_write_the_same_marker_every_time(workspace):
+    result = run_stage(workspace)
+    assert result.returncode == 0, result.stderr
+    assert "imported: []" in result.stdout  # no TensorFlow: fails or passes in a blink
+    marker = workspace / "data" / "params.ok"
+    first = marker.read_bytes()
+    text = (workspace / "params.yaml").read_text().replace("figure_dpi: 100", "figure_dpi: 90")
+    (workspace / "params.yaml").write_text(text)
+    assert run_stage(workspace).returncode == 0
+    assert marker.read_bytes() == first  # a valid change reruns nothing downstream
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("epochs: 20", 'epochs: "10"'), "train.epochs: expected an integer, got '10'"),
+    (("train:", "trian:"), "trian"),
+    (("figure_dpi: 100", "figure_dpi: -1"), "plot.figure_dpi"),
+])
+def test_a_bad_value_or_unknown_key_fails_in_one_line_without_tensorflow(workspace, change,
+                                                                         message):
+    params = workspace / "params.yaml"
+    params.write_text(params.read_text().replace(*change, 1))
+    result = run_stage(workspace)
+    assert result.returncode == 1
+    error = result.stderr.strip()
+    assert error.startswith("check_params: ") and message in error
+    assert "\n" not in error
+    assert "imported: []" in result.stdout
+    assert not (workspace / "data" / "params.ok").exists()

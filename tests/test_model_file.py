@@ -1,0 +1,56 @@
+"""The saved model file: equal weights give equal bytes, and a kill leaves nothing git sees."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from mnist_pipeline.model import build_network, export_model, load_model, save_model
+from mnist_pipeline.params import params_from_dict
+
+PROJECT = Path(__file__).resolve().parents[1]
+TINY = {"model": {"conv_filters": [4], "dense_units": 8}}
+
+
+def test_saving_the_same_weights_twice_gives_identical_bytes(tmp_path):
+    network = export_model(build_network(params_from_dict(TINY).model))
+    save_model(network, tmp_path / "first.keras")
+    time.sleep(1.1)  # Keras stamps the save time to the second
+    save_model(network, tmp_path / "second.keras")
+    assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
+    with zipfile.ZipFile(tmp_path / "first.keras") as archive:
+        assert b"date_saved" not in archive.read("metadata.json")
+    assert load_model(tmp_path / "first.keras").count_params() == network.count_params()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["first.keras", "second.keras"]
+
+
+# Saves a model into models/model.keras and dies (as kill -9 would) just before the rename.
+KILLED_SAVE = f"""
+import os, sys
+sys.path.insert(0, {str(PROJECT)!r})
+from mnist_pipeline.model import build_network, export_model, save_model
+from mnist_pipeline.params import params_from_dict
+network = export_model(build_network(params_from_dict({TINY!r}).model))
+os.replace = lambda *arguments: os._exit(9)
+save_model(network, "models/model.keras")
+"""
+
+
+def test_a_save_killed_halfway_leaves_only_files_git_ignores(tmp_path):
+    shutil.copy(PROJECT / ".gitignore", tmp_path / ".gitignore")
+    shutil.copy(PROJECT / "models" / ".gitignore", (tmp_path / "models").mkdir() or
+                tmp_path / "models" / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    killed = subprocess.run([sys.executable, "-c", KILLED_SAVE], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    leftovers = [path for path in (tmp_path / "models").iterdir() if path.name != ".gitignore"]
+    assert leftovers, "the kill left no temporary: the test did not kill mid-save"
+    assert not (tmp_path / "models" / "model.keras").exists()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                            cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert "models/" not in status.replace("?? models/.gitignore", ""), status
