@@ -1,4 +1,5 @@
-"""The ``mnist-pipeline`` command: ``mnist-pipeline predict [options] INPUT...``.
+"""The ``mnist-pipeline`` command: ``mnist-pipeline predict [options] INPUT...`` and
+``mnist-pipeline serve [--model M] [--host H] [--port P]``.
 
 Subcommands are argparse sub-parsers, each with a ``run_<name>(args) -> exit status``
 function, so that another command is one more parser and one more function.
@@ -39,6 +40,24 @@ INPUT can be:
     scale (and multiplied by 255) when their maximum is <= 1.0, else as 0..255.
 IDX and .npy digits must already be MNIST-style (light digit on black, 28x28) and
 are used as they are.
+"""
+
+SERVE_DESCRIPTION = """\
+Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
+
+  /             a page to draw a digit on (or pick a photo or scan): the predicted
+                digit, the 10 probabilities and the 28x28 picture the model saw
+  POST /predict a PNG/JPEG picture (multipart field "file", or the raw bytes with
+                Content-Type image/png or image/jpeg), made MNIST-style as predict
+                does; or JSON {"pixels": ...}: one 28x28 array or N x 28 x 28 (N <= 256)
+                of 0..255, read as predict reads .npy arrays
+  /health       status;  /docs, /redoc, /openapi.json  the API (all work offline)
+
+Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded.
+
+example:
+  mnist-pipeline serve &
+  curl -F file=@digit.png http://127.0.0.1:8000/predict
 """
 
 PREDICT_EPILOG = """\
@@ -98,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
         "light, i.e. a dark digit on paper; 'always' or 'never' force it",
     )
     predict_parser.set_defaults(run=run_predict)
+
+    serve_parser = commands.add_parser(
+        "serve",
+        help="serve a page to draw digits on and a JSON API (POST /predict)",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve_parser.add_argument(
+        "--model", type=Path, default=paths.MODEL_FILE,
+        help="trained Keras model (default: %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)",
+    )
+    serve_parser.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default: %(default)s)",
+    )
+    serve_parser.set_defaults(run=run_serve)
     return parser
 
 
@@ -128,6 +166,22 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         pipeline_io.write_text(args.output, text)
     return EXIT_INPUT_ERRORS if errors else EXIT_OK
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the model once and serve it until interrupted; returns the exit status."""
+    if not args.model.is_file():
+        report(f"{args.model}: model file not found; run `dvc repro` (or `make sample`) first")
+        return EXIT_NO_MODEL
+    try:
+        model = predict.load_model(args.model)
+    except Exception as error:  # noqa: BLE001 - Keras raises many kinds; one line for all
+        report(f"{args.model}: cannot load the model ({error})")
+        return EXIT_NO_MODEL
+    from mnist_pipeline import serve  # here: FastAPI is needed by this command only
+
+    serve.run(model, args.host, args.port, model_name=str(args.model))
+    return EXIT_OK
 
 
 def format_csv(rows: Iterable[tuple[str, int, int, float]]) -> str:

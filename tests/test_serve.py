@@ -377,3 +377,13 @@ def test_create_app_loads_a_model_file_once(trained: ServedModel, monkeypatch) -
             assert post_json(test_client, {"pixels": digit.tolist()}).status_code == 200
         assert test_client.get("/health").json()["model"] == str(trained.path)
     assert loads == [trained.path]
+
+
+def test_the_compiled_model_answers_as_predict_does(trained: ServedModel) -> None:
+    from mnist_pipeline.model import predict_probabilities
+
+    run_model = serve.model_runner(trained.model)
+    for count in (1, 7, 50):  # one graph for every batch size
+        assert np.allclose(run_model(trained.digits[:count]),
+                           predict_probabilities(trained.model, trained.digits[:count], 256),
+                           atol=1e-6)

@@ -35,6 +35,7 @@ from serve_model import ServedModel, served_model
 
 from mnist_pipeline import digit_image
 
+pytestmark = pytest.mark.slow  # a server process (TensorFlow's import) and a browser: ~20 s
 REQUIRED = os.environ.get("PLOTS_HTML_REQUIRED") == "1"
 TIMEOUT_SECONDS = 30
 

