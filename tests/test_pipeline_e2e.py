@@ -297,3 +297,12 @@ def test_exp_run_with_a_param_override_is_read_back(pipeline_repo):
         for run in exp.get("revs", []) if run.get("name") == "one-epoch"
     ]
     assert experiments, rows
+
+
+    # The README's readable table: on a 120-column terminal nothing collapses into "…".
+    table = run(["bash", "-c", "COLUMNS=120 dvc exp show --only-changed --no-pager "
+                 "--drop 'Created|.*/|train\\.'"], cwd=pipeline_repo).stdout
+    assert "…" not in table, table
+    header = table.splitlines()[1].split()
+    assert {"eval.accuracy", "accuracy", "macro_f1", "train.epochs"} <= set(header), table
+    assert max(map(len, table.splitlines())) <= 120
