@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,40 @@ _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 class ParamsError(ValueError):
     """A params.yaml key is unknown, missing, of the wrong type or out of range."""
+
+
+# Values are quoted in messages through this: a long string, a deep list or a YAML alias bomb
+# (a few lines that expand to millions of items) still gives a one-line message of ~100 chars.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict = 2, 4, 4
+_QUOTE.maxstring = _QUOTE.maxother = 40
+
+
+def _show(value: Any) -> str:
+    return _QUOTE.repr(value)
+
+
+def _show_key(key: Any) -> str:
+    """A key as written in the file: plain if a short string, else quoted and shortened."""
+    return key if isinstance(key, str) and len(key) <= 40 else _show(key)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (as DVC's ruamel does)
+    instead of silently keeping the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                raise ParamsError(f"line {key_node.start_mark.line + 1}: a key must be a "
+                                  f"plain value, got {_show(key)}")
+            if key in seen:
+                raise ParamsError(f"line {key_node.start_mark.line + 1}: duplicate key "
+                                  f"{_show(key)}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -198,11 +233,15 @@ def load_params(path: str | Path = paths.PARAMS_FILE) -> Params:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except ParamsError as error:
+        raise ParamsError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     return params_from_dict({} if raw is None else raw)
 
 
@@ -229,14 +268,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:  # a section whose keys are all commented out: take the defaults
         raw = {}
     if not isinstance(raw, dict):
-        raise ParamsError(f"{section}: expected a mapping of keys, got {raw!r}")
+        raise ParamsError(f"{section}: expected a mapping of keys, got {_show(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields, key=str)  # YAML keys need not be strings
     if unknown:
         allowed = ", ".join(sorted(fields))
-        raise ParamsError(f"{prefix}{unknown[0]}: unknown key; allowed keys in {section}: "
-                          f"{allowed}")
+        raise ParamsError(f"{prefix}{_show_key(unknown[0])}: unknown key; allowed keys in "
+                          f"{section}: {allowed}")
     values = {name: _convert(hints[name], raw[name], f"{prefix}{name}") for name in raw}
     return cls(**values)
 
@@ -249,38 +288,38 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         allowed = typing.get_args(hint)
         if value not in allowed:
             raise ParamsError(
-                f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}"
+                f"{key}: {_show(value)} is not allowed; choose one of {', '.join(allowed)}"
             )
         return value
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ParamsError(f"{key}: expected a list, got {value!r}")
+            raise ParamsError(f"{key}: expected a list, got {_show(value)}")
         return tuple(_convert(item_type, item, key) for item in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+            raise ParamsError(f"{key}: expected true or false, got {_show(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+            raise ParamsError(f"{key}: expected an integer, got {_show(value)}")
         return value
     if hint is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{key}: expected a number, got {value!r}")
+            raise ParamsError(f"{key}: expected a number, got {_show(value)}")
         if not math.isfinite(value):
-            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+            raise ParamsError(f"{key}: expected a finite number, got {_show(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ParamsError(f"{key}: expected a string, got {value!r}")
+            raise ParamsError(f"{key}: expected a string, got {_show(value)}")
         return value
     raise TypeError(f"{key}: unsupported params type {hint!r}")  # a bug here, not in the YAML
 
 
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
-        raise ParamsError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+        raise ParamsError(f"{key}: {_show(value)} is out of range; allowed: {allowed}")
 

@@ -59,3 +59,45 @@ def test_a_bad_value_or_unknown_key_fails_in_one_line_without_tensorflow(workspa
     assert "\n" not in error
     assert "imported: []" in result.stdout
     assert not (workspace / "data" / "params.ok").exists()
+
+
+# --- params.yaml read directly (`python stages/train.py`, as non-chief workers run it) -------
+
+def _load(tmp_path: Path, content: bytes):
+    from mnist_pipeline.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    return load_params(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train:\n  epochs: 5\n  epochs: 50\n", "params.yaml: line 3: duplicate key 'epochs'"),
+    ("plot:\n  figure_dpi: 90\nseed: 1\nplot:\n  figure_dpi: 120\n",
+     "params.yaml: line 4: duplicate key 'plot'"),
+])
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path, text, message):
+    from mnist_pipeline.params import ParamsError
+
+    with pytest.raises(ParamsError, match=f"^.*{message}$"):
+        _load(tmp_path, text.encode())
+
+
+def test_a_file_that_is_not_utf8_gets_one_line(tmp_path):
+    from mnist_pipeline.params import ParamsError
+
+    with pytest.raises(ParamsError, match=r"params.yaml: not UTF-8 text \(byte 6: invalid"):
+        _load(tmp_path, b"seed: \xff\xfe\n")
+
+
+def test_an_alias_bomb_gives_a_short_message(tmp_path):
+    """Nine lines that expand to 10^8 list items: the message quotes a bounded repr."""
+    from mnist_pipeline.params import ParamsError
+
+    lines = ["seed:", "  - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    with pytest.raises(ParamsError) as error:
+        _load(tmp_path, "\n".join(lines).encode())
+    message = str(error.value)
+    assert message.startswith("seed: expected an integer, got [[")
+    assert len(message) < 300 and "\n" not in message, message[:500]
