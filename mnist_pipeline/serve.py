@@ -48,7 +48,6 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # Digits per JSON request, and per model call when requests are batched together.
 MAX_BATCH_IMAGES = 256
 MAX_MODEL_BATCH = 512
-NUM_CLASSES = 10
 PROBABILITY_DECIMALS = 6
 
 JSON_TYPE = "application/json"
@@ -423,11 +422,12 @@ def create_app(model: Any, *, model_name: str | None = None,
         if media_type == JSON_TYPE:
             pixels, batch = await run_in_threadpool(pixels_from_json, await request.body())
         elif media_type == MULTIPART_TYPE:
-            form = await request.form(max_files=1, max_fields=8)
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise Refused("unreadable", 'multipart: expected a file field named "file"')
-            pixels = (await run_in_threadpool(picture_digit, await upload.read()))[np.newaxis]
+            async with request.form(max_files=1, max_fields=8) as form:  # closes its files
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise Refused("unreadable", 'multipart: expected a file field named "file"')
+                data = await upload.read()
+            pixels = (await run_in_threadpool(picture_digit, data))[np.newaxis]
         elif media_type in PICTURE_TYPES:
             pixels = (await run_in_threadpool(picture_digit, await request.body()))[np.newaxis]
         else:

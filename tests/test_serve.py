@@ -66,6 +66,16 @@ def png_claiming(width: int, height: int) -> bytes:
             + chunk("IDAT", zlib.compress(b"\x00" * 10_000)) + chunk("IEND", b""))
 
 
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) is patched to announce width x height."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    frame = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height, width
+    data[frame + 5:frame + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 def post_json(client: TestClient, document: object) -> httpx2.Response:
     return client.post("/predict", content=json.dumps(document),
                        headers={"content-type": "application/json"})
@@ -166,8 +176,9 @@ def gif_bytes() -> bytes:
     (None, 400, "truncated"),  # the first 300 bytes of a real PNG
     (b"GIF", 400, "GIF"),
     (png_claiming(50_000, 50_000), 413, "too large"),  # a decompression bomb's header
+    (jpeg_claiming(65_000, 65_000), 413, "too large"),  # too large even at 1/8 scale
     (png_bytes(np.full((40, 40), 255)), 400, "blank image"),
-], ids=["text", "empty", "truncated", "gif", "bomb", "blank"])
+], ids=["text", "empty", "truncated", "gif", "png-bomb", "jpeg-bomb", "blank"])
 def test_bad_pictures_are_refused(client: TestClient, trained: ServedModel, data: bytes | None,
                                   status: int, reason: str) -> None:
     if data is None:
@@ -336,6 +347,29 @@ def test_requests_that_arrive_together_share_a_model_call(max_model_batch: int) 
     else:
         assert model.calls <= 3  # the first request alone, then the rest while it ran
     assert app.state.batcher.images == 24 and app.state.batcher.model_calls == model.calls
+
+
+def test_a_collection_window_gathers_requests_that_arrive_close_together() -> None:
+    calls = []
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        return np.repeat(pixels[:, :1, 0], 10, axis=1)
+
+    async def two_requests_10_ms_apart(batcher: serve.ModelBatcher) -> list[np.ndarray]:
+        first = asyncio.ensure_future(batcher.predict(np.full((2, 28, 28), 1.0)))
+        await asyncio.sleep(0.01)
+        second = batcher.predict(np.full((3, 28, 28), 2.0))
+        return await asyncio.gather(first, second)
+
+    for window_seconds, expected_calls in ((0.1, [5]), (0.0, [2, 3])):
+        calls.clear()
+        batcher = serve.ModelBatcher(model, window_seconds=window_seconds)
+        first, second = asyncio.run(two_requests_10_ms_apart(batcher))
+        batcher.close()
+        assert calls == expected_calls
+        assert first.shape == (2, 10) and (first == 1).all()
+        assert second.shape == (3, 10) and (second == 2).all()
 
 
 def test_a_failing_model_fails_its_requests_only() -> None:
