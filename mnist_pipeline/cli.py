@@ -53,7 +53,8 @@ Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
                 of 0..255, read as predict reads .npy arrays
   /health       status;  /docs, /redoc, /openapi.json  the API (all work offline)
 
-Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded.
+Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded; 3: the
+server cannot start (the port is taken, say).
 
 example:
   mnist-pipeline serve &

@@ -6,7 +6,8 @@ and is driven over the DevTools protocol: a "7" is drawn with the mouse and a "4
 finger (real input events, which the page receives as Pointer Events), then a PNG scan of a
 held-out digit is picked with the file input. Each time the label shown must be the right
 one, with the 28x28 picture the model saw drawn beside it; the page must load nothing but its
-own server's files and report no script error. /docs must render offline too.
+own server's files and report no script error. /docs must render offline too. And the real
+server refuses a body over its limit, declared or streamed, and goes on serving.
 
 Needs Chromium. Outside `make test` it is skipped when missing; `make test` sets
 PLOTS_HTML_REQUIRED=1, which turns the skip into a failure.
@@ -356,3 +357,21 @@ def test_api_docs_render_offline(browser: DevTools, server: str) -> None:
         "document.querySelectorAll('.opblock').length"), "Swagger UI to list the operations")
     assert operations >= 2  # /predict and /health
     assert_offline_and_clean(browser, server)
+
+
+def test_the_real_server_refuses_bodies_over_the_limit_and_goes_on(server: str) -> None:
+    """Through uvicorn, declared (Content-Length) or streamed (chunked), then /health."""
+    import httpx2
+
+    from mnist_pipeline import serve
+
+    def streamed():
+        for _ in range(serve.MAX_REQUEST_BYTES // 65536 + 100):
+            yield b"\0" * 65536
+
+    for content in (b"\0" * (serve.MAX_REQUEST_BYTES + 1), streamed()):
+        response = httpx2.post(f"{server}/predict", content=content, timeout=TIMEOUT_SECONDS,
+                               headers={"content-type": "image/png"})
+        assert response.status_code == 413, response.text
+        assert "over the limit" in response.json()["detail"]
+    assert httpx2.get(f"{server}/health", timeout=TIMEOUT_SECONDS).json()["status"] == "ok"
