@@ -70,6 +70,27 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def check_writable(target: str | Path) -> None:
+    """Raise OSError (one line, naming ``target``) unless a file can be created beside it.
+
+    For stages and commands that work for minutes before they write: a folder that cannot be
+    written (read-only, a file where the folder should be) is reported before the work.
+    """
+    target = Path(target)
+    folder = next((parent for parent in reversed(target.parents) if parent.exists()
+                   and not parent.is_dir()), None)
+    if folder is not None:
+        raise OSError(f"{target}: cannot be written ({folder} is a file, not a folder)")
+    if target.is_dir():
+        raise OSError(f"{target}: cannot be written (it is a folder)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"):
+            pass
+    except OSError as error:
+        raise OSError(f"{target}: cannot be written ({error.strerror or error})") from None
+
+
 def write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as temporary, open(temporary, "wb") as stream:
         stream.write(data)

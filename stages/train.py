@@ -17,7 +17,7 @@ import time
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from mnist_pipeline import paths, training
+from mnist_pipeline import io, paths, training
 from mnist_pipeline.model import build_network, export_model, load_prepared, save_model
 from mnist_pipeline.params import load_params
 
@@ -30,7 +30,9 @@ def main() -> None:
         chief = training.is_chief(
             training.parse_tf_config(os.environ.get("TF_CONFIG")) if distributed else None)
         strategy = training.make_strategy(params.train.distribute)
-    except (FileNotFoundError, ValueError, training.DistributeError) as error:
+        if chief:  # minutes of training would be lost on a folder that cannot take the model
+            io.check_writable(paths.MODEL_FILE)
+    except (OSError, ValueError, training.DistributeError) as error:
         sys.exit(f"train: {error}")
 
     training.set_determinism(params.seed)
@@ -55,8 +57,12 @@ def main() -> None:
             raise
         sys.exit(training.describe_cluster_failure(error))
     print(f"train: {time.perf_counter() - started:.1f} s of training")
-    with training.model_destination(paths.MODEL_FILE, chief) as target:
-        save_model(export_model(network), target)
+    try:
+        with training.model_destination(paths.MODEL_FILE, chief) as target:
+            save_model(export_model(network), target)
+    except OSError as error:  # a full disk, say: one line, and no half-written model
+        sys.exit(f"train: {paths.MODEL_FILE}: could not be written "
+                 f"({error.strerror or error}); an earlier model there is unchanged")
     if chief:
         print(f"train: wrote {paths.MODEL_FILE}")
 

@@ -147,3 +147,35 @@ def test_evaluate_refuses_a_file_that_is_not_a_keras_model(tmp_path, monkeypatch
     paths.MODEL_FILE.unlink()
     with pytest.raises(SystemExit, match="^evaluate: models/model.keras: missing"):
         load_stage("evaluate").main()
+
+
+def test_train_refuses_a_models_folder_it_cannot_write_before_training(tmp_path, monkeypatch):
+    _bad_workspace(tmp_path, monkeypatch)
+    paths.MODELS_DIR.write_text("a file where the models folder should be")
+    with pytest.raises(SystemExit, match=r"^train: models/model.keras: cannot be written "
+                                         r"\(models is a file, not a folder\)$"):
+        load_stage("train").main()
+    assert not paths.TRAINING_LOG_DIR.exists()  # stopped before training started
+
+
+def test_a_full_disk_while_saving_gives_one_line_and_keeps_the_old_model(tmp_path, monkeypatch,
+                                                                         workspace):
+    import errno
+
+    import keras
+
+    _bad_workspace(tmp_path, monkeypatch, model_from=workspace)
+    old_model = paths.MODEL_FILE.read_bytes()
+
+    def disk_full(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as partial:
+            partial.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", disk_full)
+    with pytest.raises(SystemExit) as exit_:
+        load_stage("train").main()
+    assert str(exit_.value.code) == ("train: models/model.keras: could not be written (No space "
+                                     "left on device); an earlier model there is unchanged")
+    assert paths.MODEL_FILE.read_bytes() == old_model
+    assert sorted(path.name for path in paths.MODELS_DIR.iterdir()) == ["model.keras"]
