@@ -312,6 +312,8 @@ def test_draw_and_upload_digits_offline(browser: DevTools, server: str, trained:
         seen = digit_image.picture_to_digit(Image.fromarray(scan.astype(np.uint8)))
         if label not in (4, 7) and int(np.asarray(trained.model(seen[None])).argmax()) == label:
             break
+    else:
+        pytest.fail("the model gets no held-out scan right")
     picture = tmp_path / "scan.png"
     Image.fromarray(scan.astype(np.uint8)).save(picture)
     count = answers(browser)
