@@ -306,7 +306,7 @@ def test_docs_work_offline(client: TestClient) -> None:
 
 
 class SlowModel:
-    """Stands in for a Keras model: 20 ms a call whatever the batch, calls counted."""
+    """Stands in for a Keras model: 100 ms a call whatever the batch, calls counted."""
 
     def __init__(self):
         self.calls = 0
@@ -315,7 +315,7 @@ class SlowModel:
     def __call__(self, pixels, training=False):
         with self.lock:
             self.calls += 1
-        time.sleep(0.02)
+        time.sleep(0.1)  # long enough for all requests to queue, even on a busy machine
         # Each image's "probabilities" peak at its first pixel, so answers can be matched.
         probabilities = np.full((len(pixels), 10), 0.01, np.float32)
         probabilities[np.arange(len(pixels)), pixels[:, 0, 0].astype(int) % 10] = 0.91
