@@ -11,13 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mnist_pipeline.prepared import NUM_CLASSES, check_labels
+
 # Probabilities are clipped like Keras's cross-entropy does, so a confident mistake costs
 # -log(1e-7) ~ 16 rather than infinity.
 EPSILON = 1e-7
 DECIMALS = 6
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10) -> np.ndarray:
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray,
+                     num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Counts (num_classes, num_classes) int64: row = actual class, column = predicted class."""
     y_true, y_pred = _labels(y_true, "y_true", num_classes), _labels(y_pred, "y_pred", num_classes)
     if y_true.shape != y_pred.shape:
@@ -43,7 +46,7 @@ def classification_metrics(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     probabilities: np.ndarray | None = None,
-    num_classes: int = 10,
+    num_classes: int = NUM_CLASSES,
 ) -> dict:
     """The numbers a person compares first, JSON-ready::
 
@@ -64,7 +67,7 @@ def classification_metrics(
     return result
 
 
-def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10
+def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES
                       ) -> pd.DataFrame:
     """One row per class: digit, precision, recall, f1, support (number of samples).
 
@@ -91,13 +94,8 @@ def _per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
 
 def _labels(values: np.ndarray, name: str, num_classes: int) -> np.ndarray:
     values = np.asarray(values)
-    if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
-        raise ValueError(f"{name}: expected an integer vector of labels, got "
-                         f"{values.dtype} {values.shape}")
-    values = values.astype(np.int64)
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(f"{name}: labels outside 0..{num_classes - 1}")
-    return values
+    check_labels(values, name, num_classes)
+    return values.astype(np.int64)
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

@@ -29,9 +29,8 @@ from keras import layers
 
 from mnist_pipeline import io, paths
 from mnist_pipeline.params import AugmentationParams, ModelParams
+from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28)
 PIXEL_MAX = 255.0
 # Standard deviation (pixels) of the Gaussian that smooths elastic displacement fields: Simard
 # et al.'s sigma for MNIST. Smaller gives jagged strokes; larger, a near-affine warp.
@@ -201,7 +200,7 @@ def export_model(network: keras.Model) -> keras.Model:
     output softmax probabilities (N, 10).
     """
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
-    scaled = layers.Rescaling(1.0 / PIXEL_MAX, name="pixels_to_unit")(inputs)
+    scaled = layers.Rescaling(PIXEL_SCALE, name="pixels_to_unit")(inputs)
     return keras.Model(inputs, network(scaled), name="mnist_classifier")
 
 
@@ -287,45 +286,3 @@ def to_pixels(images: np.ndarray) -> np.ndarray:
     Rounding makes the round trip exact for images that were ``uint8 / 255``.
     """
     return np.rint(np.asarray(images, dtype=np.float32) * PIXEL_MAX).astype(np.float32)
-
-
-def load_prepared(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The prepared images (N, 28, 28) float32 in [0, 1] and labels (N,) of ``split``, checked.
-
-    Raises FileNotFoundError / ValueError naming the offending file: missing or corrupt
-    arrays, wrong shapes, NaNs or values outside [0, 1], labels outside 0..9, an empty split,
-    or image and label counts that differ.
-    """
-    images_path, labels_path = paths.prepared_images(split), paths.prepared_labels(split)
-    images, labels = io.load_npy(images_path), io.load_npy(labels_path)
-    check_images(images, str(images_path))
-    check_labels(labels, str(labels_path))
-    if len(images) == 0:
-        raise ValueError(f"{images_path}: no images in the {split} split")
-    if len(images) != len(labels):
-        raise ValueError(f"{labels_path}: {len(labels)} labels for {len(images)} images "
-                         f"in {images_path}")
-    return images.astype(np.float32, copy=False), labels.astype(np.int64)
-
-
-def check_images(images: np.ndarray, name: str) -> None:
-    """Refuse anything but finite (N, 28, 28) float images in [0, 1]."""
-    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"{name}: expected images of shape (N, 28, 28), got {images.shape}")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"{name}: expected float images in [0, 1], got dtype {images.dtype}")
-    if images.size and not np.isfinite(images).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    if images.size and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"{name}: values outside [0, 1] (min {images.min():g}, "
-                         f"max {images.max():g}); expected pixels / 255")
-
-
-def check_labels(labels: np.ndarray, name: str) -> None:
-    """Refuse anything but an integer vector of classes 0..9."""
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: expected an integer vector of labels, got "
-                         f"{labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise ValueError(f"{name}: labels outside 0..{NUM_CLASSES - 1} "
-                         f"(min {labels.min()}, max {labels.max()})")

@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 
 from mnist_pipeline.io import atomic_path
 from mnist_pipeline.metrics import confusion_matrix
+from mnist_pipeline.prepared import NUM_CLASSES
 
-NUM_CLASSES = 10
 HISTORY_METRICS = ("accuracy", "loss")
 # dvclive's folder names under plots/metrics/ -> the column prefix used here.
 HISTORY_SPLITS = {"train": "train", "eval": "val"}

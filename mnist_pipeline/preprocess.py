@@ -3,7 +3,8 @@
 Everything here is a pure function of its arguments, except :func:`load_raw`, which reads
 ``data/raw``. The stage script ``stages/preprocess.py`` wires them together; train, evaluate and
 predict never repeat this work: they read the prepared arrays, and the model carries
-:data:`PIXEL_SCALE` for raw input.
+:data:`mnist_pipeline.prepared.PIXEL_SCALE` for raw input. What the prepared arrays are
+(shapes, dtypes, range, classes) is defined in :mod:`mnist_pipeline.prepared`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,7 @@ import pandas as pd
 
 from mnist_pipeline import idx, io, paths
 from mnist_pipeline.params import PreprocessParams
-
-NUM_CLASSES = 10
-
-# The one pixel scaling of the project. The model applies it to raw input as
-# `keras.layers.Rescaling(PIXEL_SCALE)`, which computes `float32(x) * float32(scale)`;
-# normalize() multiplies the same way (not `x / 255`, which differs in the last bit for
-# about half of the 256 values), so prepared arrays and raw input give identical tensors.
-PIXEL_SCALE = 1 / 255
+from mnist_pipeline.prepared import NUM_CLASSES, PIXEL_SCALE
 
 # Datasets published without a test split; preprocess carves one out of their training files.
 DATASETS_WITHOUT_TEST_SPLIT = frozenset({"mnist-sample"})

@@ -22,8 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_pipeline.model import NUM_CLASSES, build_augmentation
+from mnist_pipeline.model import build_augmentation
 from mnist_pipeline.params import TrainParams
+from mnist_pipeline.prepared import NUM_CLASSES
 
 SGD_MOMENTUM = 0.9  # plain SGD without momentum is needlessly slow; not worth a param
 

@@ -11,17 +11,17 @@ import sys
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import paths
+from mnist_pipeline import paths, prepared
 from mnist_pipeline.io import write_csv, write_json
 from mnist_pipeline.metrics import classification_metrics, per_class_metrics
-from mnist_pipeline.model import load_model, load_prepared, predict_probabilities, to_pixels
+from mnist_pipeline.model import load_model, predict_probabilities, to_pixels
 from mnist_pipeline.params import load_params
 
 
 def main() -> None:
     try:
         params = load_params()
-        images, labels = load_prepared("test")
+        images, labels = prepared.load("test")
         classifier = load_model(paths.MODEL_FILE)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"evaluate: {error}")

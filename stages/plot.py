@@ -11,7 +11,7 @@ On bad params or inputs it prints one line naming the problem, writes nothing an
 
 import sys
 
-from mnist_pipeline import io, paths, plotting
+from mnist_pipeline import paths, plotting, prepared
 from mnist_pipeline.params import load_params
 
 
@@ -21,8 +21,7 @@ def main() -> None:
         params = load_params()
         history = plotting.read_training_history(paths.TRAINING_PLOTS_DIR)
         predictions = plotting.read_predictions(paths.PREDICTIONS_FILE)
-        images = io.load_npy(paths.prepared_images("test"))
-        labels = io.load_npy(paths.prepared_labels("test"))
+        images, labels = prepared.load("test")
         figures = plotting.make_figures(
             history, predictions, images, labels,
             gallery_size=params.plot.gallery_size,

@@ -9,7 +9,7 @@ On bad params or raw files it prints one line naming the problem, writes nothing
 
 import sys
 
-from mnist_pipeline import io, paths, preprocess
+from mnist_pipeline import io, paths, prepared, preprocess
 from mnist_pipeline.params import load_params
 
 
@@ -23,8 +23,7 @@ def main() -> None:
         sys.exit(f"preprocess: {error}")
 
     for split, (images, labels) in splits.items():
-        io.save_npy(paths.prepared_images(split), images)
-        io.save_npy(paths.prepared_labels(split), labels)
+        prepared.save(split, images, labels)
         io.write_csv(paths.class_counts_file(split), preprocess.class_count_table(labels))
     io.write_json(paths.DATA_METRICS, preprocess.split_metrics(raw.name, splits))
     sizes = ", ".join(f"{split} {len(labels):,}" for split, (_images, labels) in splits.items())

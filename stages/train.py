@@ -17,15 +17,15 @@ import time
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from mnist_pipeline import io, paths, training
-from mnist_pipeline.model import build_network, export_model, load_prepared, save_model
+from mnist_pipeline import io, paths, prepared, training
+from mnist_pipeline.model import build_network, export_model, save_model
 from mnist_pipeline.params import load_params
 
 
 def main() -> None:
     try:
         params = load_params()
-        train_data, val_data = load_prepared("train"), load_prepared("val")
+        train_data, val_data = prepared.load("train"), prepared.load("val")
         distributed = params.train.distribute == "multi_worker"
         chief = training.is_chief(
             training.parse_tf_config(os.environ.get("TF_CONFIG")) if distributed else None)

