@@ -43,6 +43,12 @@ class RawFile:
     def is_images(self) -> bool:
         return "-images-" in self.name
 
+    @property
+    def size(self) -> int:
+        """Bytes of the decompressed IDX file: header, then 28x28 bytes per image or one per
+        label."""
+        return 16 + 28 * 28 * self.count if self.is_images else 8 + self.count
+
 
 @dataclass(frozen=True)
 class IdxFolder:

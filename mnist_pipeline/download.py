@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -205,7 +206,7 @@ class SourceReader:
     def read(self, source: Source, raw_file: RawFile) -> Candidate:
         """The file's decompressed bytes from ``source``, not yet verified; or SourceError."""
         if isinstance(source, IdxFolder):
-            return self._read_idx_folder(source.location, raw_file.name)
+            return self._read_idx_folder(source.location, raw_file.name, raw_file.size)
         if isinstance(source, NpzArchive):
             arrays = self._cached(source.location, lambda: self._load_npz(source))
             key = dict(source.arrays).get(raw_file.name)
@@ -232,19 +233,20 @@ class SourceReader:
             raise result
         return result
 
-    def _read_idx_folder(self, location: str, name: str) -> Candidate:
-        """``<name>.gz``, else ``<name>``, from a URL base or a local directory."""
+    def _read_idx_folder(self, location: str, name: str, raw_file_size: int) -> Candidate:
+        """``<name>.gz``, else ``<name>``, from a URL base or a local directory; the .gz is
+        unpacked only up to ``raw_file_size`` bytes (and one more, to see that it is more)."""
         if is_url(location):
             data, origin = self._get_idx_url(location.rstrip("/") + "/", name)
         else:
-            folder = Path(location).expanduser()
+            folder = local_folder(location)
             path = next((folder / f for f in (name + ".gz", name) if (folder / f).is_file()), None)
             if path is None:
                 raise SourceError(location, f"no {name}.gz or {name} there")
             data, origin = read_local(path), str(path)
         if not is_gzip(data):
             return Candidate(data, origin)
-        return Candidate(gunzip(data, origin), origin, original_gz=data)
+        return Candidate(gunzip(data, origin, raw_file_size), origin, original_gz=data)
 
     def _get_idx_url(self, base: str, name: str) -> tuple[bytes, str]:
         """``base/<name>.gz``, or ``base/<name>`` where the .gz is not found: (bytes, URL)."""
@@ -399,11 +401,19 @@ def read_local(path: Path) -> bytes:
         raise SourceError(str(path), f"cannot read it ({error.strerror})") from None
 
 
-def gunzip(data: bytes, origin: str) -> bytes:
+def gunzip(data: bytes, origin: str, max_bytes: int) -> bytes:
+    """The content of gzip ``data``; SourceError if corrupt or bigger than ``max_bytes``.
+
+    Never unpacks more than ``max_bytes + 1``: a gzip bomb from a mirror costs no memory.
+    """
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=bytes_io.BytesIO(data)) as stream:
+            content = idx.read_at_most(stream, max_bytes + 1)
     except (OSError, EOFError, zlib.error) as error:
         raise SourceError(origin, f"corrupt gzip data ({error})") from None
+    if len(content) > max_bytes:
+        raise SourceError(origin, f"unpacks to more than the {max_bytes:,} bytes of the file")
+    return bytes(content)
 
 
 def is_gzip(data: bytes) -> bool:
@@ -412,6 +422,21 @@ def is_gzip(data: bytes) -> bool:
 
 def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
+
+
+def local_folder(location: str) -> Path:
+    """The directory a mirror that is not http(s) names: a path (``~`` expanded) or a
+    ``file://`` URL. Any other URL scheme is refused with a SourceError saying what works."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(location, "a file:// URL must name a local folder "
+                                        "(file:///path/to/folder), not a host")
+        return Path(urllib.request.url2pathname(parts.path))
+    if "://" in location:
+        raise SourceError(location, f"unsupported URL scheme {parts.scheme or '?'}://; use "
+                                    "http://, https://, file:// or a local folder")
+    return Path(location).expanduser()
 
 
 def sha256_hex(data: bytes) -> str:

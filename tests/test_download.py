@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -309,3 +310,44 @@ def test_stage_process_reports_errors_without_a_traceback(tmp_path):
 
     assert result.returncode == 1
     assert result.stderr == "download: data.retries: 99 is out of range; allowed: 0..10\n"
+
+
+def test_file_urls_are_local_mirrors_and_other_schemes_are_refused(tmp_path):
+    contents = tiny_idx_files()
+    mirror = tmp_path / "mirror dir"  # a space: the URL spells it %20
+    mirror.mkdir()
+    for name, data in contents.items():
+        (mirror / f"{name}.gz").write_bytes(gzip.compress(data))
+
+    manifest = download_dataset(tiny_dataset(contents), tmp_path / "raw",
+                                mirrors=(mirror.as_uri(),), network=FAST)
+    assert manifest["files"][IMAGES]["source"] == str(mirror / f"{IMAGES}.gz")
+
+    with pytest.raises(DownloadError) as caught:
+        download_dataset(tiny_dataset(contents), tmp_path / "raw2", network=FAST,
+                         mirrors=("ftp://example.org/mnist/", "file://otherhost/mnist/"))
+    message = str(caught.value)
+    assert ("ftp://example.org/mnist/: unsupported URL scheme ftp://; use http://, https://, "
+            "file:// or a local folder") in message
+    assert "file://otherhost/mnist/: a file:// URL must name a local folder" in message
+
+
+def test_a_gzip_bomb_from_a_mirror_is_not_unpacked(tmp_path):
+    contents = tiny_idx_files()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with gzip.open(mirror / f"{IMAGES}.gz", "wb", compresslevel=1) as stream:
+        stream.write(contents[IMAGES])
+        for _ in range(64):  # 64 MiB of zeros after the file: 64 KB compressed
+            stream.write(bytes(1 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DownloadError) as caught:
+            download_dataset(tiny_dataset(contents), tmp_path / "raw",
+                             mirrors=(str(mirror),), network=FAST)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = len(contents[IMAGES])
+    assert f"unpacks to more than the {size:,} bytes of the file" in str(caught.value)
+    assert peak < 8 << 20
