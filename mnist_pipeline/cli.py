@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,8 +26,10 @@ CSV_HEADER = ("input", "index", "label", "confidence")
 EXIT_OK = 0
 EXIT_INPUT_ERRORS = 1
 EXIT_NO_MODEL = 2  # argparse also exits with 2 on a bad command line
+EXIT_OUTPUT_ERROR = 3
 
-PREDICT_DESCRIPTION = """\
+_MAX_DIGITS, _MAX_PIXELS = predict.MAX_DIGITS_PER_INPUT, digit_image.MAX_PICTURE_PIXELS
+PREDICT_DESCRIPTION = f"""\
 Classify handwritten digits with the trained model and write one CSV row per digit.
 
 INPUT can be:
@@ -39,7 +43,13 @@ INPUT can be:
   - a .npy array of shape (N, 28, 28): uint8 0..255, or floats, read as the [0, 1]
     scale (and multiplied by 255) when their maximum is <= 1.0, else as 0..255.
 IDX and .npy digits must already be MNIST-style (light digit on black, 28x28) and
-are used as they are.
+are used as they are. Inputs are told apart by their first bytes (so pipes and
+FIFOs work too), else by their suffix.
+
+Limits, checked before anything is decoded: an IDX or .npy input holds at most
+{_MAX_DIGITS:,} digits; a picture at most {_MAX_PIXELS:,} pixels (a bigger JPEG is decoded
+at 1/2..1/8 scale first), one frame, PNG or JPEG (save GIF, BMP, TIFF or WebP
+pictures as PNG).
 """
 
 SERVE_DESCRIPTION = """\
@@ -71,8 +81,11 @@ output:
 exit status:
   0  every input was predicted
   1  some input could not be read (one 'error:' line each on stderr); the others
-     are still predicted and written
+     are still predicted and written; if none could be read, nothing is written
+     (an existing --output file is kept)
   2  bad command line, or no model (run `dvc repro` or `make sample` first)
+  3  the output cannot be written (one 'error:' line naming it and why): checked
+     before any input is read where possible; an existing --output file is kept
 
 examples:
   mnist-pipeline predict digit.jpg
@@ -142,14 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predict every input and write the CSV; returns the exit status."""
-    # Checked before reading anything: a missing model is the likeliest first-run mistake.
+    # Checked before reading anything: a missing model is the likeliest first-run mistake,
+    # and an output that cannot be written should not cost a whole batch of work first.
     if not args.model.is_file():
         report(f"{args.model}: model file not found; run `dvc repro` (or `make sample`) first")
         return EXIT_NO_MODEL
+    if args.output is not None and (problem := output_problem(args.output)):
+        report(f"{args.output}: cannot write ({problem})")
+        return EXIT_OUTPUT_ERROR
 
     loaded, errors = predict.load_inputs(args.inputs, args.invert)
     for error in errors:
         report(str(error))
+    if errors and not loaded:
+        return EXIT_INPUT_ERRORS  # nothing to write: an existing --output file is kept
 
     rows: list[tuple[str, int, int, float]] = []
     if loaded:
@@ -160,13 +179,68 @@ def run_predict(args: argparse.Namespace) -> int:
             return EXIT_NO_MODEL
         rows = predict.predict_rows(model, loaded)
 
-    text = format_csv(rows)
-    if args.output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        pipeline_io.write_text(args.output, text)
+    if not write_csv(format_csv(rows), args.output):
+        return EXIT_OUTPUT_ERROR
     return EXIT_INPUT_ERRORS if errors else EXIT_OK
+
+
+def output_problem(output: Path) -> str | None:
+    """Why the CSV could not be written to ``output``, found before any work; else None.
+
+    A directory is refused; a device or FIFO must be writable; otherwise a file is created
+    (and removed at once) in the nearest existing folder, which is where the atomic write
+    will create its missing folders and temporary file. A full disk shows only later.
+    """
+    if output.is_dir():
+        return "is a directory"
+    if output.exists() and not output.is_file():
+        return None if os.access(output, os.W_OK) else "permission denied"
+    folder = output.absolute().parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"cannot create files in {folder}: {error.strerror or error}"
+    return None
+
+
+def write_csv(text: str, output: Path | None) -> bool:
+    """Write ``text`` to ``output``, or to standard output when None; False and one error
+    line when it cannot (a full disk, a closed pipe), with nothing half-written in place.
+
+    A file is written atomically (a temporary file renamed over it), so a failure leaves
+    the old one as it was; a device or FIFO (``/dev/stdout``) is written to directly.
+    """
+    try:
+        if output is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        elif output.exists() and not output.is_file():
+            with open(output, "w", encoding="utf-8") as stream:
+                stream.write(text)
+        else:
+            pipeline_io.write_text(output, text)
+    except OSError as error:
+        report(f"{output or 'standard output'}: cannot write ({error.strerror or error})")
+        if output is None:
+            discard_stdout()
+        return False
+    return True
+
+
+def discard_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit does not fail
+    again on what is still buffered (and print a traceback-like warning)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (a test's capture): nothing will flush it at exit
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -16,8 +16,11 @@ Anything that cannot be read, or holds no digit, raises :class:`PictureError`.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import os
+import warnings
 from typing import BinaryIO, Literal
 
 import numpy as np
@@ -37,6 +40,20 @@ PictureSource = str | os.PathLike[str] | bytes | BinaryIO | Image.Image
 IMAGE_SIZE = 28
 DIGIT_BOX = 20
 CENTER_OF_MASS = 14.0
+
+# What is read: PNG and JPEG only (fewer decoders, less to attack). A picture may have this
+# many pixels (decoded at full scale; a big JPEG photo is decoded at 1/2..1/8 scale first):
+# an A4 page scanned at 600 dpi, or a 40-megapixel photo. Pillow's own limit is 89 million.
+PICTURE_FORMATS = ("PNG", "JPEG")
+MAX_PICTURE_PIXELS = 40_000_000
+# A picture from a stream that cannot seek (a pipe) is held in memory: this much at most.
+MAX_PICTURE_BYTES = 128 << 20
+_PICTURE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+# Pillow's modes for 16-bit grayscale (PNG bit depth 16).
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
 # Photos are shrunk to this longer side before any work: the digit ends up 20 px tall anyway,
 # and a 12-megapixel phone picture would otherwise make the filters below take seconds.
@@ -67,42 +84,129 @@ def picture_to_digit(source: PictureSource, invert: InvertMode = "auto") -> np.n
     return normalize_digit(read_picture(source), invert)
 
 
-def read_picture(source: PictureSource, max_side: int = WORKING_MAX_SIDE) -> np.ndarray:
-    """A picture as grayscale float32 0..255, shape (H, W), its longer side <= ``max_side``.
+def read_picture(
+    source: PictureSource,
+    max_side: int = WORKING_MAX_SIDE,
+    max_pixels: int = MAX_PICTURE_PIXELS,
+) -> np.ndarray:
+    """A PNG or JPEG picture as grayscale float32 0..255, shape (H, W), longer side <= ``max_side``.
 
     ``source`` is a path, the file's bytes, a binary stream, or a PIL image. The EXIF
-    orientation is applied (phone photos are often stored sideways), transparency is
-    composited onto white (a digit drawn on a transparent canvas is ink on paper), and
-    pictures larger than ``max_side`` are shrunk, anti-aliased, to that longer side.
-    Raises :class:`PictureError` for anything Pillow cannot decode.
+    orientation is applied (phone photos are often stored sideways; a corrupt EXIF block is
+    ignored), transparency is composited onto white (a digit drawn on a transparent canvas is
+    ink on paper), 16-bit grayscale is scaled by its bit depth, and pictures larger than
+    ``max_side`` are shrunk, anti-aliased, to that longer side.
+
+    Bounded before decoding: a picture of more than ``max_pixels`` is refused from its
+    header (a JPEG is first decoded at a reduced scale where that brings it under), and a
+    stream that cannot seek (a pipe) is read into memory only up to ``MAX_PICTURE_BYTES``.
+    Raises :class:`PictureError` for anything else than one PNG or JPEG picture it can decode.
+    Pillow's own warnings (decompression bomb, corrupt EXIF) are silenced while reading, by
+    ``warnings.catch_warnings``, which is not thread-safe: in a threaded server they may
+    leak, never more.
     """
     if isinstance(source, Image.Image):
-        picture = decoded(source)
-    else:
-        if isinstance(source, bytes):
-            source = io.BytesIO(source)
+        return as_grayscale(decoded(source, max_side, max_pixels), max_side)
+    with contextlib.ExitStack() as stack:
         try:
-            with Image.open(source) as opened:
-                picture = decoded(opened)
+            stream = opened_stream(source, stack)
+            head = stream.read(12)
+            kind = picture_format(head)
+            if kind not in PICTURE_FORMATS:
+                raise PictureError(
+                    f"a {kind} picture; only PNG and JPEG are read (save it as PNG)" if kind
+                    else "not a readable image (neither PNG nor JPEG)"
+                )
+            if stream.seekable():
+                stream.seek(-len(head), io.SEEK_CUR)
+            else:  # Pillow needs to seek, and would read all of it into memory anyway
+                stream = io.BytesIO(head + read_bounded(stream, MAX_PICTURE_BYTES - len(head)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # our pixel limit is lower than Pillow's
+                with Image.open(stream, formats=PICTURE_FORMATS) as opened:
+                    picture = decoded(opened, max_side, max_pixels)
         except FileNotFoundError:
             raise PictureError("no such file") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        except Image.DecompressionBombError:  # Pillow's limit: far above ours
+            raise PictureError(f"too large: more than {max_pixels:,} pixels (shrink it first)"
+                               ) from None
+        except (OSError, SyntaxError, ValueError) as error:
+            if isinstance(error, PictureError):
+                raise
             raise PictureError(f"not a readable image ({error})") from None
     return as_grayscale(picture, max_side)
 
 
-def decoded(opened: Image.Image) -> Image.Image:
-    """``opened`` decoded now (a truncated file fails here, not later), upright by its EXIF."""
-    opened.load()
-    return ImageOps.exif_transpose(opened)
+def picture_format(head: bytes) -> str | None:
+    """The picture format that a file's first 12 bytes announce ("PNG", "JPEG", "GIF", ...),
+    or None. Only PNG and JPEG are read; the others are named so that errors can say so."""
+    for magic, name in _PICTURE_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def opened_stream(source: str | os.PathLike[str] | bytes | BinaryIO,
+                  stack: contextlib.ExitStack) -> BinaryIO:
+    """``source`` as a binary stream; a file opened here is closed with ``stack``."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike)):
+        return stack.enter_context(open(source, "rb"))
+    return source
+
+
+def read_bounded(stream: BinaryIO, limit: int) -> bytes:
+    """The rest of ``stream``, or :class:`PictureError` if it holds more than ``limit`` bytes."""
+    chunks, total = [], 0
+    while chunk := stream.read(min(1 << 20, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise PictureError(f"more than {limit:,} bytes: too large for a picture")
+    return b"".join(chunks)
+
+
+def decoded(
+    picture: Image.Image, max_side: int = WORKING_MAX_SIDE, max_pixels: int = MAX_PICTURE_PIXELS
+) -> Image.Image:
+    """``picture`` (opened, maybe not yet decoded) decoded now, upright by its EXIF.
+
+    A JPEG is decoded at the smallest scale (1/2, 1/4, 1/8) that keeps its longer side at
+    least ``max_side``; then a picture of more than ``max_pixels``, or of several frames (an
+    animation), is refused before its pixels are decoded. A truncated file fails here.
+    """
+    frames = getattr(picture, "n_frames", 1)
+    if frames > 1:
+        raise PictureError(f"an animation of {frames} frames; save the one frame to read as PNG")
+    width, height = picture.size
+    if picture.format == "JPEG" and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        picture.draft(picture.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+        width, height = picture.size
+    if width * height > max_pixels:
+        raise PictureError(f"too large: more than {max_pixels:,} pixels ({width}x{height}; "
+                           "shrink it first)")
+    picture.load()
+    try:
+        return ImageOps.exif_transpose(picture)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError):
+        return picture.copy()  # a corrupt EXIF block: the picture as stored, not rotated
 
 
 def as_grayscale(picture: Image.Image, max_side: int) -> np.ndarray:
     """A decoded picture -> grayscale float32 0..255 (H, W), transparency on white, shrunk."""
-    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+    if picture.mode in SIXTEEN_BIT_MODES:
+        # 16-bit grayscale: scale 0..65535 down, where convert("L") would clip at 255.
+        scale = np.float32(255.0 / 65535.0)
+        picture = Image.fromarray(np.asarray(picture, dtype=np.float32) * scale)  # mode "F"
+    elif picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
         white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
         picture = Image.alpha_composite(white, picture.convert("RGBA"))
-    picture = picture.convert("L")
+    if picture.mode != "F":
+        picture = picture.convert("L")
     if max(picture.size) > max_side:
         picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return np.asarray(picture, dtype=np.float32)

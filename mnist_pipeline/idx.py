@@ -8,14 +8,21 @@ then the data. These datasets use unsigned bytes only: magic 0x00000803 for imag
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 UBYTE = 0x08
 IMAGES_MAGIC = 0x00000803  # the two magic numbers MNIST uses, as error messages name them
 LABELS_MAGIC = 0x00000801
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK_BYTES = 1 << 20
+# Data after the declared array is an error; this much of it is counted for the message.
+TRAILING_BYTES_COUNTED = 1 << 20
 
 
 class IdxFormatError(ValueError):
@@ -23,29 +30,99 @@ class IdxFormatError(ValueError):
 
 
 def decode(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Parse IDX bytes into a uint8 array; ``name`` (usually the file) goes into errors."""
-    if len(data) < 4:
-        raise IdxFormatError(f"{name}: {len(data)} bytes is too short for an IDX header")
-    if data[0] != 0 or data[1] != 0 or data[2] != UBYTE or not 1 <= data[3] <= 3:
+    """Parse IDX bytes (not compressed) into a uint8 array; ``name`` goes into errors."""
+    return read(io.BytesIO(data), name)
+
+
+def read(
+    source: str | Path | BinaryIO, name: str | None = None, max_bytes: int | None = None
+) -> np.ndarray:
+    """Parse an IDX file or binary stream, raw or gzip-compressed, into a uint8 array.
+
+    ``name`` (default: the path) goes into errors. Only what the header declares is read,
+    plus a little to find trailing data, so a gzip bomb or an endless stream costs no more
+    memory than the data it claims; and with ``max_bytes``, a header declaring more data than
+    that is refused before anything is read. A stream that cannot seek back (a pipe) must be
+    buffered (``open(path, "rb")``): its first bytes are peeked at, not consumed.
+    Raises :class:`IdxFormatError`, or ``OSError`` when the file cannot be read.
+    """
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as stream:
+            return read(stream, str(source) if name is None else name, max_bytes)
+    name = name or str(getattr(source, "name", "IDX data"))
+    if peek(source, 2) != GZIP_MAGIC:
+        return _read_content(source, name, max_bytes)
+    try:
+        with gzip.GzipFile(fileobj=source, mode="rb") as content:
+            return _read_content(content, name, max_bytes)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise IdxFormatError(f"{name}: corrupt gzip data ({error})") from None
+
+
+def has_magic(head: bytes) -> bool:
+    """Whether ``head`` (a file's first 3+ bytes) starts like an IDX file or a gzip stream."""
+    return head[:2] == GZIP_MAGIC or head[:3] == bytes([0, 0, UBYTE])
+
+
+def peek(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` first bytes of ``stream``, left unread (a buffered or seekable stream)."""
+    if hasattr(stream, "peek"):
+        return stream.peek(size)[:size]
+    position = stream.tell()
+    head = stream.read(size)
+    stream.seek(position)
+    return head
+
+
+def _read_content(stream: BinaryIO, name: str, max_bytes: int | None) -> np.ndarray:
+    """The array in an uncompressed IDX ``stream``; see :func:`read`."""
+    magic = read_at_most(stream, 4)
+    if len(magic) < 4:
+        raise IdxFormatError(f"{name}: {len(magic)} bytes is too short for an IDX header")
+    if magic[0] != 0 or magic[1] != 0 or magic[2] != UBYTE or not 1 <= magic[3] <= 3:
         raise IdxFormatError(
-            f"{name}: bad magic number 0x{data[:4].hex()}; expected 0x{LABELS_MAGIC:08x} "
+            f"{name}: bad magic number 0x{magic.hex()}; expected 0x{LABELS_MAGIC:08x} "
             f"(labels) or 0x{IMAGES_MAGIC:08x} (images)"
         )
-    ndim = data[3]
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise IdxFormatError(f"{name}: truncated header ({len(data)} of {header_size} bytes)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_size + int(np.prod(shape, dtype=np.int64))
-    if len(data) < expected:
+    ndim = magic[3]
+    sizes = read_at_most(stream, 4 * ndim)
+    if len(sizes) < 4 * ndim:
         raise IdxFormatError(
-            f"{name}: truncated: header says shape {shape} ({expected} bytes), file has {len(data)}"
+            f"{name}: truncated header ({4 + len(sizes)} of {4 + 4 * ndim} bytes)"
         )
-    if len(data) > expected:
+    shape = tuple(int.from_bytes(sizes[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    declared = math.prod(shape)
+    if max_bytes is not None and declared > max_bytes:
         raise IdxFormatError(
-            f"{name}: {len(data) - expected} unexpected bytes after the data of shape {shape}"
+            f"{name}: header says shape {shape} ({declared:,} bytes), more than the "
+            f"{max_bytes:,} allowed"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+    data = read_at_most(stream, declared)
+    if len(data) < declared:
+        raise IdxFormatError(
+            f"{name}: truncated: header says shape {shape} ({4 + 4 * ndim + declared} bytes), "
+            f"file has {4 + 4 * ndim + len(data)}"
+        )
+    # Reading on to the end also makes gzip check its CRC; the count stops at a bound.
+    trailing = len(read_at_most(stream, TRAILING_BYTES_COUNTED + 1))
+    if trailing:
+        count = f"{trailing}" if trailing <= TRAILING_BYTES_COUNTED else (
+            f"more than {TRAILING_BYTES_COUNTED:,}"
+        )
+        raise IdxFormatError(f"{name}: {count} unexpected bytes after the data of shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def read_at_most(stream: BinaryIO, size: int) -> bytearray:
+    """Up to ``size`` bytes of ``stream``, read in chunks: memory grows with what is really
+    there, not with ``size`` (``read(size)`` would allocate all of it up front)."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(min(size - len(data), CHUNK_BYTES))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def encode(array: np.ndarray) -> bytes:
@@ -58,23 +135,6 @@ def encode(array: np.ndarray) -> bytes:
         int(size).to_bytes(4, "big") for size in array.shape
     )
     return header + np.ascontiguousarray(array).tobytes()
-
-
-def read_bytes(path: str | Path) -> bytes:
-    """The decompressed content of an IDX file, gzip-compressed (``.gz``) or not."""
-    path = Path(path)
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
-            raise IdxFormatError(f"{path}: corrupt gzip data ({error})") from None
-    return data
-
-
-def read(path: str | Path) -> np.ndarray:
-    """Parse an IDX file (raw or gzip-compressed) into a uint8 array."""
-    return decode(read_bytes(path), name=str(path))
 
 
 def check_images(images: np.ndarray, name: str) -> None:

@@ -20,12 +20,13 @@ report bad inputs without loading TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -33,7 +34,12 @@ from mnist_pipeline import digit_image, idx
 from mnist_pipeline.digit_image import IMAGE_SIZE, InvertMode
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+# Pictures that are not read, but are recognized by name too, so the error says why.
+OTHER_PICTURE_SUFFIXES = frozenset({".gif", ".bmp", ".tif", ".tiff", ".webp"})
 PREDICT_BATCH_SIZE = 256
+# An IDX or .npy input may hold this many digits (MNIST has 70,000): 314 MB as float32. A
+# header declaring more is refused before any data is read.
+MAX_DIGITS_PER_INPUT = 100_000
 
 
 class InputError(ValueError):
@@ -77,55 +83,80 @@ def as_pixel_batch(array: np.ndarray, name: str) -> np.ndarray:
     return pixels
 
 
-def load_npy_batch(path: str | Path) -> np.ndarray:
-    """A ``.npy`` file of (N, 28, 28) pixels -> float32 0..255 (see :func:`as_pixel_batch`)."""
+def load_npy_batch(stream: BinaryIO, name: str) -> np.ndarray:
+    """A ``.npy`` stream of (N, 28, 28) pixels -> float32 0..255 (see :func:`as_pixel_batch`).
+
+    The header is checked before any data is read: no pickled objects, the shape, at most
+    ``MAX_DIGITS_PER_INPUT`` digits; then only the bytes it declares are read, in chunks,
+    so a forged header claiming (10**9, 28, 28) costs nothing.
+    """
     try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not read")
     except (OSError, ValueError, EOFError) as error:
-        raise InputError(f"{path}: not a readable .npy array ({error})") from None
-    if not isinstance(array, np.ndarray):  # an .npz archive loads as a mapping
-        raise InputError(f"{path}: expected a .npy array, got {type(array).__name__}")
-    return as_pixel_batch(array, str(path))
+        raise InputError(f"{name}: not a readable .npy array ({error})") from None
+    if dtype.hasobject:
+        raise InputError(f"{name}: not a readable .npy array (it holds Python objects, and "
+                         "pickles are never loaded)")
+    if len(shape) != 3 or shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InputError(f"{name}: expected images of shape (N, 28, 28), got {shape}")
+    check_digit_count(shape[0], name)
+    declared = math.prod(shape) * dtype.itemsize
+    data = idx.read_at_most(stream, declared)
+    if len(data) < declared:
+        raise InputError(f"{name}: truncated: header says shape {shape} of {dtype} "
+                         f"({declared:,} bytes of data), file has {len(data):,}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    return as_pixel_batch(array, name)
 
 
-def load_idx_batch(path: str | Path) -> np.ndarray:
-    """An IDX image file (raw or .gz) of (N, 28, 28) uint8 -> float32 0..255."""
+def load_idx_batch(stream: BinaryIO, name: str) -> np.ndarray:
+    """An IDX image stream (raw or .gz) of (N, 28, 28) uint8 -> float32 0..255.
+
+    A header declaring more than ``MAX_DIGITS_PER_INPUT`` digits is refused before reading.
+    """
+    head = idx.peek(stream, 4)
     try:
-        images = idx.read(path)
-        idx.check_images(images, str(path))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        images = idx.read(stream, name, max_bytes=MAX_DIGITS_PER_INPUT * IMAGE_SIZE**2)
+        idx.check_images(images, name)
     except idx.IdxFormatError as error:
-        # idx names the file itself; say too what else the file could have been.
-        raise InputError(f"{error} (not a PNG/JPEG image or .npy array either)") from None
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+        # idx names the file itself; where it is not IDX, say what else it could have been.
+        hint = "" if idx.has_magic(head) else " (not a PNG/JPEG image or .npy array either)"
+        raise InputError(f"{error}{hint}") from None
+    check_digit_count(len(images), name)
     return images.astype(np.float32)
+
+
+def check_digit_count(count: int, name: str) -> None:
+    """Refuse a batch of more than ``MAX_DIGITS_PER_INPUT`` digits."""
+    if count > MAX_DIGITS_PER_INPUT:
+        raise InputError(f"{name}: {count:,} digits; at most {MAX_DIGITS_PER_INPUT:,} per input "
+                         "are read (split the file)")
 
 
 # ---------------------------------------------------------------------------------------
 # Inputs as the user names them
 
 
-_PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def input_kind(path: Path) -> Literal["picture", "npy", "idx"]:
-    """How to read the file at ``path``: by its first bytes, else by its suffix, else IDX."""
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(8)
-    except OSError:
-        head = b""  # the loader will report why it cannot be read
-    if head.startswith(_PICTURE_MAGIC):
-        return "picture"
+def input_kind(path: Path, head: bytes) -> Literal["picture", "npy", "idx"]:
+    """How to read the file at ``path`` whose first bytes are ``head``: by those bytes,
+    else by the file's suffix, else IDX."""
+    if digit_image.picture_format(head) is not None:
+        return "picture"  # PNG, JPEG, or another format that digit_image names in its error
     if head.startswith(_NPY_MAGIC):
         return "npy"
+    if idx.has_magic(head):
+        return "idx"
     # Unrecognized content: the name says what it was meant to be, so errors can say why not.
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES | OTHER_PICTURE_SUFFIXES:
         return "picture"
     if path.suffix.lower() == ".npy":
         return "npy"
@@ -135,22 +166,33 @@ def input_kind(path: Path) -> Literal["picture", "npy", "idx"]:
 def load_input(path: str | Path, invert: InvertMode = "auto") -> np.ndarray:
     """The digits in one file -> float32 0..255, shape (N, 28, 28); N is 1 for a picture.
 
+    The file is opened once and its kind told from its first bytes without consuming them,
+    so a pipe or FIFO (``<(cat digit.png)``) is read like a file.
     Raises :class:`InputError` (message ``"<path>: <reason>"``) when it cannot.
     """
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; list it with expand_inputs()")
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    kind = input_kind(path)
-    if kind == "npy":
-        return load_npy_batch(path)
-    if kind == "idx":
-        return load_idx_batch(path)
+    name = str(path)
     try:
-        digit = digit_image.picture_to_digit(path, invert)
-    except digit_image.PictureError as error:  # unreadable, or no digit in it
-        raise InputError(f"{path}: {error}") from None
+        stream = open(path, "rb")  # noqa: SIM115 - closed below, after the kind is known
+    except FileNotFoundError:
+        reason = "broken symbolic link" if path.is_symlink() else "no such file"
+        raise InputError(f"{name}: {reason}") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory; list it with expand_inputs()") from None
+    except OSError as error:  # permissions, a symbolic link loop, ...
+        raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
+    try:
+        with stream:
+            kind = input_kind(path, idx.peek(stream, 12))
+            if kind == "npy":
+                return load_npy_batch(stream, name)
+            if kind == "idx":
+                return load_idx_batch(stream, name)
+            digit = digit_image.picture_to_digit(stream, invert)
+    except digit_image.PictureError as error:  # unreadable, too large, or no digit in it
+        raise InputError(f"{name}: {error}") from None
+    except OSError as error:  # the disk, not the content
+        raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
     return digit[np.newaxis]
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +116,8 @@ def test_installed_command_explains_itself() -> None:
     sub = subprocess.run([command, "predict", "--help"], capture_output=True, text=True,
                          check=True)
     for promise in ("PNG or JPEG", "IDX", ".npy", "--invert", "--output", "--model",
-                    "input,index,label,confidence", "exit status", "dvc repro"):
+                    "input,index,label,confidence", "exit status", "dvc repro",
+                    "3  the output cannot be written", "100,000 digits", "40,000,000 pixels"):
         assert promise in sub.stdout
 
 
@@ -277,3 +282,106 @@ def test_installed_command_predicts_with_clean_stderr(
     assert result.stderr == f"mnist-pipeline: error: {tmp_path / 'missing.png'}: no such file\n"
     assert result.stdout.splitlines()[1].startswith(f"{picture},0,")
     print(f"one picture predicted in {seconds:.1f} s (TensorFlow import included)")
+
+
+# --- outputs that cannot be written ----------------------------------------------------------
+
+
+def dummy_model(tmp_path: Path) -> Path:
+    """A file where the model should be: enough for checks made before it is loaded."""
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"never loaded")
+    return path
+
+
+def test_output_that_is_a_directory_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "out").mkdir()
+    status = cli.main(["predict", "--model", str(dummy_model(tmp_path)), "--output",
+                       str(tmp_path / "out"), str(tmp_path / "missing.png")])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (3, "")
+    # One line, and no word on the input: nothing was read.
+    assert captured.err == (
+        f"mnist-pipeline: error: {tmp_path / 'out'}: cannot write (is a directory)\n"
+    )
+
+
+@contextlib.contextmanager
+def unprivileged() -> Iterator[None]:
+    """Run the block as user `nobody` when the tests run as root, who may write anywhere."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_read_only_folder_is_refused_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    # Not tmp_path: pytest's folders are private to root, and `nobody` must reach this one.
+    top = Path(tempfile.mkdtemp())
+    try:
+        top.chmod(0o755)
+        (top / "read-only").mkdir(mode=0o555)
+        model, good = dummy_model(top), top / "good.npy"
+        np.save(good, np.zeros((1, 28, 28), np.uint8))
+        target = top / "read-only" / "new" / "predictions.csv"
+        with unprivileged():
+            status = cli.main(["predict", "--model", str(model), "--output", str(target),
+                               str(good)])
+        captured = capsys.readouterr()
+        assert (status, captured.out) == (3, "")
+        assert captured.err == (f"mnist-pipeline: error: {target}: cannot write (cannot create "
+                                f"files in {top / 'read-only'}: Permission denied)\n")
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_full_disk_gives_one_line_after_the_work(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "digits.npy", trained.digits[:3].astype(np.uint8))
+    target = tmp_path / "predictions.csv"
+    target.symlink_to("/dev/full")  # writes fail with ENOSPC, as on a full disk
+    status, rows, errors = run_predict(trained, capsys, "--output", target,
+                                       tmp_path / "digits.npy")
+    assert (status, rows) == (3, [])
+    assert errors == [f"mnist-pipeline: error: {target}: cannot write (No space left on device)"]
+    assert target.is_symlink()  # a device is written to, never replaced
+
+
+def test_stdout_to_a_full_device_gives_one_line(
+    tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    np.save(tmp_path / "digits.npy", trained.digits[:3].astype(np.uint8))
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        status = cli.main(["predict", "--model", str(trained.model_path),
+                           str(tmp_path / "digits.npy")])
+        full.flush()  # as Python does at exit: what is still buffered must go somewhere quietly
+    assert status == 3
+    assert capsys.readouterr().err == (
+        "mnist-pipeline: error: standard output: cannot write (No space left on device)\n"
+    )
+
+
+def test_when_every_input_fails_the_old_csv_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "predictions.csv"
+    target.write_text("input,index,label,confidence\nold.png,0,7,0.9900\n")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    status = cli.main(["predict", "--model", str(dummy_model(tmp_path)), "--output",
+                       str(target), str(tmp_path / "broken.png"), str(tmp_path / "missing.npy")])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (1, "")
+    assert len(captured.err.splitlines()) == 2
+    assert target.read_text() == "input,index,label,confidence\nold.png,0,7,0.9900\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "broken.png", "model.keras", "predictions.csv"
+    ]

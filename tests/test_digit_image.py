@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,77 @@ def test_unreadable_bytes_are_a_picture_error(content: bytes) -> None:
 def test_huge_picture_is_shrunk(tmp_path: Path) -> None:
     Image.new("L", (2000, 1000), 255).save(tmp_path / "huge.png")
     assert digit_image.read_picture(tmp_path / "huge.png").shape == (256, 512)
+
+
+# --- pictures that are too large, 16-bit, animated, or carry a broken EXIF block ----------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header (IHDR) claims ``width`` x ``height``: its data is far short."""
+    buffer = io.BytesIO()
+    Image.new("L", (10, 10), 255).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [9000, 10_000, 20_000])
+def test_too_many_pixels_are_refused_before_decoding(side: int) -> None:
+    # 10,000 and 20,000 are over Pillow's own limits: its warning (turned into an error
+    # here) or error must not be what the caller sees.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(digit_image.PictureError,
+                           match="too large: more than 40,000,000 pixels"):
+            digit_image.read_picture(png_claiming(side, side))
+
+
+def test_the_pixel_limit_is_a_parameter() -> None:
+    with pytest.raises(digit_image.PictureError, match=r"more than 3,000 pixels \(60x60; "):
+        digit_image.read_picture(png_claiming(60, 60), max_pixels=3000)
+
+
+def test_a_big_jpeg_is_decoded_at_reduced_scale(tmp_path: Path, digits: np.ndarray) -> None:
+    path = tmp_path / "photo.jpg"  # 2400 x 2000: 4.8 million pixels
+    Image.fromarray(on_paper(digits[9], size=1500, at=(300, 250), canvas=(2400, 2000))).save(path)
+    gray = digit_image.read_picture(path, max_pixels=1_000_000)  # decoded at 1/4: 600 x 500
+    assert gray.shape == (427, 512)
+    assert correlation(digit_image.normalize_digit(gray), digits[9]) > 0.8
+
+
+def test_sixteen_bit_grayscale_is_scaled_by_its_bit_depth(
+    tmp_path: Path, digits: np.ndarray
+) -> None:
+    # A dark digit at about 7,700 on paper at about 57,800, of 65,535: all above 255.
+    paper = on_paper(digits[2]).astype(np.float64) / 255.0
+    Image.fromarray((paper * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    gray = digit_image.read_picture(tmp_path / "deep.png")
+    np.testing.assert_allclose(gray, on_paper(digits[2]), atol=1.0)
+    assert correlation(digit_image.normalize_digit(gray), digits[2]) > 0.8
+
+
+def test_animations_and_other_formats_are_refused_by_name(digits: np.ndarray) -> None:
+    frames = [Image.fromarray(on_paper(digit)) for digit in digits[:3]]
+    for format_name, message in (("PNG", "an animation of 3 frames"), ("GIF", "a GIF picture"),
+                                 ("TIFF", "a TIFF picture"), ("BMP", "a BMP picture")):
+        buffer = io.BytesIO()
+        animated = {"save_all": True, "append_images": frames[1:]} if format_name != "BMP" else {}
+        frames[0].save(buffer, format_name, **animated)
+        with pytest.raises(digit_image.PictureError, match=message):
+            digit_image.read_picture(buffer.getvalue())
+
+
+def test_a_corrupt_exif_block_is_ignored(digits: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(on_paper(digits[6])).save(buffer, "PNG")
+    plain = buffer.getvalue()
+    payload = b"garbage, not TIFF"
+    chunk = (len(payload).to_bytes(4, "big") + b"eXIf" + payload
+             + zlib.crc32(b"eXIf" + payload).to_bytes(4, "big"))
+    at = plain.index(b"IDAT") - 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's "Corrupt EXIF data" must not leak either
+        with_exif = digit_image.read_picture(plain[:at] + chunk + plain[at:])
+    np.testing.assert_array_equal(with_exif, digit_image.read_picture(plain))

