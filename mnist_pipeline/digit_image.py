@@ -105,26 +105,14 @@ def read_picture(
     ``warnings.catch_warnings``, which is not thread-safe: in a threaded server they may
     leak, never more.
     """
-    if isinstance(source, Image.Image):
-        return as_grayscale(decoded(source, max_side, max_pixels), max_side)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")  # our pixel limit is lower than Pillow's
         try:
-            stream = opened_stream(source, stack)
-            head = stream.read(12)
-            kind = picture_format(head)
-            if kind not in PICTURE_FORMATS:
-                raise PictureError(
-                    f"a {kind} picture; only PNG and JPEG are read (save it as PNG)" if kind
-                    else "not a readable image (neither PNG nor JPEG)"
-                )
-            if stream.seekable():
-                stream.seek(-len(head), io.SEEK_CUR)
-            else:  # Pillow needs to seek, and would read all of it into memory anyway
-                stream = io.BytesIO(head + read_bounded(stream, MAX_PICTURE_BYTES - len(head)))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # our pixel limit is lower than Pillow's
-                with Image.open(stream, formats=PICTURE_FORMATS) as opened:
-                    picture = decoded(opened, max_side, max_pixels)
+            if isinstance(source, Image.Image):
+                picture = decoded(source, max_side, max_pixels)
+            else:
+                picture = decoded(open_picture(source, stack), max_side, max_pixels)
         except FileNotFoundError:
             raise PictureError("no such file") from None
         except Image.DecompressionBombError:  # Pillow's limit: far above ours
@@ -148,14 +136,29 @@ def picture_format(head: bytes) -> str | None:
     return None
 
 
-def opened_stream(source: str | os.PathLike[str] | bytes | BinaryIO,
-                  stack: contextlib.ExitStack) -> BinaryIO:
-    """``source`` as a binary stream; a file opened here is closed with ``stack``."""
+def open_picture(
+    source: str | os.PathLike[str] | bytes | BinaryIO, stack: contextlib.ExitStack
+) -> Image.Image:
+    """``source`` opened by Pillow as PNG or JPEG (not decoded yet), closed with ``stack``.
+
+    Anything else is refused from its first bytes, naming the format where it is a known one.
+    """
     if isinstance(source, bytes):
-        return io.BytesIO(source)
-    if isinstance(source, (str, os.PathLike)):
-        return stack.enter_context(open(source, "rb"))
-    return source
+        stream: BinaryIO = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        stream = stack.enter_context(open(source, "rb"))  # noqa: SIM115 - the stack closes it
+    else:
+        stream = source
+    head = stream.read(12)
+    kind = picture_format(head)
+    if kind not in PICTURE_FORMATS:
+        raise PictureError(f"a {kind} picture; only PNG and JPEG are read (save it as PNG)"
+                           if kind else "not a readable image (neither PNG nor JPEG)")
+    if stream.seekable():
+        stream.seek(-len(head), io.SEEK_CUR)
+    else:  # a pipe: Pillow needs to seek, and would read all of it into memory anyway
+        stream = io.BytesIO(head + read_bounded(stream, MAX_PICTURE_BYTES - len(head)))
+    return stack.enter_context(Image.open(stream, formats=PICTURE_FORMATS))
 
 
 def read_bounded(stream: BinaryIO, limit: int) -> bytes:
