@@ -234,29 +234,31 @@ class SourceReader:
         return result
 
     def _read_idx_folder(self, location: str, name: str, raw_file_size: int) -> Candidate:
-        """``<name>.gz``, else ``<name>``, from a URL base or a local directory; the .gz is
-        unpacked only up to ``raw_file_size`` bytes (and one more, to see that it is more)."""
+        """``<name>.gz``, else ``<name>``, from a URL base or a local directory. Neither what
+        is fetched (:func:`largest_copy`) nor what the .gz unpacks may exceed what a copy of a
+        file of ``raw_file_size`` bytes can be: a bad mirror cannot fill the memory."""
+        limit = largest_copy(raw_file_size)
         if is_url(location):
-            data, origin = self._get_idx_url(location.rstrip("/") + "/", name)
+            data, origin = self._get_idx_url(location.rstrip("/") + "/", name, limit)
         else:
             folder = local_folder(location)
             path = next((folder / f for f in (name + ".gz", name) if (folder / f).is_file()), None)
             if path is None:
                 raise SourceError(location, f"no {name}.gz or {name} there")
-            data, origin = read_local(path), str(path)
+            data, origin = read_local(path, limit), str(path)
         if not is_gzip(data):
             return Candidate(data, origin)
         return Candidate(gunzip(data, origin, raw_file_size), origin, original_gz=data)
 
-    def _get_idx_url(self, base: str, name: str) -> tuple[bytes, str]:
+    def _get_idx_url(self, base: str, name: str, limit: int) -> tuple[bytes, str]:
         """``base/<name>.gz``, or ``base/<name>`` where the .gz is not found: (bytes, URL)."""
         try:
-            return self._get_url(base + name + ".gz", name), base + name + ".gz"
+            return self._get_url(base + name + ".gz", name, limit), base + name + ".gz"
         except HttpStatusError as error:
             if error.status != 404:
                 raise
         try:
-            return self._get_url(base + name, name), base + name
+            return self._get_url(base + name, name, limit), base + name
         except HttpStatusError as error:
             if error.status != 404:
                 raise
@@ -280,19 +282,22 @@ class SourceReader:
         except (ValueError, OSError) as error:
             raise SourceError(location, f"not a readable .npz ({error})") from None
 
-    def _get_url(self, url: str, label: str) -> bytes:
-        return http_get(url, self.network, label)
+    def _get_url(self, url: str, label: str, limit: int | None = None) -> bytes:
+        return http_get(url, self.network, label, limit)
 
 
-def http_get(url: str, network: NetworkSettings, label: str = "") -> bytes:
+def http_get(
+    url: str, network: NetworkSettings, label: str = "", max_bytes: int | None = None
+) -> bytes:
     """The whole body of ``url``, retrying transient failures with exponential backoff.
 
-    Raises HttpStatusError for an error status, SourceError for anything else that failed.
+    Raises HttpStatusError for an error status, SourceError for anything else that failed,
+    including a body of more than ``max_bytes``.
     """
     attempts = network.retries + 1
     for attempt in range(attempts):
         try:
-            return http_get_once(url, network, label)
+            return http_get_once(url, network, label, max_bytes)
         except TransientError as error:
             if attempt + 1 == attempts:
                 raise SourceError(url, f"{error} (gave up after {attempts} attempt(s))") from None
@@ -300,11 +305,13 @@ def http_get(url: str, network: NetworkSettings, label: str = "") -> bytes:
     raise AssertionError("unreachable")
 
 
-def http_get_once(url: str, network: NetworkSettings, label: str) -> bytes:
+def http_get_once(
+    url: str, network: NetworkSettings, label: str, max_bytes: int | None = None
+) -> bytes:
     """One GET of ``url``; TransientError when a retry could help, SourceError when not."""
     try:
         with urllib.request.urlopen(url, timeout=network.timeout_seconds) as response:
-            return read_body(response, network, label or url)
+            return read_body(response, network, label or url, max_bytes)
     except urllib.error.HTTPError as error:
         if error.code in RETRYABLE_HTTP_STATUSES:
             raise TransientError(f"HTTP {error.code} {error.reason}") from None
@@ -321,15 +328,26 @@ def http_get_once(url: str, network: NetworkSettings, label: str) -> bytes:
         raise SourceError(url, describe_os_error(error)) from None
 
 
-def read_body(response: http.client.HTTPResponse, network: NetworkSettings, label: str) -> bytes:
-    """Read a response in chunks behind a progress bar; TransientError if it falls short."""
+def read_body(
+    response: http.client.HTTPResponse, network: NetworkSettings, label: str,
+    max_bytes: int | None = None,
+) -> bytes:
+    """Read a response in chunks behind a progress bar; TransientError if it falls short,
+    SourceError as soon as it announces or sends more than ``max_bytes``."""
     length_header = response.headers.get("Content-Length")
     expected = int(length_header) if length_header and length_header.isdigit() else None
-    chunks = []
+    if max_bytes is not None and expected is not None and expected > max_bytes:
+        raise SourceError(response.url, f"announces {expected:,} bytes, more than the "
+                                        f"{max_bytes:,} a copy of this file can be")
+    chunks, received = [], 0
     with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
               file=sys.stderr, disable=not network.progress, leave=False) as bar:
         while chunk := response.read(CHUNK_BYTES):
             chunks.append(chunk)
+            received += len(chunk)
+            if max_bytes is not None and received > max_bytes:
+                raise SourceError(response.url, f"sends more than the {max_bytes:,} bytes a "
+                                                "copy of this file can be")
             bar.update(len(chunk))
     data = b"".join(chunks)
     if expected is not None and len(data) != expected:
@@ -394,11 +412,21 @@ def as_uint8(array: np.ndarray, origin: str) -> np.ndarray:
     return array.astype(np.uint8)
 
 
-def read_local(path: Path) -> bytes:
+def read_local(path: Path, max_bytes: int | None = None) -> bytes:
     try:
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise SourceError(str(path), f"{size:,} bytes, more than the {max_bytes:,} a copy "
+                                         "of this file can be")
         return path.read_bytes()
     except OSError as error:
         raise SourceError(str(path), f"cannot read it ({error.strerror})") from None
+
+
+def largest_copy(raw_file_size: int) -> int:
+    """The most bytes a source may give for a file of ``raw_file_size`` bytes: the file
+    itself, or its .gz, which for incompressible data is a little larger than the data."""
+    return raw_file_size + raw_file_size // 100 + 1024
 
 
 def gunzip(data: bytes, origin: str, max_bytes: int) -> bytes:

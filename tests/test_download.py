@@ -333,13 +333,14 @@ def test_file_urls_are_local_mirrors_and_other_schemes_are_refused(tmp_path):
 
 
 def test_a_gzip_bomb_from_a_mirror_is_not_unpacked(tmp_path):
-    contents = tiny_idx_files()
+    contents = tiny_idx_files(count=100)
+    contents[IMAGES] = idx.encode(np.zeros((100, 28, 28), np.uint8))  # 78 KB, compressible
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    with gzip.open(mirror / f"{IMAGES}.gz", "wb", compresslevel=1) as stream:
+    with gzip.open(mirror / f"{IMAGES}.gz", "wb", compresslevel=9) as stream:
         stream.write(contents[IMAGES])
-        for _ in range(64):  # 64 MiB of zeros after the file: 64 KB compressed
-            stream.write(bytes(1 << 20))
+        for _ in range(64):  # 64 MiB of zeros after the file: 64 KB compressed, so the .gz
+            stream.write(bytes(1 << 20))  # is no bigger than a copy of the file may be
     tracemalloc.start()
     try:
         with pytest.raises(DownloadError) as caught:
@@ -351,3 +352,26 @@ def test_a_gzip_bomb_from_a_mirror_is_not_unpacked(tmp_path):
     size = len(contents[IMAGES])
     assert f"unpacks to more than the {size:,} bytes of the file" in str(caught.value)
     assert peak < 8 << 20
+
+
+def test_a_body_bigger_than_any_copy_of_the_file_is_refused(server, tmp_path):
+    contents = tiny_idx_files()
+    serve_gzipped(server, contents)
+    huge = b"\x1f\x8b" + bytes(1 << 20)  # 1 MiB for a file whose .gz is about 3 KB
+    server.files[f"/big/{IMAGES}.gz"] = huge
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / f"{IMAGES}.gz").write_bytes(huge)
+
+    manifest = download_dataset(tiny_dataset(contents, IdxFolder(server.url)), tmp_path / "raw",
+                                mirrors=(server.url + "big/", str(tmp_path / "big")),
+                                network=FAST)
+
+    assert manifest["files"][IMAGES]["source"] == f"{server.url}{IMAGES}.gz"
+    with pytest.raises(DownloadError) as caught:
+        download_dataset(tiny_dataset(contents), tmp_path / "raw2", network=FAST,
+                         mirrors=(server.url + "big/", str(tmp_path / "big")))
+    limit = f"{len(contents[IMAGES]) + len(contents[IMAGES]) // 100 + 1024:,}"
+    assert (f"{server.url}big/{IMAGES}.gz: announces 1,048,578 bytes, more than the {limit} "
+            "a copy of this file can be") in str(caught.value)
+    assert (f"{tmp_path / 'big' / IMAGES}.gz: 1,048,578 bytes, more than the {limit}"
+            in str(caught.value))
