@@ -294,15 +294,16 @@ def http_get(
     Raises HttpStatusError for an error status, SourceError for anything else that failed,
     including a body of more than ``max_bytes``.
     """
-    attempts = network.retries + 1
-    for attempt in range(attempts):
+    for attempt in range(network.retries):
         try:
             return http_get_once(url, network, label, max_bytes)
-        except TransientError as error:
-            if attempt + 1 == attempts:
-                raise SourceError(url, f"{error} (gave up after {attempts} attempt(s))") from None
+        except TransientError:
             time.sleep(network.backoff_seconds * 2**attempt)
-    raise AssertionError("unreachable")
+    try:  # the last attempt
+        return http_get_once(url, network, label, max_bytes)
+    except TransientError as error:
+        attempts = network.retries + 1
+        raise SourceError(url, f"{error} (gave up after {attempts} attempt(s))") from None
 
 
 def http_get_once(
