@@ -6,6 +6,7 @@ Custom, tiny dataset specs carry digests computed here, so no real MNIST is need
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -66,7 +67,7 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
         self.server.requests.append(self.path)
         body = self.server.files.get(self.path)
         if body is None:
-            self.send_error(404)
+            self.send_error(self.server.statuses.get(self.path, 404))
             return
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -76,7 +77,8 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
             return
-        self.wfile.write(body)
+        with contextlib.suppress(ConnectionError):  # a client that stops reading (too big)
+            self.wfile.write(body)
 
     def log_message(self, *args) -> None:  # keep test output quiet
         pass
@@ -84,9 +86,10 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[http.server.ThreadingHTTPServer]:
-    """A loopback HTTP server; set ``.files`` ({"/path": bytes}) and ``.drop_first``."""
+    """A loopback HTTP server; set ``.files`` ({"/path": bytes}), ``.drop_first`` and
+    ``.statuses`` ({"/path": error status instead of 404})."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoopbackHandler)
-    httpd.files, httpd.drop_first, httpd.requests = {}, set(), []
+    httpd.files, httpd.drop_first, httpd.requests, httpd.statuses = {}, set(), [], {}
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -375,3 +378,14 @@ def test_a_body_bigger_than_any_copy_of_the_file_is_refused(server, tmp_path):
             "a copy of this file can be") in str(caught.value)
     assert (f"{tmp_path / 'big' / IMAGES}.gz: 1,048,578 bytes, more than the {limit}"
             in str(caught.value))
+
+
+def test_a_server_error_is_retried_then_given_up_on(server, tmp_path):
+    contents = tiny_idx_files()
+    server.statuses[f"/{IMAGES}.gz"] = 503
+    with pytest.raises(DownloadError) as caught:
+        download_dataset(tiny_dataset(contents, IdxFolder(server.url)), tmp_path / "raw",
+                         network=FAST)
+    assert (f"{server.url}{IMAGES}.gz: HTTP 503 Service Unavailable (gave up after 3 "
+            "attempt(s))") in str(caught.value)
+    assert server.requests.count(f"/{IMAGES}.gz") == 3  # FAST: 2 retries
