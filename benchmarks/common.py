@@ -24,7 +24,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 SAMPLE_RECIPE = ROOT / "recipes" / "sample.yaml"  # what `make sample` runs
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.test_pipeline_e2e, stages/
+    sys.path.insert(0, str(ROOT))  # mnist_pipeline and stages/ when run from anywhere
 
 from mnist_pipeline import idx, preprocess  # noqa: E402
 from mnist_pipeline.params import Params, as_dict, load_params, params_from_dict  # noqa: E402

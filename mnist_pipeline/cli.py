@@ -16,8 +16,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mnist_pipeline import __version__, digit_image, paths, predict
-from mnist_pipeline import io as pipeline_io
+from mnist_pipeline import __version__, digit_image, fileio, paths, predict
 
 PROG = "mnist-pipeline"
 CSV_HEADER = ("input", "index", "label", "confidence")
@@ -223,7 +222,7 @@ def write_csv(text: str, output: Path | None) -> bool:
             with open(output, "w", encoding="utf-8") as stream:
                 stream.write(text)
         else:
-            pipeline_io.write_text(output, text)
+            fileio.write_text(output, text)
     except OSError as error:
         report(f"{output or 'standard output'}: cannot write ({error.strerror or error})")
         if output is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import io as bytes_io
+import io
 import os
 import shutil
 import socket
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mnist_pipeline import idx, io, paths
+from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline.datasets import Dataset, IdxFolder, MlxtendSample, NpzArchive, RawFile, Source
 
 OFFLINE_HINT = "No network? Run `make sample` to use the bundled 5,000-digit mnist-sample offline."
@@ -115,14 +115,14 @@ def download_dataset(
         files = {}
         for raw_file in dataset.files:
             candidate = fetch_verified(raw_file, sources, reader, dataset.name)
-            io.write_bytes(staging / raw_file.name, candidate.content)
+            fileio.write_bytes(staging / raw_file.name, candidate.content)
             files[raw_file.name] = {
                 "sha256": sha256_hex(candidate.content),
                 "bytes": len(candidate.content),
                 "source": candidate.origin,
             }
         manifest = {"dataset": dataset.name, "files": files}
-        io.write_json(staging / paths.RAW_MANIFEST.name, manifest)
+        fileio.write_json(staging / paths.RAW_MANIFEST.name, manifest)
         replace_directory(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -277,7 +277,7 @@ class SourceReader:
         if actual != source.sha256:
             raise sha256_mismatch(location, actual, source.sha256)
         try:
-            with np.load(bytes_io.BytesIO(data), allow_pickle=False) as archive:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except (ValueError, OSError) as error:
             raise SourceError(location, f"not a readable .npz ({error})") from None
@@ -436,7 +436,7 @@ def gunzip(data: bytes, origin: str, max_bytes: int) -> bytes:
     Never unpacks more than ``max_bytes + 1``: a gzip bomb from a mirror costs no memory.
     """
     try:
-        with gzip.GzipFile(fileobj=bytes_io.BytesIO(data)) as stream:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
             content = idx.read_at_most(stream, max_bytes + 1)
     except (OSError, EOFError, zlib.error) as error:
         raise SourceError(origin, f"corrupt gzip data ({error})") from None

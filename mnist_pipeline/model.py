@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from mnist_pipeline import io, paths
+from mnist_pipeline import fileio, paths
 from mnist_pipeline.params import AugmentationParams, ModelParams
 from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE
 
@@ -208,12 +208,12 @@ def save_model(model: keras.Model, target: str | Path = paths.MODEL_FILE) -> Non
     """Save atomically: a crash never leaves a half-written ``target``.
 
     Keras insists on the ``.keras`` suffix, so the model is written to a ``.keras`` file beside
-    the temporary path that :func:`mnist_pipeline.io.atomic_path` renames into place (both
+    the temporary path that :func:`mnist_pipeline.fileio.atomic_path` renames into place (both
     names match the `.gitignore` patterns for temporaries, should a kill leave them behind).
     Equal weights give equal bytes (:func:`without_save_times`), so a retrain that changes
     nothing changes no hash and reruns nothing downstream.
     """
-    with io.atomic_path(target) as temporary:
+    with fileio.atomic_path(target) as temporary:
         staged = temporary.with_name(temporary.name + ".keras")
         try:
             model.save(staged)

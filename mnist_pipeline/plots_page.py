@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from mnist_pipeline import io
+from mnist_pipeline import fileio
 
 SOURCE = Path("dvc_plots_template.html")
 TARGET = Path(".dvc/plots_template.html")
@@ -59,7 +59,7 @@ def build(source: Path = SOURCE, target: Path = TARGET,
     """Write the page template to ``target``; True if the libraries were inlined."""
     template = source.read_text(encoding="utf-8")
     complete = (node_modules / "vega-embed").is_dir()
-    io.write_text(target, inline_scripts(template, node_modules) if complete else template)
+    fileio.write_text(target, inline_scripts(template, node_modules) if complete else template)
     return complete
 
 

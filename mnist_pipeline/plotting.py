@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mnist_pipeline.io import atomic_path
+from mnist_pipeline.fileio import atomic_path
 from mnist_pipeline.metrics import confusion_matrix
 from mnist_pipeline.prepared import NUM_CLASSES
 

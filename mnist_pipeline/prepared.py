@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnist_pipeline import io, paths
+from mnist_pipeline import fileio, paths
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
@@ -62,8 +62,8 @@ def save(split: str, images: np.ndarray, labels: np.ndarray) -> None:
     if labels.dtype != np.uint8 or len(images) != len(labels):
         raise ValueError(f"{labels_path}: expected {len(images)} uint8 labels, got "
                          f"{len(labels)} {labels.dtype}")
-    io.save_npy(images_path, images)
-    io.save_npy(labels_path, labels)
+    fileio.save_npy(images_path, images)
+    fileio.save_npy(labels_path, labels)
 
 
 def load(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +74,7 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
     empty split, or image and label counts that differ.
     """
     images_path, labels_path = paths.prepared_images(split), paths.prepared_labels(split)
-    images, labels = io.load_npy(images_path), io.load_npy(labels_path)
+    images, labels = fileio.load_npy(images_path), fileio.load_npy(labels_path)
     check_images(images, str(images_path))
     check_labels(labels, str(labels_path))
     if len(images) == 0:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import idx, io, paths
+from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline.params import PreprocessParams
 from mnist_pipeline.prepared import NUM_CLASSES, PIXEL_SCALE
 
@@ -167,7 +167,7 @@ def read_dataset_name(manifest_path: str | Path) -> str:
     """The ``dataset`` entry of the download stage's manifest.json."""
     manifest_path = Path(manifest_path)
     try:
-        manifest = io.read_json(manifest_path)
+        manifest = fileio.read_json(manifest_path)
     except FileNotFoundError:
         raise FileNotFoundError(_missing(manifest_path)) from None
     except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError

@@ -13,7 +13,7 @@ Writes  data/params.ok: a fixed text, so a valid change leaves it byte-identical
 
 import sys
 
-from mnist_pipeline import io, paths
+from mnist_pipeline import fileio, paths
 from mnist_pipeline.params import load_params
 
 
@@ -22,7 +22,8 @@ def main() -> None:
         load_params()
     except (FileNotFoundError, ValueError) as error:  # ParamsError included
         sys.exit(f"check_params: {error}")
-    io.write_text(paths.PARAMS_CHECKED, f"{paths.PARAMS_FILE} passed mnist_pipeline/params.py\n")
+    fileio.write_text(paths.PARAMS_CHECKED,
+                      f"{paths.PARAMS_FILE} passed mnist_pipeline/params.py\n")
 
 
 if __name__ == "__main__":

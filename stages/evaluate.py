@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_pipeline import paths, prepared
-from mnist_pipeline.io import write_csv, write_json
+from mnist_pipeline.fileio import write_csv, write_json
 from mnist_pipeline.metrics import classification_metrics, per_class_metrics
 from mnist_pipeline.model import load_model, predict_probabilities, to_pixels
 from mnist_pipeline.params import load_params

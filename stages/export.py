@@ -10,7 +10,7 @@ On a missing or bad model it prints one line, writes nothing and exits 1.
 
 import sys
 
-from mnist_pipeline import io, paths
+from mnist_pipeline import fileio, paths
 from mnist_pipeline.model import load_model
 
 
@@ -19,7 +19,7 @@ def main() -> None:
         model = load_model(paths.MODEL_FILE)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"export: {error}")
-    with io.atomic_directory(paths.SERVING_DIR) as temporary:
+    with fileio.atomic_directory(paths.SERVING_DIR) as temporary:
         model.export(str(temporary), format="tf_saved_model", verbose=False)
     print(f"export: wrote {paths.SERVING_DIR}")
 

@@ -9,7 +9,7 @@ On bad params or raw files it prints one line naming the problem, writes nothing
 
 import sys
 
-from mnist_pipeline import io, paths, prepared, preprocess
+from mnist_pipeline import fileio, paths, prepared, preprocess
 from mnist_pipeline.params import load_params
 
 
@@ -24,8 +24,8 @@ def main() -> None:
 
     for split, (images, labels) in splits.items():
         prepared.save(split, images, labels)
-        io.write_csv(paths.class_counts_file(split), preprocess.class_count_table(labels))
-    io.write_json(paths.DATA_METRICS, preprocess.split_metrics(raw.name, splits))
+        fileio.write_csv(paths.class_counts_file(split), preprocess.class_count_table(labels))
+    fileio.write_json(paths.DATA_METRICS, preprocess.split_metrics(raw.name, splits))
     sizes = ", ".join(f"{split} {len(labels):,}" for split, (_images, labels) in splits.items())
     print(f"preprocess: {raw.name}: {sizes} -> {paths.PREPARED_DIR}")
 

@@ -17,7 +17,7 @@ import time
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from mnist_pipeline import io, paths, prepared, training
+from mnist_pipeline import fileio, paths, prepared, training
 from mnist_pipeline.model import build_network, export_model, save_model
 from mnist_pipeline.params import load_params
 
@@ -31,7 +31,7 @@ def main() -> None:
             training.parse_tf_config(os.environ.get("TF_CONFIG")) if distributed else None)
         strategy = training.make_strategy(params.train.distribute)
         if chief:  # minutes of training would be lost on a folder that cannot take the model
-            io.check_writable(paths.MODEL_FILE)
+            fileio.check_writable(paths.MODEL_FILE)
     except (OSError, ValueError, training.DistributeError) as error:
         sys.exit(f"train: {error}")
 

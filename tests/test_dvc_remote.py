@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pipeline_e2e import dvc, git, init_project_repo, run
+from project_repo import dvc, git, init_project_repo, run
 
 pytestmark = pytest.mark.slow
 

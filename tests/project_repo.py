@@ -1,0 +1,92 @@
+"""A temporary git + DVC copy of the project, and the commands tests run in it.
+
+Shared by the end-to-end, remote-storage and plots-page tests (imported, not a fixture, since
+module-scoped fixtures of several files build their repositories with it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from mnist_pipeline import plots_page
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the venv's python/dvc first on PATH, as `make` does."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+               TF_CPP_MIN_LOG_LEVEL="2", DVC_NO_ANALYTICS="1")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run(["git", *args], cwd=cwd)
+
+
+def update_params(repo: Path, changes: dict) -> None:
+    """Merge nested ``changes`` into the repo's params.yaml."""
+    params_file = repo / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+
+    def merge(target: dict, updates: dict) -> None:
+        for key, value in updates.items():
+            if isinstance(value, dict):
+                merge(target.setdefault(key, {}), value)
+            else:
+                target[key] = value
+
+    merge(params, changes)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_project(destination: Path) -> None:
+    """Copy the project's source files (tracked or new, never ignored ones) into a new repo."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for relative in filter(None, listed):
+        source = PROJECT / relative
+        # Skip the pipeline's own results: the temporary repo makes its own.
+        if not source.is_file() or relative.startswith(("metrics/", "plots/", "dvclive/")):
+            continue
+        if relative == "dvc.lock":
+            continue
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def init_project_repo(repo: Path, params: dict) -> Path:
+    """A new git+DVC repo at ``repo``: the project with ``params`` merged in, committed.
+
+    As in a clone, the code is committed before the pipeline runs (dvclive needs a HEAD).
+    """
+    repo.mkdir(parents=True)
+    copy_project(repo)
+    # What `make install` adds beside the tracked files: the `dvc plots show` page template.
+    plots_page.build(repo / plots_page.SOURCE, repo / plots_page.TARGET, PROJECT / "node_modules")
+    git("init", "-q", "-b", "main", cwd=repo)
+    update_params(repo, params)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "project", cwd=repo)
+    return repo
