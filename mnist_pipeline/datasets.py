@@ -91,6 +91,18 @@ class Dataset:
     files: tuple[RawFile, ...]
     sources: tuple[Source, ...]
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits it publishes: ("train", "test"), or ("train",) when it has no test split
+        of its own (preprocess then holds out ``preprocess.test_fraction`` of train)."""
+        names = {raw_file.name for raw_file in self.files}
+        return ("train", "test") if TEST_IMAGES in names else ("train",)
+
+    @property
+    def bundled(self) -> bool:
+        """True when every source ships with an installed package: no network is ever used."""
+        return all(isinstance(source, MlxtendSample) for source in self.sources)
+
 
 # Keras's mnist.npz: its digest is the one in keras/src/datasets/mnist.py.
 KERAS_MNIST_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"

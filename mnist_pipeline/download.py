@@ -104,7 +104,8 @@ def download_dataset(
     """Fetch and verify every file of ``dataset`` into ``destination``; return the manifest.
 
     ``destination`` ends up holding exactly the dataset's files plus ``manifest.json``
-    ({"dataset", "files": {name: {"sha256", "bytes", "source"}}}). On any error it is left
+    ({"dataset", "splits", "files": {name: {"sha256", "bytes", "source"}}}). On any error it
+    is left
     as it was and :class:`DownloadError` is raised.
     """
     destination = Path(destination)
@@ -114,14 +115,14 @@ def download_dataset(
     try:
         files = {}
         for raw_file in dataset.files:
-            candidate = fetch_verified(raw_file, sources, reader, dataset.name)
+            candidate = fetch_verified(raw_file, sources, reader, dataset)
             fileio.write_bytes(staging / raw_file.name, candidate.content)
             files[raw_file.name] = {
                 "sha256": sha256_hex(candidate.content),
                 "bytes": len(candidate.content),
                 "source": candidate.origin,
             }
-        manifest = {"dataset": dataset.name, "files": files}
+        manifest = {"dataset": dataset.name, "splits": list(dataset.splits), "files": files}
         fileio.write_json(staging / paths.RAW_MANIFEST.name, manifest)
         replace_directory(staging, destination)
     finally:
@@ -135,7 +136,7 @@ def sources_in_order(dataset: Dataset, mirrors: tuple[str, ...]) -> tuple[Source
 
 
 def fetch_verified(
-    raw_file: RawFile, sources: tuple[Source, ...], reader: SourceReader, dataset_name: str
+    raw_file: RawFile, sources: tuple[Source, ...], reader: SourceReader, dataset: Dataset
 ) -> Candidate:
     """The first candidate for ``raw_file`` that passes :func:`verify`, or DownloadError."""
     failures = []
@@ -146,15 +147,15 @@ def fetch_verified(
             return candidate
         except SourceError as error:
             failures.append(f"{error.origin}: {error.reason}")
-    raise DownloadError(describe_failures(raw_file.name, dataset_name, failures))
+    raise DownloadError(describe_failures(raw_file.name, dataset, failures))
 
 
-def describe_failures(file_name: str, dataset_name: str, failures: list[str]) -> str:
+def describe_failures(file_name: str, dataset: Dataset, failures: list[str]) -> str:
     """One message: which file, every source tried with its reason, and what to do."""
-    lines = [f"could not get a verified {file_name} of dataset {dataset_name!r}; "
+    lines = [f"could not get a verified {file_name} of dataset {dataset.name!r}; "
              f"tried {len(failures)} source(s):"]
     lines += [f"  - {failure}" for failure in failures]
-    if dataset_name != "mnist-sample":
+    if not dataset.bundled:
         lines.append(OFFLINE_HINT)
     return "\n".join(lines)
 

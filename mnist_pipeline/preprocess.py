@@ -21,9 +21,6 @@ from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline.params import PreprocessParams
 from mnist_pipeline.prepared import NUM_CLASSES, PIXEL_SCALE
 
-# Datasets published without a test split; preprocess carves one out of their training files.
-DATASETS_WITHOUT_TEST_SPLIT = frozenset({"mnist-sample"})
-
 # Independent random streams for the two splits carved from one seed.
 _TEST_STREAM = 1
 _VAL_STREAM = 2
@@ -157,14 +154,15 @@ def load_raw(directory: str | Path = paths.RAW_DIR) -> RawDataset:
     that are not N x 28 x 28, labels outside 0..9 or image and label counts that disagree.
     """
     directory = Path(directory)
-    name = read_dataset_name(directory / paths.RAW_MANIFEST.name)
+    name, splits = read_manifest(directory / paths.RAW_MANIFEST.name)
     train = _read_pair(directory, "train")
-    test = None if name in DATASETS_WITHOUT_TEST_SPLIT else _read_pair(directory, "test")
+    # A dataset without a test split of its own (mnist-sample) gets one carved out of train.
+    test = _read_pair(directory, "test") if "test" in splits else None
     return RawDataset(name=name, train=train, test=test)
 
 
-def read_dataset_name(manifest_path: str | Path) -> str:
-    """The ``dataset`` entry of the download stage's manifest.json."""
+def read_manifest(manifest_path: str | Path) -> tuple[str, tuple[str, ...]]:
+    """The ``dataset`` name and the published ``splits`` in the download stage's manifest."""
     manifest_path = Path(manifest_path)
     try:
         manifest = fileio.read_json(manifest_path)
@@ -175,7 +173,11 @@ def read_dataset_name(manifest_path: str | Path) -> str:
     name = manifest.get("dataset") if isinstance(manifest, dict) else None
     if not isinstance(name, str) or not name:
         raise ValueError(f"{manifest_path}: no \"dataset\" name; run `dvc repro download` again")
-    return name
+    splits = manifest.get("splits")
+    if not isinstance(splits, list) or "train" not in splits:
+        raise ValueError(f"{manifest_path}: no \"splits\" list with \"train\" in it; run "
+                         "`dvc repro download` again")
+    return name, tuple(splits)
 
 
 def _read_pair(directory: Path, split: str) -> Split:

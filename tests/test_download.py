@@ -389,3 +389,12 @@ def test_a_server_error_is_retried_then_given_up_on(server, tmp_path):
     assert (f"{server.url}{IMAGES}.gz: HTTP 503 Service Unavailable (gave up after 3 "
             "attempt(s))") in str(caught.value)
     assert server.requests.count(f"/{IMAGES}.gz") == 3  # FAST: 2 retries
+
+
+def test_each_dataset_says_which_splits_it_publishes_and_whether_it_needs_a_network():
+    from mnist_pipeline.datasets import DATASETS
+
+    assert {name: dataset.splits for name, dataset in DATASETS.items()} == {
+        "mnist": ("train", "test"), "fashion-mnist": ("train", "test"),
+        "mnist-sample": ("train",)}
+    assert [name for name, dataset in DATASETS.items() if dataset.bundled] == ["mnist-sample"]

@@ -47,7 +47,9 @@ def write_raw(directory: Path, dataset: str, train, test=None) -> Path:
         if arrays is not None:
             for kind, array in zip(("images", "labels"), arrays, strict=True):
                 (directory / paths.RAW_FILES[(split, kind)]).write_bytes(idx.encode(array))
-    fileio.write_json(directory / paths.RAW_MANIFEST.name, {"dataset": dataset, "files": {}})
+    splits = ["train", "test"] if test is not None else ["train"]
+    fileio.write_json(directory / paths.RAW_MANIFEST.name,
+                      {"dataset": dataset, "splits": splits, "files": {}})
     return directory
 
 
@@ -213,7 +215,8 @@ def test_full_size_fashion_mnist_splits(tmp_path):
     raw_dir.mkdir()
     for name in paths.RAW_FILES.values():  # idx.read takes gzip content under any name
         (raw_dir / name).symlink_to(FASHION_MNIST / f"{name}.gz")
-    fileio.write_json(raw_dir / "manifest.json", {"dataset": "fashion-mnist", "files": {}})
+    fileio.write_json(raw_dir / "manifest.json",
+                      {"dataset": "fashion-mnist", "splits": ["train", "test"], "files": {}})
     raw = pp.load_raw(raw_dir)
     splits = pp.split_dataset(raw.train, raw.test, PARAMS, seed=42)
     metrics = pp.split_metrics(raw.name, splits)
@@ -287,6 +290,17 @@ def test_a_manifest_without_a_dataset_name_is_refused(tmp_path, small):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"manifest.json: not valid JSON"):
         pp.load_raw(tmp_path)
+    fileio.write_json(tmp_path / "manifest.json", {"dataset": "mnist-sample", "files": {}})
+    with pytest.raises(ValueError, match=r"manifest.json: no \"splits\" list"):
+        pp.load_raw(tmp_path)
+
+
+def test_the_test_split_comes_from_the_manifest_not_the_dataset_name(tmp_path, small):
+    """A dataset without published test files gets one carved out of train, whatever its name."""
+    write_raw(tmp_path, "fashion-mnist", small)  # splits: ["train"]
+    raw = pp.load_raw(tmp_path)
+    assert raw.test is None
+    assert set(pp.prepare_splits(raw, PARAMS, seed=1)) == {"train", "val", "test"}
 
 
 # --- the stage ------------------------------------------------------------------------------------
