@@ -47,9 +47,6 @@ def build_network(config: ModelParams) -> keras.Model:
     average pooling because on 7x7 or 14x14 maps the position of a stroke is part of what
     makes a digit.
     """
-    if config.architecture not in ("convnet", "dense"):
-        raise ValueError(f"model.architecture: unknown {config.architecture!r}; "
-                         "choose convnet or dense")
     inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
     if config.architecture == "convnet":
         x = layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(inputs)

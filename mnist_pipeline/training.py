@@ -103,15 +103,14 @@ def make_strategy(distribute: str) -> tf.distribute.Strategy:
     if distribute == "mirrored":
         # All local GPUs; with none, MirroredStrategy falls back to the CPU (one replica).
         return tf.distribute.MirroredStrategy()
-    if distribute == "multi_worker":
-        if parse_tf_config(os.environ.get("TF_CONFIG")) is None:
-            raise DistributeError("train.distribute is multi_worker but TF_CONFIG is not set; "
-                                  "see README, 'Train on several machines'")
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS,
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING)
-        return _MultiWorkerStrategy(communication_options=options)
-    raise ValueError(f"train.distribute: unknown {distribute!r}")
+    # multi_worker, the one other value params.py allows
+    if parse_tf_config(os.environ.get("TF_CONFIG")) is None:
+        raise DistributeError("train.distribute is multi_worker but TF_CONFIG is not set; "
+                              "see README, 'Train on several machines'")
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS,
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    return _MultiWorkerStrategy(communication_options=options)
 
 
 class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -196,8 +195,6 @@ def learning_rate(config: TrainParams, steps_per_epoch: int):
     """
     if config.lr_schedule == "constant":
         return config.learning_rate
-    if config.lr_schedule != "warmup_cosine":
-        raise ValueError(f"train.lr_schedule: unknown {config.lr_schedule!r}")
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = config.warmup_epochs * steps_per_epoch
     if warmup_steps == 0:
@@ -220,10 +217,8 @@ def make_optimizer(config: TrainParams, steps_per_epoch: int) -> keras.optimizer
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay,
                                       **ema)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=SGD_MOMENTUM, nesterov=True,
-                                    **ema)
-    raise ValueError(f"train.optimizer: unknown {config.optimizer!r}; choose adam, adamw or sgd")
+    # sgd, the one other value params.py allows
+    return keras.optimizers.SGD(learning_rate=rate, momentum=SGD_MOMENTUM, nesterov=True, **ema)
 
 
 class AveragedWeights(keras.callbacks.SwapEMAWeights):

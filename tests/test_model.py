@@ -1,6 +1,5 @@
 """The network, the exported pixel-input model, saving/loading and input checks."""
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -49,11 +48,6 @@ def test_network_maps_images_to_probabilities(config, parameters, digits):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     if parameters is not None:
         assert network.count_params() == parameters
-
-
-def test_unknown_architecture_is_a_value_error():
-    with pytest.raises(ValueError, match="architecture"):
-        build_network(dataclasses.replace(SMALL, architecture="resnet"))
 
 
 def test_exported_model_on_raw_pixels_matches_network_on_prepared_images(digits, tmp_path):
