@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mnist_pipeline import prepared
+
 UBYTE = 0x08
 IMAGES_MAGIC = 0x00000803  # the two magic numbers MNIST uses, as error messages name them
 LABELS_MAGIC = 0x00000801
@@ -138,18 +140,14 @@ def encode(array: np.ndarray) -> bytes:
 
 
 def check_images(images: np.ndarray, name: str) -> None:
-    """Refuse anything but N x 28 x 28 images."""
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
+    """Refuse anything but N x 28 x 28 images (:data:`prepared.IMAGE_SHAPE`)."""
+    if images.ndim != 3 or images.shape[1:] != prepared.IMAGE_SHAPE:
         raise IdxFormatError(f"{name}: expected images of shape (N, 28, 28), got {images.shape}")
 
 
-def check_labels(labels: np.ndarray, name: str, num_classes: int = 10) -> None:
-    """Refuse anything but a vector of class labels in 0..num_classes-1."""
-    if labels.ndim != 1:
-        raise IdxFormatError(f"{name}: expected a vector of labels, got shape {labels.shape}")
-    if labels.size == 0:
-        return
-    # IDX labels are uint8, but callers may pass signed arrays: check both ends.
-    for bad in (int(labels.min()), int(labels.max())):
-        if not 0 <= bad < num_classes:
-            raise IdxFormatError(f"{name}: label {bad} is outside 0..{num_classes - 1}")
+def check_labels(labels: np.ndarray, name: str, num_classes: int = prepared.NUM_CLASSES) -> None:
+    """The project's one label check (:func:`prepared.check_labels`), as an IdxFormatError."""
+    try:
+        prepared.check_labels(labels, name, num_classes)
+    except ValueError as error:
+        raise IdxFormatError(str(error)) from None

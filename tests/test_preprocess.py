@@ -253,11 +253,11 @@ def test_a_missing_raw_file_is_named_with_the_fix(tmp_path, small, missing):
     ("damage", "message"),
     [
         ("truncated", r"train-images-idx3-ubyte: truncated"),
-        ("label 11", r"train-labels-idx1-ubyte: label 11 is outside 0..9"),
+        ("label 11", r"train-labels-idx1-ubyte: labels outside 0\.\.9 \(min 0, max 11\)"),
         ("count mismatch", r"train-images-idx3-ubyte has 300 images but .*"
                            r"train-labels-idx1-ubyte has 299 labels"),
         ("labels as images", r"train-images-idx3-ubyte: expected images of shape \(N, 28, 28\)"),
-        ("images as labels", r"train-labels-idx1-ubyte: expected a vector of labels"),
+        ("images as labels", r"train-labels-idx1-ubyte: expected an integer vector of labels"),
         ("wrong image size", r"train-images-idx3-ubyte: expected images .* got \(300, 28, 27\)"),
     ],
 )
@@ -345,7 +345,7 @@ def test_stage_reruns_give_byte_identical_files(workspace):
     ("damage", "message"),
     [
         ("truncated", "train-images-idx3-ubyte: truncated"),
-        ("label 11", "label 11 is outside 0..9"),
+        ("label 11", "labels outside 0..9 (min 0, max 11)"),
         ("count mismatch", "has 300 images but"),
         ("missing", "train-labels-idx1-ubyte: missing; run `dvc repro download` first"),
         ("bad params", "preprocess.val_fraction: 1.5 is out of range"),
