@@ -1,7 +1,8 @@
-"""Atomic file output: a reader (or a crashed run) never sees a half-written file.
+"""The pipeline's files in and out: atomic writes, JSON, CSV and .npy (never a pickle).
 
-Each writer writes to a temporary file in the destination folder, flushes it, then renames
-it over the target; the rename is atomic on POSIX file systems.
+A reader (or a crashed run) never sees a half-written file: each writer writes to a
+temporary file or folder beside the target, then renames it over the target; the rename is
+atomic on POSIX file systems. Temporaries are named ``.<target>.*.tmp`` (git-ignored).
 """
 
 from __future__ import annotations
