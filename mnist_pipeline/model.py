@@ -24,7 +24,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
 from mnist_pipeline import fileio, paths
@@ -32,9 +31,6 @@ from mnist_pipeline.params import AugmentationParams, ModelParams
 from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE
 
 PIXEL_MAX = 255.0
-# Standard deviation (pixels) of the Gaussian that smooths elastic displacement fields: Simard
-# et al.'s sigma for MNIST. Smaller gives jagged strokes; larger, a near-affine warp.
-ELASTIC_SMOOTHING_PIXELS = 4.0
 
 
 def build_network(config: ModelParams) -> keras.Model:
@@ -78,8 +74,7 @@ def _normalized_relu(layer: layers.Layer, x, batch_norm: bool, name: str):
 
 
 def build_augmentation(config: AugmentationParams, seed: int) -> keras.Sequential | None:
-    """Random rotation, translation, zoom and elastic distortion of (N, 28, 28) images, or
-    None when all are 0.
+    """Random rotation, translation and zoom of (N, 28, 28) images, or None when all are 0.
 
     Used on training batches only (see :mod:`mnist_pipeline.training`). Areas moved into view
     are filled with 0, the black background, rather than Keras's default reflection.
@@ -98,96 +93,11 @@ def build_augmentation(config: AugmentationParams, seed: int) -> keras.Sequentia
     if config.zoom_fraction:
         transforms.append(layers.RandomZoom(config.zoom_fraction, seed=seed + 2,
                                             name="random_zoom", **fill))
-    if config.elastic_pixels:
-        transforms.append(RandomElasticDistortion(config.elastic_pixels, seed=seed + 3,
-                                                  name="random_elastic"))
     return keras.Sequential(
         [keras.Input(shape=IMAGE_SHAPE), layers.Reshape((*IMAGE_SHAPE, 1)), *transforms,
          layers.Reshape(IMAGE_SHAPE)],
         name="augmentation",
     )
-
-
-class RandomElasticDistortion(layers.Layer):
-    """Elastic distortion of (N, 28, 28, 1) images (Simard, Steinkraus & Platt, 2003).
-
-    Per image, a displacement field of uniform noise in [-1, 1] per pixel and axis, smoothed
-    by a Gaussian of :data:`ELASTIC_SMOOTHING_PIXELS` and scaled so that its root mean square
-    displacement is ``pixels``; each output pixel is the bilinear interpolation of the input
-    at its displaced position (0, the background, outside the image). The noise comes from a
-    Keras seed generator: a fixed ``seed`` gives the same sequence of fields, a new one each
-    call. Used on training batches only, in the tf.data pipeline (TensorFlow ops).
-    """
-
-    def __init__(self, pixels: float, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.pixels = float(pixels)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        radius = int(2 * ELASTIC_SMOOTHING_PIXELS)
-        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / ELASTIC_SMOOTHING_PIXELS) ** 2)
-        taps /= taps.sum()
-        self._taps = taps.astype(np.float32)
-
-    def _scale(self, height: int, width: int) -> np.ndarray:
-        """(height, width, 1) factors that give every position an RMS displacement of
-        ``pixels``: uniform noise in [-1, 1] has std 1/sqrt(3), and smoothing multiplies it by
-        the L2 norm of the kernel taps that fall inside the image (fewer near the borders)."""
-        def norms(size: int) -> np.ndarray:
-            radius = len(self._taps) // 2
-            inside = [self._taps[max(0, radius - i):radius + size - i] for i in range(size)]
-            return np.sqrt([np.sum(part.astype(np.float64) ** 2) for part in inside])
-        norm = norms(height)[:, None] * norms(width)[None, :]
-        return (self.pixels * np.sqrt(3.0) / norm)[..., None].astype(np.float32)
-
-    def displacements(self, batch_size, height: int, width: int):
-        """A (batch, height, width, 2) field of (dy, dx) displacements in pixels."""
-        noise = keras.random.uniform((batch_size, height, width, 2), -1.0, 1.0,
-                                     seed=self.seed_generator)
-        taps = tf.constant(self._taps)
-        down = tf.tile(tf.reshape(taps, (-1, 1, 1, 1)), (1, 1, 2, 1))
-        across = tf.tile(tf.reshape(taps, (1, -1, 1, 1)), (1, 1, 2, 1))
-        smooth = tf.nn.depthwise_conv2d(noise, down, (1, 1, 1, 1), "SAME")
-        smooth = tf.nn.depthwise_conv2d(smooth, across, (1, 1, 1, 1), "SAME")
-        return smooth * self._scale(height, width)
-
-    def call(self, images, training=True):
-        if not training:
-            return images
-        images = tf.convert_to_tensor(images)
-        field = self.displacements(tf.shape(images)[0], images.shape[1], images.shape[2])
-        return warp(images, field)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "pixels": self.pixels, "seed": self.seed}
-
-
-def warp(images, field):
-    """Resample (N, H, W, 1) ``images``: output pixel (y, x) is the input at (y + dy, x + dx),
-    ``field`` (N, H, W, 2) holding (dy, dx) in pixels; bilinear, 0 outside the image."""
-    images = tf.convert_to_tensor(images, tf.float32)
-    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-    # Pad one background pixel all around; positions outside clamp onto it.
-    padded = tf.pad(images[..., 0], ((0, 0), (1, 1), (1, 1)))
-    rows = tf.range(height, dtype=tf.float32)[None, :, None] + 1.0 + field[..., 0]
-    cols = tf.range(width, dtype=tf.float32)[None, None, :] + 1.0 + field[..., 1]
-    rows = tf.clip_by_value(rows, 0.0, float(height + 1))
-    cols = tf.clip_by_value(cols, 0.0, float(width + 1))
-    top = tf.minimum(tf.floor(rows), float(height))
-    left = tf.minimum(tf.floor(cols), float(width))
-    down, right = rows - top, cols - left
-    flat = tf.reshape(padded, (-1,))
-    base = tf.range(batch)[:, None, None] * ((height + 2) * (width + 2))
-
-    def pixel(row, col):
-        return tf.gather(flat, base + tf.cast(row, tf.int32) * (width + 2) + tf.cast(col, tf.int32))
-
-    warped = ((1 - down) * ((1 - right) * pixel(top, left) + right * pixel(top, left + 1))
-              + down * ((1 - right) * pixel(top + 1, left) + right * pixel(top + 1, left + 1)))
-    return warped[..., None]
 
 
 def export_model(network: keras.Model) -> keras.Model:

@@ -124,14 +124,10 @@ class AugmentationParams:
     rotation_degrees: float = 0.0
     translation_fraction: float = 0.05
     zoom_fraction: float = 0.0
-    # Elastic distortion (Simard et al. 2003): a random, smooth displacement field per image,
-    # its RMS displacement in pixels. 0 = off.
-    elastic_pixels: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return any((self.rotation_degrees, self.translation_fraction, self.zoom_fraction,
-                    self.elastic_pixels))
+        return any((self.rotation_degrees, self.translation_fraction, self.zoom_fraction))
 
     def check(self) -> None:
         _require(0 <= self.rotation_degrees <= 180, "train.augmentation.rotation_degrees",
@@ -140,8 +136,6 @@ class AugmentationParams:
                  self.translation_fraction, "[0, 0.5)")
         _require(0 <= self.zoom_fraction < 1, "train.augmentation.zoom_fraction",
                  self.zoom_fraction, "[0, 1)")
-        _require(0 <= self.elastic_pixels <= 4, "train.augmentation.elastic_pixels",
-                 self.elastic_pixels, "0..4 (RMS displacement in pixels; 0 turns it off)")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.model import (
-    ELASTIC_SMOOTHING_PIXELS,
-    RandomElasticDistortion,
     build_augmentation,
     build_network,
     export_model,
@@ -14,7 +12,6 @@ from mnist_pipeline.model import (
     predict_probabilities,
     save_model,
     to_pixels,
-    warp,
 )
 from mnist_pipeline.params import AugmentationParams, ModelParams
 
@@ -90,45 +87,3 @@ def test_augmentation_changes_training_images_only_when_enabled(digits):
     assert not np.allclose(augmented, prepared)
     assert augmented.min() >= 0 and augmented.max() <= 1.0001
     np.testing.assert_allclose(np.asarray(augmentation(prepared, training=False)), prepared)
-
-
-def test_warp_moves_pixels_by_the_field_with_background_outside(digits):
-    images = digits[1][:3, :, :, None]
-    field = np.zeros((3, 28, 28, 2), np.float32)
-    np.testing.assert_allclose(np.asarray(warp(images, field)), images, atol=1e-6)
-    field[..., 1] = 1.0  # each output pixel reads the input one column to its right
-    shifted = np.asarray(warp(images, field))[..., 0]
-    np.testing.assert_allclose(shifted[:, :, :-1], images[:, :, 1:, 0], atol=1e-6)
-    np.testing.assert_array_equal(shifted[:, :, -1], 0.0)  # read from outside: background
-    field[..., 1], field[..., 0] = 0.0, 0.5  # halfway between two rows: their mean
-    halfway = np.asarray(warp(images, field))[..., 0]
-    np.testing.assert_allclose(halfway[:, :-1], (images[:, :-1, :, 0] + images[:, 1:, :, 0]) / 2,
-                               atol=1e-6)
-
-
-def test_elastic_displacements_are_smooth_with_the_asked_rms():
-    layer = RandomElasticDistortion(1.5, seed=3)
-    field = np.asarray(layer.displacements(200, 28, 28))
-    assert field.shape == (200, 28, 28, 2)
-    rms = np.sqrt((field ** 2).mean(axis=(0, 3)))  # per position, over images and both axes
-    assert rms.mean() == pytest.approx(1.5, rel=0.05)
-    assert rms[0, 0] == pytest.approx(1.5, rel=0.2) and rms[14, 14] == pytest.approx(1.5, rel=0.2)
-    # smooth: neighbours move together (uniform noise, unsmoothed, would give ~0)
-    neighbours = np.corrcoef(field[:, :, :-1].ravel(), field[:, :, 1:].ravel())[0, 1]
-    assert neighbours > 0.9
-    assert ELASTIC_SMOOTHING_PIXELS > 1
-
-
-def test_elastic_distortion_is_seeded_new_each_call_and_keeps_the_range(digits):
-    images = digits[1][:8]
-    config = AugmentationParams(0, 0, 0, elastic_pixels=1.5)
-    augmentation = build_augmentation(config, seed=4)
-    assert [layer.name for layer in augmentation.layers][1:-1] == ["random_elastic"]
-    first, second = (np.asarray(augmentation(images, training=True)) for _ in range(2))
-    assert first.shape == images.shape
-    assert not np.array_equal(first, second)
-    assert first.min() >= 0 and first.max() <= 1 + 1e-6
-    assert 0 < np.abs(first - images).mean() < 0.2  # distorted, still the same digits
-    again = build_augmentation(config, seed=4)
-    np.testing.assert_array_equal(np.asarray(again(images, training=True)), first)
-    np.testing.assert_array_equal(np.asarray(augmentation(images, training=False)), images)
