@@ -1,9 +1,11 @@
 """Sample recipes judged by k-fold cross-validation over the 5,000 bundled digits, several seeds.
 
-    .venv/bin/python benchmarks/sample_recipes.py --label sample              # recipes/sample.yaml
-    .venv/bin/python benchmarks/sample_recipes.py --label 2conv -S model.convs_per_block=2
-    .venv/bin/python benchmarks/sample_recipes.py --reference --folds 0,1,2,3,4 --seeds 1
-    .venv/bin/python benchmarks/sample_recipes.py --table                     # print, no training
+    cd benchmarks   # or give the paths; every command below runs from the repository root too
+    ../.venv/bin/python sample_recipes.py --seed-per-fold --label sample    # recipes/sample.yaml
+    ../.venv/bin/python sample_recipes.py --seed-per-fold --label 1conv -S model.convs_per_block=1
+    ../.venv/bin/python sample_recipes.py --seed-per-fold --reference
+    ../.venv/bin/python sample_recipes.py --folds 0,1 --seeds 1,2 --label x -S train.epochs=30
+    ../.venv/bin/python sample_recipes.py --table                           # print, no training
 
 One 1,000-digit test split both is noisy (one digit = 0.1%) and invites selection: the recipe
 that wins on it is partly the one that happened to suit those digits. Here the 5,000
@@ -81,8 +83,24 @@ def load_results() -> dict:
     return {"runs": []}
 
 
-def summarize(runs: list[dict]) -> list[dict]:
+def paired_difference(runs: list[dict], label: str, baseline: str) -> dict | None:
+    """Mean (and std) of ``label`` minus ``baseline`` over the (fold, seed) runs both have:
+    the same held-out digits, so the folds' own difficulty cancels out."""
+    def by_pair(name):
+        return {(r["k"], r["split_seed"], r["fold"], r["seed"]): r["test_accuracy"]
+                for r in runs if r["label"] == name}
+    mine, base = by_pair(label), by_pair(baseline)
+    shared = sorted(set(mine) & set(base))
+    if not shared or label == baseline:
+        return None
+    differences = [mine[pair] - base[pair] for pair in shared]
+    return {"pairs": len(shared), "mean": statistics.mean(differences),
+            "std": statistics.stdev(differences) if len(differences) > 1 else None}
+
+
+def summarize(runs: list[dict], baseline: str | None = None) -> list[dict]:
     labels = list(dict.fromkeys(run["label"] for run in runs))
+    baseline = baseline or labels[0]
     reference = [run for run in runs if run["label"] == "reference"]
     ref_wall = statistics.mean(r["train_wall_s"] for r in reference) if reference else None
     ref_cpu = statistics.mean(r["train_cpu_s"] for r in reference) if reference else None
@@ -102,20 +120,29 @@ def summarize(runs: list[dict]) -> list[dict]:
             "train_wall_s": wall, "train_cpu_s": cpu,
             "wall_vs_reference": ref_wall and wall / ref_wall,
             "cpu_vs_reference": ref_cpu and cpu / ref_cpu,
+            "vs_baseline": paired_difference(runs, label, baseline),
             "overrides": mine[-1]["overrides"],
         })
     return rows
 
 
-def print_summary(results: dict) -> None:
-    rows = summarize(results["runs"])
+def print_summary(results: dict, baseline: str | None = None) -> None:
+    rows = summarize(results["runs"], baseline)
+    baseline = baseline or rows[0]["label"]
+
+    def versus(row):
+        diff = row["vs_baseline"]
+        if not diff:
+            return None
+        spread = f" ± {diff['std']:.4f}" if diff["std"] is not None else ""
+        return f"{diff['mean']:+.4f}{spread} ({diff['pairs']})"
+
     common.print_table(
-        ["recipe", "runs (folds x seeds)", "mean acc", "std", "min..max", "train wall s",
-         "train CPU s", "wall / ref", "CPU / ref"],
-        [[row["label"], f"{row['runs']} ({len(row['folds'])} x {len(row['seeds'])})",
-          f"{row['mean']:.4f}", row["std"] and f"{row['std']:.4f}",
-          f"{row['min']:.3f}..{row['max']:.3f}", row["train_wall_s"], row["train_cpu_s"],
-          row["wall_vs_reference"] and f"{row['wall_vs_reference']:.2f}",
+        ["recipe", "runs", "mean acc", "std", "min..max", f"vs {baseline}, same runs",
+         "train wall s", "train CPU s", "wall / ref", "CPU / ref"],
+        [[row["label"], row["runs"], f"{row['mean']:.4f}", row["std"] and f"{row['std']:.4f}",
+          f"{row['min']:.3f}..{row['max']:.3f}", versus(row), row["train_wall_s"],
+          row["train_cpu_s"], row["wall_vs_reference"] and f"{row['wall_vs_reference']:.2f}",
           row["cpu_vs_reference"] and f"{row['cpu_vs_reference']:.2f}"] for row in rows])
     for row in rows:
         print(f"  {row['label']}: {' '.join(row['overrides']) or '(no overrides)'}")
@@ -138,11 +165,14 @@ def main() -> None:
                         help="one run per fold, fold i with seed seeds[0] + i")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--table", action="store_true", help="print the table and stop")
+    parser.add_argument("--baseline",
+                        help="label the table compares each recipe with, run by run "
+                             "(default: the first one measured)")
     args = parser.parse_args()
 
     results = load_results()
     if args.table:
-        print_summary(results)
+        print_summary(results, args.baseline)
         return
     label = "reference" if args.reference else args.label
     if not label:
@@ -189,7 +219,7 @@ def main() -> None:
         results["runs"].append(run)
         results.pop("machine", None)
         common.write_results(RESULTS_NAME, results)  # after every run: nothing lost on a stop
-    print_summary(results)
+    print_summary(results, args.baseline)
 
 
 if __name__ == "__main__":

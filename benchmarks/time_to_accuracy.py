@@ -5,7 +5,7 @@ Keras "simple MNIST convnet" (https://keras.io/examples/vision/mnist_convnet/), 
     .venv/bin/python benchmarks/time_to_accuracy.py --dataset mnist-sample
     .venv/bin/python benchmarks/time_to_accuracy.py --dataset fashion-mnist --max-minutes 6
 
-mnist-sample applies the `make sample` overrides (the Makefile's SAMPLE_PARAMS) unless
+mnist-sample applies the `make sample` overrides (recipes/sample.yaml) unless
 --no-sample-params; -S key=value adds more (e.g. -S train.epochs=5). The target defaults to
 the reference's final validation accuracy.
 Writes benchmarks/results/time_to_accuracy-<dataset>.json.
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
     parser.add_argument("--no-sample-params", action="store_true",
-                        help="mnist-sample: do not apply the Makefile's SAMPLE_PARAMS")
+                        help="mnist-sample: do not apply recipes/sample.yaml")
     parser.add_argument("--epochs", type=int, help="our epochs (same as -S train.epochs=N)")
     parser.add_argument("--reference-epochs", type=int, default=15)
     parser.add_argument("--target", type=float,
