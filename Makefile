@@ -37,8 +37,10 @@ $(NODE_INSTALLED): package.json package-lock.json
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: dvc plots show will load vega from its CDN"; fi
 
-# Rebuilt when npm installs (again) or the source changes; without npm, CDN fallback only.
-$(PLOTS_TEMPLATE): dvc_plots_template.html mnist_pipeline/plots_page.py $(INSTALLED) $(wildcard $(NODE_INSTALLED))
+# Built after the npm step (order-only: without npm it makes no file), again when the pinned
+# versions or the source change; without node_modules the template keeps its CDN fallback.
+$(PLOTS_TEMPLATE): dvc_plots_template.html mnist_pipeline/plots_page.py package-lock.json \
+		$(INSTALLED) | $(NODE_INSTALLED)
 	python -m mnist_pipeline.plots_page
 
 repro: install
