@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 @functools.cache
@@ -27,6 +28,17 @@ def sample_digits() -> tuple[np.ndarray, np.ndarray]:
     images, labels = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.uint8)
     images.flags.writeable = labels.flags.writeable = False
     return images, labels
+
+
+def paper_scan(digit: np.ndarray, size: int = 140, paper: float = 235.0,
+               ink: float = 0.85) -> np.ndarray:
+    """``digit`` (0..255, light on black) as a dark digit on light paper, enlarged to half of a
+    ``size`` x ``size`` page with a margin around it: a scan, roughly. float32 (size, size)."""
+    page = np.full((size, size), paper, np.float32)
+    strokes = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((size // 2, size // 2)),
+                         dtype=np.float32)
+    page[size // 4:size // 4 + size // 2, size // 4:size // 4 + size // 2] -= strokes * ink
+    return page
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ save_model(network, "models/model.keras")
 
 
 def test_a_save_killed_halfway_leaves_only_files_git_ignores(tmp_path):
-    shutil.copy(PROJECT / ".gitignore", tmp_path / ".gitignore")
-    shutil.copy(PROJECT / "models" / ".gitignore", (tmp_path / "models").mkdir() or
-                tmp_path / "models" / ".gitignore")
+    (tmp_path / "models").mkdir()
+    for ignore_file in (".gitignore", "models/.gitignore"):
+        shutil.copy(PROJECT / ignore_file, tmp_path / ignore_file)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     killed = subprocess.run([sys.executable, "-c", KILLED_SAVE], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from headless_chromium import need, offline_command
 from PIL import Image
 from project_repo import PROJECT, dvc, git
 
@@ -38,21 +39,6 @@ DVC_YAML = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
 # per file of the stages' plot data: 3 class counts, 4 dvclive TSVs, per_class.csv (recall),
 # predictions.csv (confusion counts).
 VEGA_PLOTS = 5 + 3 + 4 + 1 + 1
-REQUIRED = os.environ.get("PLOTS_HTML_REQUIRED") == "1"
-
-
-def _need(condition: bool, reason: str) -> None:
-    if not condition:
-        if REQUIRED:
-            pytest.fail(f"{reason} (PLOTS_HTML_REQUIRED=1)")
-        pytest.skip(reason)
-
-
-def chromium() -> str:
-    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
-                                                 "google-chrome"))), None)
-    _need(found is not None, "Chromium is not installed")
-    return found
 
 
 def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
@@ -88,8 +74,8 @@ def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
 def repo(tmp_path_factory) -> Path:
     """Two commits (the second with other values), the project's dvc.yaml, .dvc/config and the
     page template built as `make install` builds it."""
-    _need(TEMPLATE.is_file(), f"{TEMPLATE.name} is missing")
-    _need((NODE_MODULES / "vega-embed").is_dir(), "node_modules is missing: run `npm ci`")
+    need(TEMPLATE.is_file(), f"{TEMPLATE.name} is missing")
+    need((NODE_MODULES / "vega-embed").is_dir(), "node_modules is missing: run `npm ci`")
     root = tmp_path_factory.mktemp("plots_repo")
     git("init", "--quiet", "--initial-branch=main", cwd=root)
     dvc("init", "--quiet", cwd=root)
@@ -120,7 +106,7 @@ def test_cdn_fallback_loads_the_versions_npm_installs():
 
 
 def test_built_template_inlines_each_pinned_library(tmp_path):
-    _need((NODE_MODULES / "vega-embed").is_dir(), "node_modules is missing: run `npm ci`")
+    need((NODE_MODULES / "vega-embed").is_dir(), "node_modules is missing: run `npm ci`")
     target = tmp_path / "template.html"
     assert plots_page.build(TEMPLATE, target, NODE_MODULES)
     built = target.read_text()
@@ -180,12 +166,7 @@ def vega_ids(page: Path) -> list[str]:
 
 def browse(page: Path, profile: Path, *mode: str) -> subprocess.CompletedProcess:
     """Headless Chromium on ``page`` with no network: every host name fails to resolve."""
-    command = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND",
-        f"--user-data-dir={profile}", "--virtual-time-budget=10000", *mode, page.as_uri(),
-    ]
+    command = [*offline_command(profile), "--virtual-time-budget=10000", *mode, page.as_uri()]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     return result

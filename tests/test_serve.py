@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sample_data import SmallModel
+from sample_data import SmallModel, paper_scan
 
 from mnist_pipeline import cli, digit_image, predict, serve
 
@@ -38,15 +38,6 @@ def png_bytes(pixels: np.ndarray, size: int | None = None) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def paper_scan(digit: np.ndarray, size: int = 140) -> np.ndarray:
-    """``digit`` as a dark digit on light paper, enlarged, with a margin: a scan, roughly."""
-    page = np.full((size, size), 235.0, np.float32)
-    ink = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((size // 2, size // 2)),
-                     dtype=np.float32)
-    page[size // 4:size // 4 + size // 2, size // 4:size // 4 + size // 2] -= ink * 0.85
-    return page
 
 
 def chunk(name: str, data: bytes) -> bytes:

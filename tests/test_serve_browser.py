@@ -20,7 +20,6 @@ import base64
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,28 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headless_chromium import offline_command, stop
 from PIL import Image
-from sample_data import SmallModel
+from sample_data import SmallModel, paper_scan
 
 from mnist_pipeline import digit_image
 
 pytestmark = pytest.mark.slow  # a server process (TensorFlow's import) and a browser: ~20 s
-REQUIRED = os.environ.get("PLOTS_HTML_REQUIRED") == "1"
 TIMEOUT_SECONDS = 30
-
-
-def _need(condition: bool, reason: str) -> None:
-    if not condition:
-        if REQUIRED:
-            pytest.fail(f"{reason} (PLOTS_HTML_REQUIRED=1)")
-        pytest.skip(reason)
-
-
-def chromium() -> str:
-    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
-                                                 "google-chrome"))), None)
-    _need(found is not None, "Chromium is not installed")
-    return found
 
 
 def free_port() -> int:
@@ -96,11 +81,7 @@ def server(small_model: SmallModel, tmp_path_factory) -> Iterator[str]:
         wait_until(healthy, "the server to answer /health", timeout=120)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout=20)
         log.close()
 
 
@@ -142,16 +123,12 @@ class DevTools:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory) -> Iterator[DevTools]:
     """Headless Chromium with no name resolution, on about:blank, driven over DevTools."""
-    executable = chromium()
     profile = tmp_path_factory.mktemp("chromium_profile")
     process = subprocess.Popen(
-        [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         # Every host name fails to resolve, as in test_plots_html.py; the rule would
-         # catch the IP literal of our own server too, hence the one exclusion.
-         "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=900,800",
-         "about:blank"],
+        # Every host name fails to resolve, as in test_plots_html.py; the rule would catch
+        # the IP literal of our own server too, hence the one exclusion.
+        [*offline_command(profile, host_resolver_rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
+         "--remote-debugging-port=0", "--window-size=900,800", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -172,11 +149,7 @@ def browser(tmp_path_factory) -> Iterator[DevTools]:
         yield devtools
         devtools.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout=10)
 
 
 def open_page(browser: DevTools, url: str) -> None:
@@ -270,15 +243,6 @@ def assert_offline_and_clean(browser: DevTools, base_url: str) -> None:
     assert not errors, (errors, refusals)
 
 
-def paper_scan(digit: np.ndarray, size: int = 200) -> np.ndarray:
-    """``digit`` as a dark digit on light paper, enlarged: what a phone photo crops to."""
-    page = np.full((size, size), 230.0, np.float32)
-    ink = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((size // 2, size // 2)),
-                     dtype=np.float32)
-    page[size // 4:size // 4 + size // 2, size // 4:size // 4 + size // 2] -= ink * 0.8
-    return page
-
-
 SEVEN = [(70, 50), (210, 50), (120, 240)]
 FOUR = [[(150, 40), (70, 170), (210, 170)], [(170, 90), (170, 250)]]
 
@@ -303,7 +267,7 @@ def test_draw_and_upload_digits_offline(browser: DevTools, server: str, small_mo
 
     # A scan of a held-out digit, dark on paper, that the model gets right from the picture.
     for digit, label in zip(small_model.digits, small_model.labels, strict=True):
-        scan = paper_scan(digit)
+        scan = paper_scan(digit, size=200, paper=230.0, ink=0.8)  # a phone photo, cropped
         seen = digit_image.picture_to_digit(Image.fromarray(scan.astype(np.uint8)))
         if label not in (4, 7) and int(np.asarray(small_model.model(seen[None])).argmax()) == label:
             break
