@@ -108,8 +108,8 @@ class ModelParams:
     batch_norm: bool = True
 
     def check(self) -> None:
-        _require(1 <= len(self.conv_filters) <= 2, "model.conv_filters", list(self.conv_filters),
-                 "1 or 2 blocks (each halves the 28x28 image)")
+        _require(1 <= len(self.conv_filters) <= 3, "model.conv_filters", list(self.conv_filters),
+                 "1 to 3 blocks (each max-pool halves the image: 28, 14, 7, 3)")
         for filters in self.conv_filters:
             _require(filters >= 1, "model.conv_filters", list(self.conv_filters),
                      "positive filter counts")

@@ -35,6 +35,9 @@ def digits(sample_digits):
     # head 16*10+10
     (ModelParams(conv_filters=(4, 8), convs_per_block=1, dense_units=16, batch_norm=False),
      40 + 296 + 392 * 16 + 16 + 170),
+    # three blocks (28 -> 14 -> 7 -> 3): conv 1*4*9+4, 4*8*9+8, 8*8*9+8, dense 3*3*8*16+16
+    (ModelParams(conv_filters=(4, 8, 8), convs_per_block=1, dense_units=16, batch_norm=False),
+     40 + 296 + 584 + 72 * 16 + 16 + 170),
     # dense, no batch norm: 784*16+16 + 16*10+10
     (ModelParams(architecture="dense", dense_units=16, batch_norm=False), 784 * 16 + 16 + 170),
 ])
