@@ -55,8 +55,8 @@ def patch_training(lr_cycles: int, shear: float) -> None:
 
     if lr_cycles > 1:
         def cosine_restarts(config, steps_per_epoch):
-            return keras.optimizers.schedules.CosineDecayRestarts(
-                config.learning_rate, config.epochs // lr_cycles * steps_per_epoch)
+            return keras.optimizers.schedules.CosineDecayRestarts(  # equal cycles: t_mul 1
+                config.learning_rate, config.epochs // lr_cycles * steps_per_epoch, t_mul=1.0)
         training.learning_rate = cosine_restarts
     if shear:
         recipe_augmentation = training.build_augmentation
@@ -106,7 +106,7 @@ def readouts(network, keeper, images, labels, lr_cycles: int) -> dict[str, float
         return float((probs.argmax(axis=1) == labels).mean())
 
     final = network.get_weights()
-    averaged = [np.mean(layer, axis=0) for layer in zip(*keeper.last_epochs)]
+    averaged = [np.mean(layer, axis=0) for layer in zip(*keeper.last_epochs, strict=True)]
     scores = {"plain": accuracy(probabilities([final], [])),
               "tta5": accuracy(probabilities([final], SHIFTS_4)),
               "tta9": accuracy(probabilities([final], SHIFTS_8)),
@@ -120,15 +120,16 @@ def readouts(network, keeper, images, labels, lr_cycles: int) -> dict[str, float
 def print_table(runs: list[dict], baseline: str) -> None:
     """Per label and read-out: mean accuracy, and the mean paired difference from the
     baseline label's plain read-out on the same (fold, seed) runs."""
-    base = {(r["fold"], r["seed"]): r["readouts"]["plain"] for r in runs
-            if r["label"] == baseline}
+    def pair(run):
+        return run.get("split_seed", 0), run["fold"], run["seed"]
+
+    base = {pair(r): r["readouts"]["plain"] for r in runs if r["label"] == baseline}
     rows = []
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
         for name in dict.fromkeys(key for r in mine for key in r["readouts"]):
             values = [r["readouts"][name] for r in mine]
-            diffs = [r["readouts"][name] - base[(r["fold"], r["seed"])] for r in mine
-                     if (r["fold"], r["seed"]) in base]
+            diffs = [r["readouts"][name] - base[pair(r)] for r in mine if pair(r) in base]
             rows.append([label, name, len(values), statistics.mean(values),
                          f"{statistics.mean(diffs):+.4f}" if diffs else None,
                          f"{statistics.stdev(diffs):.4f}" if len(diffs) > 1 else None,
@@ -144,6 +145,9 @@ def main() -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
     parser.add_argument("--folds", default="0,1,2,3,4", help="held-out folds (of 5)")
+    parser.add_argument("--seed", type=int,
+                        help="one training seed for every fold (default: fold i gets i+1)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--swa-epochs", type=int, default=5)
     parser.add_argument("--lr-cycles", type=int, default=1)
     parser.add_argument("--shear", type=float, default=0.0)
@@ -166,9 +170,10 @@ def main() -> None:
     overrides = common.sample_overrides() + args.overrides
     params = common.base_params(overrides)
     images, labels = sample_recipes.load_digits()
-    folds = sample_recipes.stratified_folds(labels, 5, 0)
+    folds = sample_recipes.stratified_folds(labels, 5, args.split_seed)
     for fold in (int(item) for item in args.folds.split(",")):
-        seed = fold + 1  # as sample_recipes.py --seed-per-fold
+        seed = args.seed if args.seed is not None else fold + 1  # as sample_recipes.py
+        # --seed-per-fold, or its --seeds N
         splits = sample_recipes.fold_splits(images, labels, folds, fold)
         run_params = common.apply_overrides(params, [f"seed={seed}"])
         training.set_determinism(seed)
@@ -177,15 +182,16 @@ def main() -> None:
         keeper = weight_keeper(run_params.train.epochs, args.swa_epochs, args.lr_cycles)
         training.train(network, splits["train"], splits["val"], run_params.train, seed,
                        callbacks=[timer, keeper], verbose=0)
-        run = {"label": args.label, "fold": fold, "seed": seed,
+        run = {"label": args.label, "split_seed": args.split_seed, "fold": fold, "seed": seed,
                "overrides": args.overrides, "lr_cycles": args.lr_cycles, "shear": args.shear,
                "swa_epochs": args.swa_epochs,
                "readouts": readouts(network, keeper, *splits["test"], args.lr_cycles),
                "train_wall_s": timer.epochs[-1]["wall_s"],
                "train_cpu_s": timer.epochs[-1]["cpu_s"]}
         print(json.dumps(run), flush=True)
+        key = (args.label, args.split_seed, fold, seed)
         results["runs"] = [r for r in results["runs"]
-                           if (r["label"], r["fold"], r["seed"]) != (args.label, fold, seed)]
+                           if (r["label"], r.get("split_seed", 0), r["fold"], r["seed"]) != key]
         results["runs"].append(run)
         results.pop("machine", None)
         common.write_results(RESULTS_NAME, results)

@@ -23,7 +23,7 @@ from mnist_pipeline import paths
 DatasetName = Literal["mnist", "fashion-mnist", "mnist-sample"]
 Architecture = Literal["convnet", "dense"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
-LrSchedule = Literal["constant", "warmup_cosine"]
+LrSchedule = Literal["constant", "warmup_cosine", "cosine_restarts"]
 Distribute = Literal["none", "mirrored", "multi_worker"]
 
 # PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string; YAML 1.2 (and people)
@@ -146,6 +146,7 @@ class TrainParams:
     learning_rate: float = 0.002
     lr_schedule: LrSchedule = "warmup_cosine"
     warmup_epochs: int = 1
+    lr_cycles: int = 2
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     early_stopping_patience: int = 5
@@ -170,6 +171,12 @@ class TrainParams:
                      self.warmup_epochs, f"0..{self.epochs - 1} (less than train.epochs)")
         else:
             _require(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, ">= 0")
+        # Likewise lr_cycles: only cosine_restarts has cycles.
+        if self.lr_schedule == "cosine_restarts":
+            _require(1 <= self.lr_cycles <= self.epochs, "train.lr_cycles", self.lr_cycles,
+                     f"1..{self.epochs} (at most one cycle per epoch of train.epochs)")
+        else:
+            _require(self.lr_cycles >= 1, "train.lr_cycles", self.lr_cycles, ">= 1")
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing,
                  "[0, 1)")

@@ -188,14 +188,20 @@ def make_dataset(
 
 
 def learning_rate(config: TrainParams, steps_per_epoch: int):
-    """A float (``constant``) or a warmup + cosine-decay schedule over all training steps.
+    """A float (``constant``) or a cosine-decay schedule over all training steps.
 
     ``warmup_cosine`` rises linearly from 0 to ``learning_rate`` over ``warmup_epochs``,
-    then follows a cosine down to 0 at the last step of ``epochs``.
+    then follows a cosine down to 0 at the last step of ``epochs``. ``cosine_restarts``
+    (SGDR, warm restarts) splits the steps into ``lr_cycles`` equal cycles, each a cosine
+    from ``learning_rate`` down to 0, without warmup.
     """
     if config.lr_schedule == "constant":
         return config.learning_rate
     total_steps = config.epochs * steps_per_epoch
+    if config.lr_schedule == "cosine_restarts":
+        # t_mul=1: equal cycles (Keras's default, 2.0, doubles each cycle's length)
+        return keras.optimizers.schedules.CosineDecayRestarts(
+            config.learning_rate, first_decay_steps=total_steps / config.lr_cycles, t_mul=1.0)
     warmup_steps = config.warmup_epochs * steps_per_epoch
     if warmup_steps == 0:
         return keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)

@@ -108,6 +108,7 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("model.architecture", "resnet", r"^model.architecture: .*choose one of convnet, dense"),
         ("train.optimizer", "Adam", r"^train.optimizer: 'Adam' is not allowed"),
         ("train.lr_schedule", "cosine", r"^train.lr_schedule: .*constant, warmup_cosine"),
+        ("train.lr_cycles", 0, r"^train.lr_cycles: 0 is out of range; allowed: >= 1"),
         ("train.distribute", "horovod",
          r"^train.distribute: 'horovod' is not allowed; choose one of none, mirrored, "
          r"multi_worker$"),
@@ -157,6 +158,15 @@ def test_warmup_is_only_checked_when_the_schedule_has_one():
         params_from_dict(raw)
     raw["train"]["lr_schedule"] = "constant"
     assert params_from_dict(raw).train.epochs == 1
+
+
+def test_lr_cycles_fit_in_the_epochs_with_cosine_restarts():
+    raw = with_value("train.lr_schedule", "cosine_restarts")
+    raw["train"]["epochs"], raw["train"]["lr_cycles"] = 3, 4
+    with pytest.raises(ParamsError, match=r"^train.lr_cycles: 4 is out of range; allowed: 1..3"):
+        params_from_dict(raw)
+    raw["train"]["lr_cycles"] = 3
+    assert params_from_dict(raw).train.lr_cycles == 3
 
 
 def test_non_string_yaml_keys_are_reported_not_crashed_on():

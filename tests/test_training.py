@@ -61,6 +61,21 @@ def test_warmup_cosine_rises_then_decays_to_zero():
     assert training.learning_rate(constant, 5) == 0.01
 
 
+def test_cosine_restarts_decays_to_zero_once_per_cycle():
+    config = TrainParams(epochs=10, learning_rate=0.01, lr_schedule="cosine_restarts",
+                         lr_cycles=2)
+    schedule = training.learning_rate(config, steps_per_epoch=5)
+    rates = [float(schedule(step)) for step in range(50)]
+    assert rates[0] == pytest.approx(0.01) and rates[25] == pytest.approx(0.01)  # restarts
+    assert rates[12] == pytest.approx(0.005, rel=0.1)  # mid-cycle
+    assert rates[37] == pytest.approx(rates[12], rel=1e-3)  # the second cycle repeats the first
+    assert rates[24] < 1e-4 and rates[49] < 1e-4  # each cycle ends near 0
+    assert all(a > b for a, b in zip(rates[:24], rates[1:25], strict=True))
+    one_cycle = training.learning_rate(dataclasses.replace(config, lr_cycles=1), 5)
+    assert float(one_cycle(25)) == pytest.approx(0.005)
+    assert float(one_cycle(49)) < 1e-4
+
+
 @pytest.mark.parametrize("name, cls", [
     ("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW),
     ("sgd", keras.optimizers.SGD),
