@@ -1,7 +1,8 @@
 """Ideas for the sample recipe that need no new param to measure: several read-outs of one run.
 
     .venv/bin/python benchmarks/sample_readouts.py --label sample            # recipes/sample.yaml
-    .venv/bin/python benchmarks/sample_readouts.py --label cycles2 --lr-cycles 2
+    .venv/bin/python benchmarks/sample_readouts.py --label cycles2 \
+        -S train.lr_schedule=cosine_restarts -S train.lr_cycles=2
     .venv/bin/python benchmarks/sample_readouts.py --label shear --folds 0,1 --shear 0.2
     .venv/bin/python benchmarks/sample_readouts.py --table
 
@@ -15,12 +16,12 @@ same weights and digits, at no extra training cost:
 * ``tta5`` / ``tta9``: test-time augmentation, the mean probabilities over the digit and its
   copies shifted by one pixel (4 directions; 8 with the diagonals);
 * ``swa``: the mean of the weights after each of the last ``--swa-epochs`` epochs (SWA);
-* ``snapshots`` (with ``--lr-cycles N``): the mean probabilities of the N networks at the
-  end of each cosine cycle (a snapshot ensemble); the cosine schedule restarts N times.
+* ``snapshots`` (with ``train.lr_schedule=cosine_restarts``): the mean probabilities of the
+  ``train.lr_cycles`` networks at the end of each cosine cycle (a snapshot ensemble).
 
-``--lr-cycles`` and ``--shear`` change training inside this process only (the schedule, and a
-Keras ``RandomShear`` after the recipe's augmentation): they are not pipeline params because
-neither won (benchmarks/README.md). Runs accumulate in results/sample_readouts.json.
+``--shear`` changes training inside this process only (a Keras ``RandomShear`` after the
+recipe's augmentation): it is not a pipeline param because it lost (benchmarks/README.md).
+Runs accumulate in results/sample_readouts.json.
 """
 
 from __future__ import annotations
@@ -47,17 +48,12 @@ def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def patch_training(lr_cycles: int, shear: float) -> None:
-    """The experimental training changes, applied to this process's mnist_pipeline.training."""
+def add_shear(shear: float) -> None:
+    """A RandomShear after the recipe's augmentation, in this process's training module."""
     import keras
 
     from mnist_pipeline import training
 
-    if lr_cycles > 1:
-        def cosine_restarts(config, steps_per_epoch):
-            return keras.optimizers.schedules.CosineDecayRestarts(  # equal cycles: t_mul 1
-                config.learning_rate, config.epochs // lr_cycles * steps_per_epoch, t_mul=1.0)
-        training.learning_rate = cosine_restarts
     if shear:
         recipe_augmentation = training.build_augmentation
 
@@ -149,7 +145,6 @@ def main() -> None:
                         help="one training seed for every fold (default: fold i gets i+1)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--swa-epochs", type=int, default=5)
-    parser.add_argument("--lr-cycles", type=int, default=1)
     parser.add_argument("--shear", type=float, default=0.0)
     parser.add_argument("--table", action="store_true", help="print the table and stop")
     parser.add_argument("--baseline", default="sample")
@@ -166,7 +161,7 @@ def main() -> None:
     from mnist_pipeline import training
     from mnist_pipeline.model import build_network
 
-    patch_training(args.lr_cycles, args.shear)
+    add_shear(args.shear)
     overrides = common.sample_overrides() + args.overrides
     params = common.base_params(overrides)
     images, labels = sample_recipes.load_digits()
@@ -179,13 +174,15 @@ def main() -> None:
         training.set_determinism(seed)
         network = build_network(run_params.model)
         timer = common.epoch_timer()(None)
-        keeper = weight_keeper(run_params.train.epochs, args.swa_epochs, args.lr_cycles)
+        cycles = (run_params.train.lr_cycles
+                  if run_params.train.lr_schedule == "cosine_restarts" else 1)
+        keeper = weight_keeper(run_params.train.epochs, args.swa_epochs, cycles)
         training.train(network, splits["train"], splits["val"], run_params.train, seed,
                        callbacks=[timer, keeper], verbose=0)
         run = {"label": args.label, "split_seed": args.split_seed, "fold": fold, "seed": seed,
-               "overrides": args.overrides, "lr_cycles": args.lr_cycles, "shear": args.shear,
+               "overrides": args.overrides, "shear": args.shear,
                "swa_epochs": args.swa_epochs,
-               "readouts": readouts(network, keeper, *splits["test"], args.lr_cycles),
+               "readouts": readouts(network, keeper, *splits["test"], cycles),
                "train_wall_s": timer.epochs[-1]["wall_s"],
                "train_cpu_s": timer.epochs[-1]["cpu_s"]}
         print(json.dumps(run), flush=True)
