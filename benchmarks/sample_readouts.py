@@ -124,14 +124,15 @@ def print_table(runs: list[dict], baseline: str) -> None:
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
         for name in dict.fromkeys(key for r in mine for key in r["readouts"]):
-            values = [r["readouts"][name] for r in mine]
-            diffs = [r["readouts"][name] - base[pair(r)] for r in mine if pair(r) in base]
+            scored = [r for r in mine if name in r["readouts"]]  # imported runs: plain only
+            values = [r["readouts"][name] for r in scored]
+            diffs = [r["readouts"][name] - base[pair(r)] for r in scored if pair(r) in base]
             rows.append([label, name, len(values), statistics.mean(values),
-                         f"{statistics.mean(diffs):+.4f}" if diffs else None,
+                         f"{statistics.mean(diffs):+.4f} ({len(diffs)})" if diffs else None,
                          f"{statistics.stdev(diffs):.4f}" if len(diffs) > 1 else None,
-                         statistics.mean(r["train_cpu_s"] for r in mine)])
-    common.print_table(["recipe", "read-out", "runs", "mean acc", f"vs {baseline} plain",
-                        "std of diff", "train CPU s"], rows)
+                         statistics.mean(r["train_cpu_s"] for r in scored)])
+    common.print_table(["recipe", "read-out", "runs", "mean acc",
+                        f"vs {baseline} plain, same runs", "std of diff", "train CPU s"], rows)
 
 
 def main() -> None:
@@ -180,7 +181,7 @@ def main() -> None:
         training.train(network, splits["train"], splits["val"], run_params.train, seed,
                        callbacks=[timer, keeper], verbose=0)
         run = {"label": args.label, "split_seed": args.split_seed, "fold": fold, "seed": seed,
-               "overrides": args.overrides, "shear": args.shear,
+               "overrides": overrides, "shear": args.shear,
                "swa_epochs": args.swa_epochs,
                "readouts": readouts(network, keeper, *splits["test"], cycles),
                "train_wall_s": timer.epochs[-1]["wall_s"],
