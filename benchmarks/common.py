@@ -129,6 +129,23 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "loadavg_at_end": load}
 
 
+def load_runs(name: str) -> dict[str, Any]:
+    """benchmarks/results/<name>.json of a script whose runs accumulate ({"runs": [...]})."""
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {"runs": []}
+
+
+def save_run(name: str, results: dict[str, Any], run: dict[str, Any],
+             key: tuple[str, ...]) -> None:
+    """Add ``run`` to ``results``, replacing an earlier run with the same ``key`` fields, and
+    write the file at once: a long series loses nothing when it is stopped."""
+    results["runs"] = [old for old in results["runs"]
+                       if [old[field] for field in key] != [run[field] for field in key]]
+    results["runs"].append(run)
+    results.pop("machine", None)  # write_results adds today's
+    write_results(name, results)
+
+
 def write_results(name: str, results: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"

@@ -117,7 +117,7 @@ def print_table(runs: list[dict], baseline: str) -> None:
     """Per label and read-out: mean accuracy, and the mean paired difference from the
     baseline label's plain read-out on the same (fold, seed) runs."""
     def pair(run):
-        return run.get("split_seed", 0), run["fold"], run["seed"]
+        return run["split_seed"], run["fold"], run["seed"]
 
     base = {pair(r): r["readouts"]["plain"] for r in runs if r["label"] == baseline}
     rows = []
@@ -151,8 +151,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="sample")
     args = parser.parse_args()
 
-    path = common.RESULTS_DIR / f"{RESULTS_NAME}.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    results = common.load_runs(RESULTS_NAME)
     if args.table:
         print_table(results["runs"], args.baseline)
         return
@@ -168,8 +167,8 @@ def main() -> None:
     images, labels = sample_recipes.load_digits()
     folds = sample_recipes.stratified_folds(labels, 5, args.split_seed)
     for fold in (int(item) for item in args.folds.split(",")):
-        seed = args.seed if args.seed is not None else fold + 1  # as sample_recipes.py
-        # --seed-per-fold, or its --seeds N
+        # as sample_recipes.py --seed-per-fold (fold i, seed i+1), or its --seeds N
+        seed = args.seed if args.seed is not None else fold + 1
         splits = sample_recipes.fold_splits(images, labels, folds, fold)
         run_params = common.apply_overrides(params, [f"seed={seed}"])
         training.set_determinism(seed)
@@ -187,12 +186,7 @@ def main() -> None:
                "train_wall_s": timer.epochs[-1]["wall_s"],
                "train_cpu_s": timer.epochs[-1]["cpu_s"]}
         print(json.dumps(run), flush=True)
-        key = (args.label, args.split_seed, fold, seed)
-        results["runs"] = [r for r in results["runs"]
-                           if (r["label"], r.get("split_seed", 0), r["fold"], r["seed"]) != key]
-        results["runs"].append(run)
-        results.pop("machine", None)
-        common.write_results(RESULTS_NAME, results)
+        common.save_run(RESULTS_NAME, results, run, ("label", "split_seed", "fold", "seed"))
     print_table(results["runs"], args.baseline)
 
 

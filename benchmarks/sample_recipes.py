@@ -30,7 +30,6 @@ seconds of training (fit, per-epoch validation included), with ratios to the ref
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -74,13 +73,6 @@ def fold_splits(images, labels, folds, fold):
     train = (images[~held_out], labels[~held_out])
     test = (images[held_out], labels[held_out])
     return {"train": train, "val": test, "test": test}
-
-
-def load_results() -> dict:
-    path = common.RESULTS_DIR / f"{RESULTS_NAME}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"runs": []}
 
 
 def paired_difference(runs: list[dict], label: str, baseline: str) -> dict | None:
@@ -170,7 +162,7 @@ def main() -> None:
                              "(default: the first one measured)")
     args = parser.parse_args()
 
-    results = load_results()
+    results = common.load_runs(RESULTS_NAME)
     if args.table:
         print_summary(results, args.baseline)
         return
@@ -213,12 +205,7 @@ def main() -> None:
         }
         print(f"{label} fold {fold} seed {seed}: test {accuracy:.4f}, "
               f"train {run['train_wall_s']:.1f} s wall, {run['train_cpu_s']:.1f} s CPU")
-        key = (label, args.k, args.split_seed, fold, seed)
-        results["runs"] = [r for r in results["runs"]
-                           if (r["label"], r["k"], r["split_seed"], r["fold"], r["seed"]) != key]
-        results["runs"].append(run)
-        results.pop("machine", None)
-        common.write_results(RESULTS_NAME, results)  # after every run: nothing lost on a stop
+        common.save_run(RESULTS_NAME, results, run, ("label", "k", "split_seed", "fold", "seed"))
     print_summary(results, args.baseline)
 
 
