@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 
 import common
@@ -76,7 +77,10 @@ def weight_keeper(epochs: int, swa_epochs: int, lr_cycles: int):
     class WeightKeeper(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.cycle_ends = {epochs // lr_cycles * (cycle + 1) for cycle in range(lr_cycles)}
+            # the first epoch end at or after each cycle's last step (cycles are total steps /
+            # lr_cycles long in training.learning_rate, so not always whole epochs)
+            self.cycle_ends = {math.ceil(epochs * (cycle + 1) / lr_cycles)
+                               for cycle in range(lr_cycles)}
             self.last_epochs, self.snapshots = [], []
 
         def on_epoch_end(self, epoch, logs=None):
