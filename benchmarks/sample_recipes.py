@@ -190,9 +190,11 @@ def main() -> None:
         started_wall, started_cpu = time.perf_counter(), time.process_time()
         if args.reference:
             epochs, accuracy, weights = time_to_accuracy.run_reference(seed, splits, 15, None)
+            by_shifts = None
         else:
             run_params = common.apply_overrides(params, [f"seed={seed}"])
-            epochs, accuracy, weights = time_to_accuracy.run_ours(run_params, splits, None)
+            epochs, accuracy, weights, by_shifts = time_to_accuracy.run_ours(run_params, splits,
+                                                                             None)
         run = {
             "label": label, "overrides": overrides if not args.reference else [],
             "k": args.k, "split_seed": args.split_seed, "fold": fold, "seed": seed,
@@ -202,6 +204,8 @@ def main() -> None:
             "run_wall_s": time.perf_counter() - started_wall,
             "run_cpu_s": time.process_time() - started_cpu,
             "final_train_accuracy": epochs[-1].get("accuracy"),
+            # the same weights saved with each model.test_time_shifts (0 = plain)
+            "test_accuracy_by_test_time_shifts": by_shifts,
         }
         print(f"{label} fold {fold} seed {seed}: test {accuracy:.4f}, "
               f"train {run['train_wall_s']:.1f} s wall, {run['train_cpu_s']:.1f} s CPU")

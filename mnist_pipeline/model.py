@@ -10,6 +10,9 @@ Two models, one set of weights:
   (N, 28, 28). This is the file in ``models/model.keras``: whoever loads it (evaluate,
   ``mnist-pipeline predict``) feeds pixels and needs to know nothing about normalization.
 
+With ``model.test_time_shifts`` the exported model also averages the network over one-pixel
+shifts of the digit (test-time augmentation), built from layers as well.
+
 Evaluate and predict both go through :func:`load_model` and :func:`predict_probabilities`, so
 they cannot disagree. The saved model uses built-in layers only (no Lambda, no custom
 objects), so it loads with ``safe_mode=True``.
@@ -100,15 +103,46 @@ def build_augmentation(config: AugmentationParams, seed: int) -> keras.Sequentia
     )
 
 
-def export_model(network: keras.Model) -> keras.Model:
+# The one-pixel moves (rows down, columns right) that `model.test_time_shifts` averages over.
+SHIFTS = {
+    0: (),
+    4: ((1, 0), (-1, 0), (0, 1), (0, -1)),
+    8: ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)),
+}
+
+
+def export_model(network: keras.Model, test_time_shifts: int = 0) -> keras.Model:
     """Wrap ``network`` (trained on [0, 1]) into the model that takes raw pixels 0..255.
 
     The two share weights: no copy, no retraining. Input float32 (N, 28, 28) pixel values,
-    output softmax probabilities (N, 10).
+    output softmax probabilities (N, 10). With ``test_time_shifts`` 4 or 8 (test-time
+    augmentation), the output is the mean of the network's probabilities for the digit and
+    for its copies moved one pixel in each direction of :data:`SHIFTS`, black moved in: the
+    shifts are padding and cropping layers inside the saved model, so every user of the file
+    (evaluate, predict, serve, TF Serving) gets the same averaged answer, and it still loads
+    in safe mode.
     """
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
     scaled = layers.Rescaling(PIXEL_SCALE, name="pixels_to_unit")(inputs)
-    return keras.Model(inputs, network(scaled), name="mnist_classifier")
+    if not test_time_shifts:
+        return keras.Model(inputs, network(scaled), name="mnist_classifier")
+    # pad 1 px of black all round, then crop 28x28 out of the 30x30 at the shifted offset
+    padded = layers.ZeroPadding2D(1, name="pad_1px")(
+        layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(scaled))
+    probabilities = [network(scaled)]
+    for rows, columns in SHIFTS[test_time_shifts]:
+        name = _shift_name(rows, columns)
+        moved = layers.Cropping2D(((1 - rows, 1 + rows), (1 - columns, 1 + columns)),
+                                  name=f"{name}_crop")(padded)
+        probabilities.append(network(layers.Reshape(IMAGE_SHAPE, name=name)(moved)))
+    averaged = layers.Average(name="mean_probabilities")(probabilities)
+    return keras.Model(inputs, averaged, name="mnist_classifier")
+
+
+def _shift_name(rows: int, columns: int) -> str:
+    """``shift_down``, ``shift_up_left``, ... for a one-pixel move."""
+    parts = [{1: "down", -1: "up"}.get(rows), {1: "right", -1: "left"}.get(columns)]
+    return "_".join(["shift", *(part for part in parts if part)])
 
 
 def save_model(model: keras.Model, target: str | Path = paths.MODEL_FILE) -> None:

@@ -106,6 +106,7 @@ class ModelParams:
     dense_units: int = 128
     dropout_rate: float = 0.3
     batch_norm: bool = True
+    test_time_shifts: int = 0
 
     def check(self) -> None:
         _require(1 <= len(self.conv_filters) <= 3, "model.conv_filters", list(self.conv_filters),
@@ -117,6 +118,8 @@ class ModelParams:
                  "1 or 2 (3x3 convs before each 2x2 max-pool)")
         _require(self.dense_units >= 1, "model.dense_units", self.dense_units, ">= 1")
         _require(0 <= self.dropout_rate < 1, "model.dropout_rate", self.dropout_rate, "[0, 1)")
+        _require(self.test_time_shifts in (0, 4, 8), "model.test_time_shifts",
+                 self.test_time_shifts, "0 (off), 4 or 8 one-pixel shifts")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def main() -> None:
     print(f"train: {time.perf_counter() - started:.1f} s of training")
     try:
         with training.model_destination(paths.MODEL_FILE, chief) as target:
-            save_model(export_model(network), target)
+            save_model(export_model(network, params.model.test_time_shifts), target)
     except OSError as error:  # a full disk, say: one line, and no half-written model
         sys.exit(f"train: {paths.MODEL_FILE}: could not be written "
                  f"({error.strerror or error}); an earlier model there is unchanged")

@@ -24,9 +24,10 @@ def sample_pixels(sample_digits) -> tuple[np.ndarray, np.ndarray]:
     return images[::8].astype(np.float32), labels[::8]
 
 
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, sample_pixels) -> Path:
-    """models/model.keras: a small convnet trained for one epoch on the sample digits."""
+@pytest.fixture(params=[0, 4], ids=["plain", "test-time-shifts"])
+def workspace(request, tmp_path, monkeypatch, sample_pixels) -> Path:
+    """models/model.keras: a small convnet trained for one epoch on the sample digits, saved
+    plain and with test-time shifts (the averaging layers must survive the export too)."""
     keras.utils.set_random_seed(0)
     network = build_network(params_from_dict(
         {"model": {"conv_filters": [8], "dense_units": 16}}).model)
@@ -34,7 +35,7 @@ def workspace(tmp_path, monkeypatch, sample_pixels) -> Path:
     pixels, labels = sample_pixels
     network.fit(pixels / 255.0, labels, epochs=1, batch_size=64, verbose=0)
     monkeypatch.chdir(tmp_path)
-    save_model(export_model(network), paths.MODEL_FILE)
+    save_model(export_model(network, request.param), paths.MODEL_FILE)
     return tmp_path
 
 

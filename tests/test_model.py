@@ -63,6 +63,33 @@ def test_exported_model_on_raw_pixels_matches_network_on_prepared_images(digits,
     np.testing.assert_array_equal(to_pixels(prepared), pixels)
 
 
+def moved(images: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """(N, 28, 28) images moved ``rows`` down and ``columns`` right, black moved in."""
+    out = np.roll(images, (rows, columns), axis=(1, 2))
+    if rows:
+        out[:, 0 if rows > 0 else -1, :] = 0
+    if columns:
+        out[:, :, 0 if columns > 0 else -1] = 0
+    return out
+
+
+@pytest.mark.parametrize("shifts", [4, 8])
+def test_test_time_shifts_average_the_network_over_moved_digits(shifts, digits, tmp_path):
+    pixels, prepared, _ = digits
+    network = build_network(SMALL)
+    save_model(export_model(network, shifts), tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")  # still safe_mode: built-in layers only
+    moves = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    moves += [(1, 1), (1, -1), (-1, 1), (-1, -1)] if shifts == 8 else []
+    expected = np.mean([network.predict(moved(prepared, *move), verbose=0) for move in moves],
+                       axis=0)
+    averaged = predict_probabilities(loaded, pixels, batch_size=16)
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    # the shifts matter: the plain network answers differently on these digits
+    assert np.abs(averaged - network.predict(prepared, verbose=0)).max() > 1e-3
+    assert loaded.count_params() == network.count_params()  # one network, called 1 + shifts times
+
+
 def test_save_model_leaves_no_temporary_files(tmp_path):
     save_model(export_model(build_network(SMALL)), tmp_path / "models" / "model.keras")
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["model.keras"]

@@ -136,6 +136,7 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("model.conv_filters", [32, 0], r"^model.conv_filters: .*positive filter counts"),
         ("model.convs_per_block", 3, r"^model.convs_per_block: 3 is out of range; allowed: 1 or 2"),
         ("model.convs_per_block", 0, r"^model.convs_per_block: 0 is out of range"),
+        ("model.test_time_shifts", 2, r"^model.test_time_shifts: 2 is out of range; allowed: 0"),
         ("model.dropout_rate", 1, r"^model.dropout_rate: 1.0 is out of range"),
         ("data.retries", 11, r"^data.retries: 11 is out of range; allowed: 0..10"),
         ("data.timeout_seconds", 0, r"^data.timeout_seconds: 0.0 is out of range"),
