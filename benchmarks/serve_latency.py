@@ -16,7 +16,7 @@ client (httpx2, asyncio) runs in this process, on the same CPUs as the server.
    /health), once against the server as shipped (requests batched) and once against the same
    application with one request per model call (``create_app(max_model_batch=1)``).
 
-Writes benchmarks/results/serve_latency.json.
+Writes benchmarks/results/serve_latency.json (``--name``: another name).
 """
 
 from __future__ import annotations
@@ -168,6 +168,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="per latency measurement")
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
     parser.add_argument("--skip-unbatched", action="store_true")
+    parser.add_argument("--name", default="serve_latency",
+                        help="results file benchmarks/results/NAME.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
@@ -212,7 +214,7 @@ def main() -> None:
          for name, runs in results["throughput"].items() for run in runs],
     )
     settings = {"warmup": args.warmup, "requests": args.requests, "seconds": args.seconds}
-    common.write_results("serve_latency", {"settings": settings, **results})
+    common.write_results(args.name, {"settings": settings, **results})
 
 
 if __name__ == "__main__":

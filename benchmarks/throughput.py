@@ -117,7 +117,7 @@ def main() -> None:
     results["rounds"] = args.rounds
 
     # Predict: the exported model (pixels 0..255), as the evaluate stage and the CLI use it.
-    model = export_model(network)
+    model = export_model(network, params.model.test_time_shifts)
     test_images = splits["test"][0]
     pixels = to_pixels(np.resize(test_images, (args.predict_images, 28, 28)))
     batch = params.evaluate.batch_size

@@ -407,3 +407,15 @@ def test_the_compiled_model_answers_as_predict_does(small_model: SmallModel) -> 
         batch = small_model.digits[:count]
         assert np.allclose(run_model(batch), predict_probabilities(small_model.model, batch, 256),
                            atol=1e-6)
+
+
+def test_the_compiled_model_keeps_the_test_time_shifts(small_model: SmallModel) -> None:
+    """A saved model that averages over shifted digits (model.test_time_shifts) compiles into
+    one graph that answers as predict does."""
+    from mnist_pipeline.model import build_network, export_model, predict_probabilities
+    from mnist_pipeline.params import ModelParams
+
+    model = export_model(build_network(ModelParams(conv_filters=(4, 8), dense_units=16)), 8)
+    batch = small_model.digits[:20]
+    assert np.allclose(serve.model_runner(model)(batch), predict_probabilities(model, batch, 256),
+                       atol=1e-6)
