@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 # Small enough to train in seconds, real enough to learn something.
 QUICK_SAMPLE_PARAMS = {
     "data": {"dataset": "mnist-sample"},
-    # with test-time shifts, as `make sample`: the averaging saved model goes through every stage
+    # test-time shifts as params.yaml: the averaging saved model goes through every stage
     "model": {"conv_filters": [8, 16], "dense_units": 32, "test_time_shifts": 4},
     # 56 steps in all: too few for a 0.99 weight average, which would still be mostly the
     # first steps' weights (see README, train.ema_momentum)
