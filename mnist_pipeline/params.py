@@ -106,7 +106,7 @@ class ModelParams:
     dense_units: int = 128
     dropout_rate: float = 0.3
     batch_norm: bool = True
-    test_time_shifts: int = 0
+    test_time_shifts: int = 4
 
     def check(self) -> None:
         _require(1 <= len(self.conv_filters) <= 3, "model.conv_filters", list(self.conv_filters),
