@@ -62,7 +62,8 @@ def model_file(requested: Path | None, folder: Path) -> tuple[Path, str]:
 
     params = common.base_params([])
     target = folder / "model.keras"
-    model.save_model(model.export_model(model.build_network(params.model)), target)
+    model.save_model(model.export_model(model.build_network(params.model),
+                                        params.model.test_time_shifts), target)
     return target, "params.yaml's network, untrained"
 
 
