@@ -7,6 +7,7 @@ Run the scripts from the repository root with the venv's python, e.g.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -40,6 +41,16 @@ def sample_overrides(recipe: Path = SAMPLE_RECIPE) -> list[str]:
     entries = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
     return [f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
             for key, value in entries.items()]
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The scripts' parser: their docstring as help, and ``-S key=value`` (repeatable) into
+    ``overrides``, for :func:`apply_overrides`."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
+    return parser
 
 
 def apply_overrides(params: Params, overrides: list[str]) -> Params:

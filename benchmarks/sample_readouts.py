@@ -14,7 +14,8 @@ same weights and digits, at no extra training cost:
 
 * ``plain``: the final weights, as the pipeline saves them;
 * ``tta5`` / ``tta9``: test-time augmentation, the mean probabilities over the digit and its
-  copies shifted by one pixel (4 directions; 8 with the diagonals);
+  copies shifted by one pixel (4 directions; 8 with the diagonals): the model the pipeline
+  saves with ``model.test_time_shifts`` 4 / 8;
 * ``swa``: the mean of the weights after each of the last ``--swa-epochs`` epochs (SWA);
 * ``snapshots`` (with ``train.lr_schedule=cosine_restarts``): the mean probabilities of the
   ``train.lr_cycles`` networks at the end of each cosine cycle (a snapshot ensemble).
@@ -26,7 +27,6 @@ Runs accumulate in results/sample_readouts.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -36,17 +36,6 @@ import numpy as np
 import sample_recipes
 
 RESULTS_NAME = "sample_readouts"
-SHIFTS_4 = [(1, 0), (-1, 0), (0, 1), (0, -1)]
-SHIFTS_8 = SHIFTS_4 + [(1, 1), (1, -1), (-1, 1), (-1, -1)]
-
-
-def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """(N, H, W) images moved dy rows down and dx columns right, zeros (background) moved in."""
-    out = np.zeros_like(images)
-    height, width = images.shape[1:]
-    out[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = (
-        images[:, max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)])
-    return out
 
 
 def add_shear(shear: float) -> None:
@@ -93,26 +82,28 @@ def weight_keeper(epochs: int, swa_epochs: int, lr_cycles: int):
 
 
 def readouts(network, keeper, images, labels, lr_cycles: int) -> dict[str, float]:
-    def probabilities(weight_sets, shifts):
+    """Accuracy on the held-out digits, each read-out scored as the evaluate stage scores the
+    saved model: ``export_model`` on pixels 0..255."""
+    from mnist_pipeline.model import export_model, predict_probabilities, to_pixels
+
+    pixels = to_pixels(images)
+
+    def accuracy(weight_sets, test_time_shifts=0):
         total = 0.0
         for weights in weight_sets:
             network.set_weights(weights)
-            for dy, dx in [(0, 0), *shifts]:
-                total = total + network.predict(shifted(images, dy, dx), batch_size=1000,
-                                                verbose=0)
-        return total
-
-    def accuracy(probs):
-        return float((probs.argmax(axis=1) == labels).mean())
+            total = total + predict_probabilities(export_model(network, test_time_shifts),
+                                                  pixels, batch_size=1000)
+        return float((total.argmax(axis=1) == labels).mean())
 
     final = network.get_weights()
     averaged = [np.mean(layer, axis=0) for layer in zip(*keeper.last_epochs, strict=True)]
-    scores = {"plain": accuracy(probabilities([final], [])),
-              "tta5": accuracy(probabilities([final], SHIFTS_4)),
-              "tta9": accuracy(probabilities([final], SHIFTS_8)),
-              "swa": accuracy(probabilities([averaged], []))}
+    scores = {"plain": accuracy([final]),
+              "tta5": accuracy([final], test_time_shifts=4),
+              "tta9": accuracy([final], test_time_shifts=8),
+              "swa": accuracy([averaged])}
     if lr_cycles > 1:
-        scores["snapshots"] = accuracy(probabilities(keeper.snapshots, []))
+        scores["snapshots"] = accuracy(keeper.snapshots)
     network.set_weights(final)
     return scores
 
@@ -140,11 +131,8 @@ def print_table(runs: list[dict], baseline: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--label", help="name of the recipe in the results (needed to train)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
     parser.add_argument("--folds", default="0,1,2,3,4", help="held-out folds (of 5)")
     parser.add_argument("--seed", type=int,
                         help="one training seed for every fold (default: fold i gets i+1)")

@@ -29,7 +29,6 @@ seconds of training (fit, per-epoch validation included), with ratios to the ref
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -141,11 +140,8 @@ def print_summary(results: dict, baseline: str | None = None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--label", help="name of the recipe in the results (required to train)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
     parser.add_argument("--no-sample-recipe", action="store_true",
                         help="start from params.yaml alone, not recipes/sample.yaml")
     parser.add_argument("--reference", action="store_true",

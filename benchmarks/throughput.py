@@ -13,7 +13,6 @@ Writes benchmarks/results/throughput.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import subprocess
@@ -32,14 +31,11 @@ def fit_images_per_second(timer, n_images: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", choices=common.DATASETS, default="fashion-mnist")
     parser.add_argument("--train-images", type=int, default=10_000,
                         help="first N training images (the whole split if larger)")
     parser.add_argument("--predict-images", type=int, default=10_000)
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
     parser.add_argument("--repeat", type=int, default=3, help="CLI and predict repetitions")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the three fits, interleaved; report medians")

@@ -13,7 +13,6 @@ Writes benchmarks/results/time_to_accuracy-<dataset>.json.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -92,11 +91,8 @@ def first_reaching(epochs, target):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", choices=common.DATASETS, default="mnist-sample")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
     parser.add_argument("--no-sample-params", action="store_true",
                         help="mnist-sample: do not apply recipes/sample.yaml")
     parser.add_argument("--epochs", type=int, help="our epochs (same as -S train.epochs=N)")
