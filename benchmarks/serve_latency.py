@@ -40,7 +40,7 @@ from mnist_pipeline import paths
 
 CONCURRENCY = (1, 8, 32)
 UNBATCHED_SERVER = (
-    "import sys, uvicorn; from mnist_pipeline import serve; "
+    "import sys, uvicorn; from mnist_pipeline.app import serve; "
     "uvicorn.run(serve.create_app(sys.argv[1], max_model_batch=1), host='127.0.0.1', "
     "port=int(sys.argv[2]), log_level='warning')"
 )
@@ -177,7 +177,7 @@ def main() -> None:
         model_path, model_origin = model_file(args.model, Path(folder))
         requests = payloads()
         env_note = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL")}
-        servers = {"batched": [sys.executable, "-m", "mnist_pipeline.cli", "serve",
+        servers = {"batched": [sys.executable, "-m", "mnist_pipeline.app.cli", "serve",
                                "--model", str(model_path), "--port"]}
         if not args.skip_unbatched:
             servers["one request per model call"] = [sys.executable, "-c", UNBATCHED_SERVER,

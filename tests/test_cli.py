@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_pipeline import cli, idx, predict
+from mnist_pipeline import idx
+from mnist_pipeline.app import cli, predict
 
 HEADER = ["input", "index", "label", "confidence"]
 

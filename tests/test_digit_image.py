@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_pipeline import digit_image
+from mnist_pipeline.app import digit_image
 
 
 def on_paper(digit: np.ndarray, size: int = 150, at: tuple[int, int] = (30, 20),

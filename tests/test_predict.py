@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_pipeline import idx, predict
+from mnist_pipeline import idx
+from mnist_pipeline.app import predict
 
 # --- pictures ----------------------------------------------------------------------------
 
@@ -161,7 +162,7 @@ def test_dev_zero_is_refused_at_once() -> None:
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-        "from mnist_pipeline import predict\n"
+        "from mnist_pipeline.app import predict\n"
         "loaded, errors = predict.load_inputs(['/dev/zero'])\n"
         "print(*errors, sep='\\n')\n"
     )

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sample_data import SmallModel, paper_scan
 
-from mnist_pipeline import cli, digit_image, predict, serve
+from mnist_pipeline.app import cli, digit_image, predict, serve
 
 
 @pytest.fixture(scope="module")

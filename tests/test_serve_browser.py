@@ -34,7 +34,7 @@ from headless_chromium import offline_command, stop
 from PIL import Image
 from sample_data import SmallModel, paper_scan
 
-from mnist_pipeline import digit_image
+from mnist_pipeline.app import digit_image
 
 pytestmark = pytest.mark.slow  # a server process (TensorFlow's import) and a browser: ~20 s
 TIMEOUT_SECONDS = 30
@@ -61,7 +61,7 @@ def server(small_model: SmallModel, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_pipeline.cli", "serve", "--model", str(small_model.path),
+        [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(small_model.path),
          "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
@@ -324,7 +324,7 @@ def test_the_real_server_refuses_bodies_over_the_limit_and_goes_on(server: str) 
     """Through uvicorn, declared (Content-Length) or streamed (chunked), then /health."""
     import httpx2
 
-    from mnist_pipeline import serve
+    from mnist_pipeline.app import serve
 
     def streamed():
         for _ in range(serve.MAX_REQUEST_BYTES // 65536 + 100):

@@ -16,7 +16,8 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mnist_pipeline import __version__, digit_image, fileio, paths, predict
+from mnist_pipeline import __version__, fileio, paths
+from mnist_pipeline.app import digit_image, predict
 
 PROG = "mnist-pipeline"
 CSV_HEADER = ("input", "index", "label", "confidence")
@@ -252,7 +253,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - Keras raises many kinds; one line for all
         report(f"{args.model}: cannot load the model ({error})")
         return EXIT_NO_MODEL
-    from mnist_pipeline import serve  # here: FastAPI is needed by this command only
+    from mnist_pipeline.app import serve  # here: FastAPI is needed by this command only
 
     serve.run(model, args.host, args.port, model_name=str(args.model))
     return EXIT_OK

@@ -2,7 +2,7 @@
 
 Accepted inputs (see :func:`load_input`):
 
-- a PNG or JPEG picture of one digit, of any size; :mod:`mnist_pipeline.digit_image` makes
+- a PNG or JPEG picture of one digit, of any size; :mod:`mnist_pipeline.app.digit_image` makes
   it MNIST-style;
 - an IDX image file (raw or gzip-compressed), as MNIST ships them: N x 28 x 28 uint8;
 - a ``.npy`` array of shape (N, 28, 28): uint8 (or integers) 0..255, or floats, where a
@@ -30,8 +30,9 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from mnist_pipeline import digit_image, idx
-from mnist_pipeline.digit_image import IMAGE_SIZE, InvertMode
+from mnist_pipeline import idx
+from mnist_pipeline.app import digit_image
+from mnist_pipeline.app.digit_image import IMAGE_SIZE, InvertMode
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 # Pictures that are not read, but are recognized by name too, so the error says why.

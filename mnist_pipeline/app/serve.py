@@ -6,9 +6,9 @@
   loaded from the internet);
 - ``POST /predict``: a PNG or JPEG picture (multipart field ``file``, or the raw bytes with
   ``Content-Type: image/png`` / ``image/jpeg``) goes through
-  :func:`mnist_pipeline.digit_image.picture_to_digit`, the code path of ``mnist-pipeline
+  :func:`mnist_pipeline.app.digit_image.picture_to_digit`, the code path of ``mnist-pipeline
   predict``; JSON ``{"pixels": ...}`` holds one 28x28 array or a batch N x 28 x 28 of pixels,
-  read as predict reads ``.npy`` arrays (:func:`mnist_pipeline.predict.as_pixel_batch`);
+  read as predict reads ``.npy`` arrays (:func:`mnist_pipeline.app.predict.as_pixel_batch`);
 - ``GET /health``, and FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``, whose scripts
   come from the ``fastapi-offline`` package rather than a CDN.
 
@@ -37,8 +37,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnist_pipeline import __version__, digit_image, predict
-from mnist_pipeline.digit_image import IMAGE_SIZE
+from mnist_pipeline import __version__
+from mnist_pipeline.app import digit_image, predict
+from mnist_pipeline.app.digit_image import IMAGE_SIZE
 
 STATIC_DIR = Path(__file__).parent / "static"
 
