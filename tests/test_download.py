@@ -33,7 +33,8 @@ from mnist_pipeline.datasets import (
     NpzArchive,
     RawFile,
 )
-from mnist_pipeline.download import DownloadError, NetworkSettings, download_dataset
+from mnist_pipeline.download import DownloadError, download_dataset
+from mnist_pipeline.http import NetworkSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = NetworkSettings(timeout_seconds=5, retries=2, backoff_seconds=0.01, progress=False)
