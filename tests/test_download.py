@@ -27,6 +27,7 @@ import pytest
 from mnist_pipeline import idx, paths
 from mnist_pipeline.datasets import (
     FASHION_MNIST,
+    MNIST,
     MNIST_SAMPLE,
     Dataset,
     IdxFolder,
@@ -205,7 +206,7 @@ def test_without_a_sha256_only_the_original_gz_is_accepted(tmp_path):
     contents = tiny_idx_files()
     original_gz = gzip.compress(contents[IMAGES], mtime=0)
     recompressed_gz = gzip.compress(contents[IMAGES], compresslevel=1, mtime=1)
-    # Like mnist train-images: no published sha256, only the MD5 of the original .gz.
+    # A spec without a sha256 of the content: only the MD5 of the original .gz can vouch.
     dataset = Dataset("tiny", (RawFile(IMAGES, 4, gz_md5=hashlib.md5(original_gz).hexdigest()),),
                       sources=())
     for name, gz in (("original", original_gz), ("recompressed", recompressed_gz)):
@@ -217,6 +218,50 @@ def test_without_a_sha256_only_the_original_gz_is_accepted(tmp_path):
     download_dataset(dataset, tmp_path / "raw", mirrors=(str(tmp_path / "original"),))
 
     assert (tmp_path / "raw" / IMAGES).read_bytes() == contents[IMAGES]
+
+
+def test_every_mnist_file_carries_the_published_sha256_of_its_content():
+    digests = {raw_file.name: (raw_file.sha256, raw_file.size) for raw_file in MNIST.files}
+
+    assert digests[IMAGES] == (
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47_040_016)
+    assert all(sha256 for sha256, _size in digests.values())
+
+
+def mnist_train_images_like(content: bytes) -> Dataset:
+    """MNIST's own train-images entry (the real original .gz's MD5 kept, which no copy made
+    here matches), with the sha256 and count of the generated ``content`` instead of the
+    real 47 MB file's; no source but the mirrors a test passes."""
+    (real,) = (raw_file for raw_file in MNIST.files if raw_file.name == IMAGES)
+    tiny = dataclasses.replace(real, count=len(idx.decode(content)), sha256=sha256(content))
+    return dataclasses.replace(MNIST, files=(tiny,), sources=())
+
+
+@pytest.mark.parametrize("copy", ["uncompressed", "recompressed"])
+def test_honest_copies_of_mnist_train_images_pass_and_one_changed_byte_does_not(tmp_path, copy):
+    content = tiny_idx_files()[IMAGES]
+    dataset = mnist_train_images_like(content)
+    changed = bytearray(content)
+    changed[-1] ^= 0x01  # one pixel of the last image
+
+    def mirror(name: str, data: bytes) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        if copy == "uncompressed":
+            (folder / IMAGES).write_bytes(data)
+        else:  # other gzip bytes than the original .gz: another level and timestamp
+            (folder / f"{IMAGES}.gz").write_bytes(gzip.compress(data, compresslevel=1,
+                                                                mtime=12345))
+        return str(folder)
+
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        download_dataset(dataset, tmp_path / "raw", mirrors=(mirror("changed", bytes(changed)),))
+    assert not (tmp_path / "raw").exists()
+
+    manifest = download_dataset(dataset, tmp_path / "raw", mirrors=(mirror("honest", content),))
+
+    assert (tmp_path / "raw" / IMAGES).read_bytes() == content
+    assert manifest["files"][IMAGES]["sha256"] == sha256(content)
 
 
 def test_a_verified_npz_archive_provides_every_file(server, tmp_path):
