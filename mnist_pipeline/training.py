@@ -9,14 +9,8 @@ categorical accuracy, and the logs keep the names ``loss``/``accuracy``/``val_lo
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -27,130 +21,6 @@ from mnist_pipeline.params import TrainParams
 from mnist_pipeline.prepared import NUM_CLASSES
 
 SGD_MOMENTUM = 0.9  # plain SGD without momentum is needlessly slow; not worth a param
-
-# multi_worker: a collective (gradient all-reduce) that has not completed after this many
-# seconds fails with DeadlineExceeded instead of waiting forever for a dead peer. Generous:
-# one step of this model takes well under a second, the first one (graph building) a few.
-COLLECTIVE_TIMEOUT_SECONDS = 60
-
-
-# What a collective raises when a peer dies or stops answering: its connection resets
-# (Unavailable), the collective times out (DeadlineExceeded) or is aborted/cancelled.
-CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                  tf.errors.AbortedError, tf.errors.CancelledError, tf.errors.InternalError,
-                  tf.errors.UnknownError, tf.errors.FailedPreconditionError)
-
-
-def describe_cluster_failure(error: Exception) -> str:
-    """One short message for a multi-worker run that lost a peer."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()
-             and not line.strip().startswith(("Graph execution", "Detected at node", "File "))]
-    # TF wraps the cause ("Collective ops is aborted by: ... Connection reset by peer") in
-    # "Graph execution error:" and a Python trace of where the node was defined.
-    causes = [line for line in lines if any(word in line.lower() for word in (
-        "collective", "peer", "deadline", "timed out", "unavailable", "heartbeat"))]
-    first_line = (causes or lines or [type(error).__name__])[0]
-    return (f"train: multi-worker training stopped: a worker of the cluster failed or is "
-            f"unreachable ({type(error).__name__}: {first_line.strip()}); no model was saved: "
-            f"restart every worker.")
-
-
-class DistributeError(RuntimeError):
-    """TF_CONFIG is missing or malformed for ``train.distribute: multi_worker``."""
-
-
-def parse_tf_config(raw: str | None) -> dict | None:
-    """The TF_CONFIG JSON as a dict (None when unset or empty); DistributeError if malformed."""
-    if raw is None or not raw.strip():
-        return None
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise DistributeError(f"TF_CONFIG is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
-        raise DistributeError('TF_CONFIG: expected {"cluster": {...}, "task": {...}}')
-    task = config.get("task")
-    if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise DistributeError('TF_CONFIG: "task" needs a "type" and an "index"')
-    jobs = config["cluster"]
-    if task["type"] not in jobs or not 0 <= int(task["index"]) < len(jobs[task["type"]]):
-        raise DistributeError(f"TF_CONFIG: task {task} is not in the cluster {jobs}")
-    return config
-
-
-def is_chief(tf_config: Mapping | None) -> bool:
-    """Whether this process writes the outputs: the ``chief`` task, else ``worker`` 0.
-
-    Without TF_CONFIG (a single process) the process is its own chief.
-    """
-    if not tf_config:
-        return True
-    task = tf_config.get("task", {})
-    task_type, index = task.get("type"), int(task.get("index", 0))
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {})
-
-
-def make_strategy(distribute: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for ``train.distribute`` (see :class:`TrainParams`).
-
-    Call it before any other TensorFlow work (multi_worker starts a gRPC server and must
-    configure the runtime first). ``multi_worker`` reads the cluster from TF_CONFIG.
-    """
-    if distribute == "none":
-        return tf.distribute.get_strategy()  # the default: one device, no replication
-    if distribute == "mirrored":
-        # All local GPUs; with none, MirroredStrategy falls back to the CPU (one replica).
-        return tf.distribute.MirroredStrategy()
-    # multi_worker, the one other value params.py allows
-    if parse_tf_config(os.environ.get("TF_CONFIG")) is None:
-        raise DistributeError("train.distribute is multi_worker but TF_CONFIG is not set; "
-                              "see README, 'Train on several machines'")
-    options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS,
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
-    return _MultiWorkerStrategy(communication_options=options)
-
-
-class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """MultiWorkerMirroredStrategy with the two ``reduce`` calls Keras 3's ``fit`` makes fixed.
-
-    Keras 3.15 fails with this strategy (keras-team/keras#20585): it reduces the first
-    (x, y) batch in one call, which the strategy refuses ("Attempt to convert a value
-    (PerReplica...)"), and it reduces the scalar loss and metrics of each step over
-    ``axis=0`` ("Invalid reduction dimension 0 for input with 0 dimensions"). This reduces
-    nested values one by one, and scalars across replicas (``axis=None``), as
-    MirroredStrategy does.
-    """
-
-    def reduce(self, reduce_op, value, axis):
-        parent = super()
-
-        def reduce_one(item):
-            local = (self.experimental_local_results(item)[0]
-                     if isinstance(item, tf.distribute.DistributedValues) else item)
-            scalar = getattr(getattr(local, "shape", None), "rank", None) == 0
-            return parent.reduce(reduce_op, item, None if scalar else axis)
-
-        return tf.nest.map_structure(reduce_one, value)
-
-
-@contextlib.contextmanager
-def model_destination(target: Path, chief: bool) -> Iterator[Path]:
-    """Where this worker saves the model: ``target`` on the chief, else a temporary file.
-
-    Every worker must call ``save`` (in multi-worker training saving may run collectives);
-    the non-chief ones write outside the repository, into a folder deleted afterwards.
-    """
-    if chief:
-        yield Path(target)
-        return
-    scratch = Path(tempfile.mkdtemp(prefix="mnist-worker-model-"))
-    try:
-        yield scratch / Path(target).name
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def set_determinism(seed: int) -> None:
@@ -263,11 +133,12 @@ def train(
     early stopping keeps, and what ``network`` holds at the end. Call
     :func:`set_determinism` before building the network for repeatable runs.
 
-    With a ``strategy`` (see :func:`make_strategy`), build ``network`` inside
-    ``strategy.scope()``; the optimizer is created in that scope here. ``config.batch_size``
-    is the global batch: each step splits it across all replicas of all workers, and the
-    learning rate (and its schedule, counted in global steps) is used as configured, not
-    scaled by the number of replicas. Every worker must feed the same data and seed.
+    With a ``strategy`` (see :func:`mnist_pipeline.distribute.make_strategy`), build
+    ``network`` inside ``strategy.scope()``; the optimizer is created in that scope here.
+    ``config.batch_size`` is the global batch: each step splits it across all replicas of all
+    workers, and the learning rate (and its schedule, counted in global steps) is used as
+    configured, not scaled by the number of replicas. Every worker must feed the same data
+    and seed.
     """
     strategy = strategy or tf.distribute.get_strategy()
     train_images, train_labels = train_data

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnist_pipeline import fileio, training
+from mnist_pipeline import distribute, fileio
 from mnist_pipeline.params import params_from_dict
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def tf_config(ports: list[int], index: int) -> str:
      '"task": {"type": "evaluator", "index": 0}}', False),
 ])
 def test_chief_detection_from_tf_config(raw, chief):
-    assert training.is_chief(training.parse_tf_config(raw)) is chief
+    assert distribute.is_chief(distribute.parse_tf_config(raw)) is chief
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -64,14 +64,23 @@ def test_chief_detection_from_tf_config(raw, chief):
      r"is not in the cluster"),
 ])
 def test_malformed_tf_config_is_refused(raw, message):
-    with pytest.raises(training.DistributeError, match=message):
-        training.parse_tf_config(raw)
+    with pytest.raises(distribute.DistributeError, match=message):
+        distribute.parse_tf_config(raw)
 
 
 def test_multi_worker_without_tf_config_fails_clearly(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(training.DistributeError, match="TF_CONFIG is not set"):
-        training.make_strategy("multi_worker")
+    with pytest.raises(distribute.DistributeError, match="TF_CONFIG is not set"):
+        distribute.make_strategy("multi_worker")
+
+
+def test_only_multi_worker_reads_tf_config(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", tf_config([1, 2], 1))
+    assert distribute.this_worker("none") == distribute.Worker(multi_worker=False, chief=True)
+    assert distribute.this_worker("mirrored").chief
+    assert distribute.this_worker("multi_worker") == distribute.Worker(multi_worker=True,
+                                                                       chief=False)
+    assert str(distribute.this_worker("multi_worker")) == "non-chief worker: writes no outputs"
 
 
 def test_distribute_defaults_to_none():
@@ -203,7 +212,7 @@ def test_a_dead_worker_makes_the_other_fail_not_hang(tmp_path, prepared_arrays):
 def test_none_and_mirrored_strategies():
     import tensorflow as tf
 
-    assert training.make_strategy("none") is tf.distribute.get_strategy()
-    mirrored = training.make_strategy("mirrored")  # the CPU when there is no GPU
+    assert distribute.make_strategy("none") is tf.distribute.get_strategy()
+    mirrored = distribute.make_strategy("mirrored")  # the CPU when there is no GPU
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)
     assert mirrored.num_replicas_in_sync >= 1
