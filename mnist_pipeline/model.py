@@ -31,9 +31,7 @@ from keras import layers
 
 from mnist_pipeline import fileio, paths
 from mnist_pipeline.params import AugmentationParams, ModelParams
-from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE
-
-PIXEL_MAX = 255.0
+from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_MAX, PIXEL_SCALE
 
 
 def build_network(config: ModelParams) -> keras.Model:

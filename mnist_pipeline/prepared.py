@@ -17,17 +17,21 @@ import numpy as np
 
 from mnist_pipeline import fileio, paths
 
+# The image geometry and pixel scale of the whole project (MNIST's): every module that needs
+# them imports them from here.
 NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28)
+IMAGE_SIZE = 28  # pixels a side
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE)
+PIXEL_MAX = 255  # raw pixels are whole numbers 0..PIXEL_MAX (uint8), light digit on dark
 
 # The one pixel scaling of the project. The model applies it to raw input as
 # `keras.layers.Rescaling(PIXEL_SCALE)`, which computes `float32(x) * float32(scale)`;
 # preprocess multiplies the same way (not `x / 255`, which differs in the last bit for
-# about half of the 256 values), so prepared arrays and raw input give identical tensors.
-PIXEL_SCALE = 1 / 255
+# some of the 256 values), so prepared arrays and raw input give identical tensors.
+PIXEL_SCALE = 1 / PIXEL_MAX
 
 
-def check_images(images: np.ndarray, name: str) -> None:
+def check_normalized_images(images: np.ndarray, name: str) -> None:
     """Raise ValueError (naming ``name``) unless ``images`` are finite float32 (N, 28, 28) in
     [0, 1]."""
     if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
@@ -57,7 +61,7 @@ def check_labels(labels: np.ndarray, name: str, num_classes: int = NUM_CLASSES) 
 def save(split: str, images: np.ndarray, labels: np.ndarray) -> None:
     """Check one split against the contract, then write its two files atomically."""
     images_path, labels_path = paths.prepared_images(split), paths.prepared_labels(split)
-    check_images(images, str(images_path))
+    check_normalized_images(images, str(images_path))
     check_labels(labels, str(labels_path))
     if labels.dtype != np.uint8 or len(images) != len(labels):
         raise ValueError(f"{labels_path}: expected {len(images)} uint8 labels, got "
@@ -75,7 +79,7 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
     """
     images_path, labels_path = paths.prepared_images(split), paths.prepared_labels(split)
     images, labels = fileio.load_npy(images_path), fileio.load_npy(labels_path)
-    check_images(images, str(images_path))
+    check_normalized_images(images, str(images_path))
     check_labels(labels, str(labels_path))
     if len(images) == 0:
         raise ValueError(f"{images_path}: no images in the {split} split")

@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
+from mnist_pipeline.prepared import IMAGE_SIZE
+
 InvertMode = Literal["auto", "always", "never"]
 INVERT_MODES: tuple[str, ...] = ("auto", "always", "never")
 
@@ -37,7 +39,6 @@ PictureSource = str | os.PathLike[str] | bytes | BinaryIO | Image.Image
 # ratio, and placed in a 28x28 field so that its center of mass sits in the middle. On the
 # 5,000 bundled real digits the center of mass (row, column) averages (13.99, 14.00) in
 # array indices, so that is where we put it.
-IMAGE_SIZE = 28
 DIGIT_BOX = 20
 CENTER_OF_MASS = 14.0
 
