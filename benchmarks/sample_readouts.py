@@ -84,7 +84,8 @@ def weight_keeper(epochs: int, swa_epochs: int, lr_cycles: int):
 def readouts(network, keeper, images, labels, lr_cycles: int) -> dict[str, float]:
     """Accuracy on the held-out digits, each read-out scored as the evaluate stage scores the
     saved model: ``export_model`` on pixels 0..255."""
-    from mnist_pipeline.model import export_model, predict_probabilities, to_pixels
+    from mnist_pipeline.inference import from_keras_model
+    from mnist_pipeline.model import export_model, to_pixels
 
     pixels = to_pixels(images)
 
@@ -92,8 +93,8 @@ def readouts(network, keeper, images, labels, lr_cycles: int) -> dict[str, float
         total = 0.0
         for weights in weight_sets:
             network.set_weights(weights)
-            total = total + predict_probabilities(export_model(network, test_time_shifts),
-                                                  pixels, batch_size=1000)
+            total = total + from_keras_model(export_model(network, test_time_shifts)
+                                             ).probabilities(pixels, batch_size=1000)
         return float((total.argmax(axis=1) == labels).mean())
 
     final = network.get_weights()

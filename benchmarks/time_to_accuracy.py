@@ -54,11 +54,12 @@ def run_ours(params, splits, max_seconds):
 
 def exported_accuracy(network, test_time_shifts, test_split, batch_size):
     """Scored as the evaluate stage does: the exported (pixel-input) model on pixels 0..255."""
-    from mnist_pipeline.model import export_model, predict_probabilities, to_pixels
+    from mnist_pipeline.inference import from_keras_model
+    from mnist_pipeline.model import export_model, to_pixels
 
     images, labels = test_split
-    probabilities = predict_probabilities(export_model(network, test_time_shifts),
-                                          to_pixels(images), batch_size)
+    probabilities = from_keras_model(export_model(network, test_time_shifts)).probabilities(
+        to_pixels(images), batch_size)
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 

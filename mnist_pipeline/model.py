@@ -13,9 +13,9 @@ Two models, one set of weights:
 With ``model.test_time_shifts`` the exported model also averages the network over one-pixel
 shifts of the digit (test-time augmentation), built from layers as well.
 
-Evaluate and predict both go through :func:`load_model` and :func:`predict_probabilities`, so
-they cannot disagree. The saved model uses built-in layers only (no Lambda, no custom
-objects), so it loads with ``safe_mode=True``.
+Evaluate, predict and serve load and run the saved model through
+:mod:`mnist_pipeline.inference`, so they cannot disagree. The saved model uses built-in layers
+only (no Lambda, no custom objects), so it loads with ``safe_mode=True``.
 """
 
 from __future__ import annotations
@@ -183,40 +183,6 @@ def without_save_times(archive: str | Path) -> None:
             entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
             entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
             rewritten.writestr(entry, data)
-
-
-def load_model(path: str | Path = paths.MODEL_FILE) -> keras.Model:
-    """Load the exported model (safe mode: no arbitrary code) and check its input and output.
-
-    Raises FileNotFoundError or ValueError with a one-line message naming ``path``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run `dvc repro train` first")
-    try:
-        model = keras.saving.load_model(path, safe_mode=True)
-    except Exception as error:  # Keras raises many kinds for a bad file; all mean the same
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
-    input_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
-    output_shape = tuple(model.outputs[0].shape[1:]) if getattr(model, "outputs", None) else None
-    if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
-        raise ValueError(f"{path}: expected a model from (N, 28, 28) pixels to (N, 10) "
-                         f"probabilities, got {input_shape} -> {output_shape}")
-    return model
-
-
-def predict_probabilities(model: keras.Model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    """Class probabilities (N, 10) float32 for raw pixels (N, 28, 28) in 0..255, in batches."""
-    pixels = np.asarray(pixels, dtype=np.float32)
-    if pixels.ndim != 3 or pixels.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"expected pixels of shape (N, 28, 28), got {pixels.shape}")
-    if len(pixels) == 0:
-        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
-    if len(pixels) <= batch_size:
-        # One direct call skips building predict()'s tf.function: much faster for a few images.
-        return np.asarray(model(pixels, training=False), dtype=np.float32)
-    return np.asarray(model.predict(pixels, batch_size=batch_size, verbose=0), dtype=np.float32)
 
 
 def to_pixels(images: np.ndarray) -> np.ndarray:

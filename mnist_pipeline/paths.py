@@ -38,10 +38,12 @@ def prepared_labels(split: str) -> Path:
 MODELS_DIR = Path("models")
 MODEL_FILE = MODELS_DIR / "model.keras"
 SERVING_DIR = MODELS_DIR / "serving"  # the same model as a TensorFlow SavedModel (TF Serving)
+ONNX_MODEL_FILE = MODELS_DIR / "model.onnx"  # the same model for onnxruntime (no TensorFlow)
 
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+EXPORT_METRICS = METRICS_DIR / "export.json"  # the ONNX model's parity with the .keras model
 
 # dvclive's folder: metrics.json (final epoch values) and plots/metrics/{train,eval}/*.tsv.
 TRAINING_LOG_DIR = Path("dvclive")

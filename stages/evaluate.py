@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import paths, prepared
+from mnist_pipeline import inference, paths, prepared
 from mnist_pipeline.fileio import write_csv, write_json
 from mnist_pipeline.metrics import classification_metrics, per_class_metrics
-from mnist_pipeline.model import load_model, predict_probabilities, to_pixels
+from mnist_pipeline.model import to_pixels
 from mnist_pipeline.params import load_params
 
 
@@ -22,13 +22,12 @@ def main() -> None:
     try:
         params = load_params()
         images, labels = prepared.load("test")
-        classifier = load_model(paths.MODEL_FILE)
+        classifier = inference.load(paths.MODEL_FILE)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"evaluate: {error}")
 
     # The saved model takes raw pixels, as `mnist-pipeline predict` feeds it.
-    probabilities = predict_probabilities(classifier, to_pixels(images),
-                                          params.evaluate.batch_size)
+    probabilities = classifier.probabilities(to_pixels(images), params.evaluate.batch_size)
     predicted = probabilities.argmax(axis=1)
     scores = classification_metrics(labels, predicted, probabilities)
     predictions = pd.DataFrame({

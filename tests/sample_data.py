@@ -48,6 +48,7 @@ class SmallModel:
 
     model: object  # the Keras model
     path: Path  # the same model saved as .keras
+    onnx_path: Path  # and exported as ONNX (mnist_pipeline.export.save_onnx, as the stage does)
     digits: np.ndarray  # 200 held-out digits, float32 0..255 (N, 28, 28)
     labels: np.ndarray  # their true classes
     predicted: np.ndarray  # the model's classes for them
@@ -79,4 +80,8 @@ def small_model() -> SmallModel:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / "model.keras"
     model.save(path)
-    return SmallModel(model, path, images[held_out], labels[held_out], predicted)
+    from mnist_pipeline.export import save_onnx
+
+    save_onnx(model, folder / "model.onnx")
+    return SmallModel(model, path, folder / "model.onnx", images[held_out], labels[held_out],
+                      predicted)

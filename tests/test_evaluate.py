@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_pipeline import fileio, paths
-from mnist_pipeline.model import load_model, predict_probabilities, to_pixels
+from mnist_pipeline import fileio, inference, paths
+from mnist_pipeline.model import to_pixels
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
 
@@ -88,11 +88,11 @@ def test_evaluate_writes_metrics_and_predictions(workspace):
 
 def test_saved_model_gives_the_predictions_csv_from_raw_pixels(workspace):
     images = np.load(workspace / paths.prepared_images("test"))
-    model = load_model(workspace / paths.MODEL_FILE)
+    model = inference.load(workspace / paths.MODEL_FILE)
     # what `mnist-pipeline predict` does: raw 0..255 pixels straight into the saved model
     pixels = np.rint(images * 255).astype(np.uint8).astype(np.float32)
     np.testing.assert_array_equal(pixels, to_pixels(images))
-    predicted = predict_probabilities(model, pixels, batch_size=7).argmax(axis=1)
+    predicted = model.probabilities(pixels, batch_size=7).argmax(axis=1)
     csv = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
     np.testing.assert_array_equal(predicted, csv.predicted)
 
@@ -143,7 +143,7 @@ def test_evaluate_refuses_a_file_that_is_not_a_keras_model(tmp_path, monkeypatch
         evaluate_stage.main()
     assert not paths.EVALUATE_METRICS.exists() and not paths.PREDICTIONS_FILE.exists()
     paths.MODEL_FILE.unlink()
-    with pytest.raises(SystemExit, match="^evaluate: models/model.keras: missing"):
+    with pytest.raises(SystemExit, match="^evaluate: models/model.keras: model file not found"):
         evaluate_stage.main()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_pipeline import paths
-from mnist_pipeline.model import build_network, export_model, load_model, save_model
+from mnist_pipeline import export, inference, paths
+from mnist_pipeline.model import build_network, export_model, save_model
 from mnist_pipeline.params import params_from_dict
 from stages import export as export_stage
 
@@ -36,13 +37,16 @@ def workspace(request, tmp_path, monkeypatch, sample_pixels) -> Path:
     network.fit(pixels / 255.0, labels, epochs=1, batch_size=64, verbose=0)
     monkeypatch.chdir(tmp_path)
     save_model(export_model(network, request.param), paths.MODEL_FILE)
+    paths.PREPARED_DIR.mkdir(parents=True)
+    np.save(paths.prepared_images("test"), (pixels[:200] / 255).astype(np.float32))
+    np.save(paths.prepared_labels("test"), labels[:200])
     return tmp_path
 
 
 def test_saved_model_matches_the_keras_model(workspace, sample_pixels):
     run_stage()
     pixels, _labels = sample_pixels
-    expected = load_model(paths.MODEL_FILE).predict(pixels, verbose=0)
+    expected = inference.load_keras_model(paths.MODEL_FILE).predict(pixels, verbose=0)
     served = tf.saved_model.load(str(paths.SERVING_DIR))
     signature = served.signatures["serving_default"]
     (spec,) = signature.structured_input_signature[1].values()
@@ -60,11 +64,60 @@ def test_a_rerun_replaces_the_folder_whole(workspace):
     run_stage()
     assert not (paths.SERVING_DIR / "stale.txt").exists()
     assert (paths.SERVING_DIR / "saved_model.pb").is_file()
-    assert sorted(path.name for path in paths.MODELS_DIR.iterdir()) == ["model.keras", "serving"]
+    assert sorted(path.name for path in paths.MODELS_DIR.iterdir()) == [
+        "model.keras", "model.onnx", "serving"]
 
 
 def test_a_missing_model_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="^export: models/model.keras: missing"):
+    with pytest.raises(SystemExit, match="^export: models/model.keras: model file not found"):
         run_stage()
-    assert not paths.SERVING_DIR.exists()
+    assert not paths.SERVING_DIR.exists() and not paths.ONNX_MODEL_FILE.exists()
+
+
+def test_the_onnx_model_matches_the_keras_model_and_the_parity_is_recorded(workspace,
+                                                                           sample_pixels):
+    run_stage()
+    pixels, _labels = sample_pixels
+    expected = inference.load(paths.MODEL_FILE).probabilities(pixels)
+    answered = inference.load(paths.ONNX_MODEL_FILE).probabilities(pixels)
+    np.testing.assert_allclose(answered, expected, atol=1e-5, rtol=0)
+    parity = json.loads(paths.EXPORT_METRICS.read_text())
+    assert set(parity) == {"onnx_max_difference", "onnx_label_agreement"}
+    assert 0 <= parity["onnx_max_difference"] <= 1e-5 and parity["onnx_label_agreement"] == 1.0
+    # readable names: what a user of onnxruntime alone sees
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(paths.ONNX_MODEL_FILE))
+    (feed,), (answer,) = session.get_inputs(), session.get_outputs()
+    assert (feed.name, feed.shape, answer.name, answer.shape) == (
+        "pixels", ["N", 28, 28], "probabilities", ["N", 10])
+
+
+def test_equal_weights_give_equal_onnx_bytes(workspace):
+    run_stage()
+    first = paths.ONNX_MODEL_FILE.read_bytes()
+    run_stage()
+    assert paths.ONNX_MODEL_FILE.read_bytes() == first
+
+
+def test_an_onnx_model_beyond_the_tolerance_is_refused_and_removed(workspace, monkeypatch):
+    """A conversion that changes the answers (here: a tolerance no float can meet, standing in
+    for a broken converter) fails the stage and leaves no unchecked .onnx behind."""
+    monkeypatch.setattr(export, "MAX_PROBABILITY_DIFFERENCE", -1.0)
+    monkeypatch.setattr(export.check_parity, "__defaults__", (-1.0,))
+    with pytest.raises(SystemExit, match=r"^export: models/model.onnx: the ONNX model's "
+                                         r"probabilities differ .* \(tolerance -1;"):
+        run_stage()
+    assert not paths.ONNX_MODEL_FILE.exists() and not paths.EXPORT_METRICS.exists()
+
+
+def test_parity_measures_the_largest_difference_and_label_agreement():
+    keras_answers = np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]], np.float32)
+    onnx_answers = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]], np.float32)
+    parity = export.onnx_parity(keras_answers, onnx_answers)
+    assert parity == {"onnx_max_difference": pytest.approx(0.2), "onnx_label_agreement":
+                      pytest.approx(2 / 3, abs=1e-6)}
+    with pytest.raises(export.ParityError, match="differ .* by up to 0.2"):
+        export.check_parity(parity)
+    export.check_parity(export.onnx_parity(keras_answers, keras_answers))

@@ -4,12 +4,11 @@
 import numpy as np
 import pytest
 
+from mnist_pipeline.inference import load
 from mnist_pipeline.model import (
     build_augmentation,
     build_network,
     export_model,
-    load_model,
-    predict_probabilities,
     save_model,
     to_pixels,
 )
@@ -54,8 +53,8 @@ def test_exported_model_on_raw_pixels_matches_network_on_prepared_images(digits,
     pixels, prepared, _ = digits
     network = build_network(SMALL)
     save_model(export_model(network), tmp_path / "model.keras")
-    loaded = load_model(tmp_path / "model.keras")  # safe_mode: built-in layers only
-    from_pixels = predict_probabilities(loaded, pixels, batch_size=16)
+    loaded = load(tmp_path / "model.keras")  # safe_mode: built-in layers only
+    from_pixels = loaded.probabilities(pixels, batch_size=16)
     from_prepared = np.asarray(network.predict(prepared, verbose=0))
     np.testing.assert_allclose(from_pixels, from_prepared, atol=1e-5)
     np.testing.assert_array_equal(from_pixels.argmax(1), from_prepared.argmax(1))
@@ -78,34 +77,22 @@ def test_test_time_shifts_average_the_network_over_moved_digits(shifts, digits, 
     pixels, prepared, _ = digits
     network = build_network(SMALL)
     save_model(export_model(network, shifts), tmp_path / "model.keras")
-    loaded = load_model(tmp_path / "model.keras")  # still safe_mode: built-in layers only
+    loaded = load(tmp_path / "model.keras")  # still safe_mode: built-in layers only
     moves = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
     moves += [(1, 1), (1, -1), (-1, 1), (-1, -1)] if shifts == 8 else []
     expected = np.mean([network.predict(moved(prepared, *move), verbose=0) for move in moves],
                        axis=0)
-    averaged = predict_probabilities(loaded, pixels, batch_size=16)
+    averaged = loaded.probabilities(pixels, batch_size=16)
     np.testing.assert_allclose(averaged, expected, atol=1e-5)
     # the shifts matter: the plain network answers differently on these digits
     assert np.abs(averaged - network.predict(prepared, verbose=0)).max() > 1e-3
-    assert loaded.count_params() == network.count_params()  # one network, called 1 + shifts times
+    # one network, called 1 + shifts times
+    assert loaded.native.count_params() == network.count_params()
 
 
 def test_save_model_leaves_no_temporary_files(tmp_path):
     save_model(export_model(build_network(SMALL)), tmp_path / "models" / "model.keras")
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["model.keras"]
-
-
-@pytest.mark.parametrize("content", [b"", b"not a zip file", b"PK\x03\x04 truncated zip"])
-def test_load_model_refuses_a_file_that_is_not_a_keras_model(tmp_path, content):
-    path = tmp_path / "model.keras"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match=f"{path}: not a loadable Keras model"):
-        load_model(path)
-
-
-def test_load_model_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.keras: missing"):
-        load_model(tmp_path / "model.keras")
 
 
 def test_augmentation_changes_training_images_only_when_enabled(digits):

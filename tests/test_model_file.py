@@ -9,7 +9,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from mnist_pipeline.model import build_network, export_model, load_model, save_model
+from mnist_pipeline.inference import load_keras_model
+from mnist_pipeline.model import build_network, export_model, save_model
 from mnist_pipeline.params import params_from_dict
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def test_saving_the_same_weights_twice_gives_identical_bytes(tmp_path):
     assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
     with zipfile.ZipFile(tmp_path / "first.keras") as archive:
         assert b"date_saved" not in archive.read("metadata.json")
-    assert load_model(tmp_path / "first.keras").count_params() == network.count_params()
+    assert load_keras_model(tmp_path / "first.keras").count_params() == network.count_params()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["first.keras", "second.keras"]
 
 

@@ -22,12 +22,18 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sample_data import SmallModel, paper_scan
 
+from mnist_pipeline import inference
 from mnist_pipeline.app import cli, digit_image, predict, serve
+
+
+def stand_in(model) -> inference.Classifier:
+    """A function from pixels to probabilities, served as a loaded model would be."""
+    return inference.Classifier(None, "onnx", model, model)
 
 
 @pytest.fixture(scope="module")
 def client(small_model: SmallModel):
-    with TestClient(serve.create_app(small_model.model, model_name="tiny")) as test_client:
+    with TestClient(serve.create_app(small_model.onnx_path)) as test_client:
         yield test_client
 
 
@@ -79,7 +85,7 @@ def assert_refused(response: httpx2.Response, status: int, reason: str) -> None:
 
 def test_health_names_the_model(client: TestClient) -> None:
     answer = client.get("/health").json()
-    assert answer["status"] == "ok" and answer["model"] == "tiny"
+    assert answer["status"] == "ok" and answer["model"].endswith("model.onnx")
 
 
 def test_one_digit_as_json_pixels(client: TestClient, small_model: SmallModel) -> None:
@@ -324,8 +330,7 @@ async def concurrent_predictions(app, count: int) -> list[dict]:
 @pytest.mark.parametrize("max_model_batch", [serve.MAX_MODEL_BATCH, 1])
 def test_requests_that_arrive_together_share_a_model_call(max_model_batch: int) -> None:
     model = SlowModel()
-    app = serve.create_app(model, max_model_batch=max_model_batch)
-    model.calls = 0  # after the warm-up call
+    app = serve.create_app(stand_in(model), max_model_batch=max_model_batch)
     answers = asyncio.run(concurrent_predictions(app, 24))
     assert [answer["label"] for answer in answers] == [index % 10 for index in range(24)]
     if max_model_batch == 1:
@@ -363,11 +368,12 @@ def test_a_failing_model_fails_its_requests_only() -> None:
 
     def flaky(pixels, training=False):
         calls.append(len(pixels))
-        if len(calls) == 2:
+        if len(calls) == 1:
             raise RuntimeError("out of memory")
         return np.full((len(pixels), 10), 0.1, np.float32)
 
-    with TestClient(serve.create_app(flaky), raise_server_exceptions=False) as test_client:
+    with TestClient(serve.create_app(stand_in(flaky)), raise_server_exceptions=False
+                    ) as test_client:
         document = {"pixels": np.zeros((28, 28)).tolist()}
         assert post_json(test_client, document).status_code == 500
         assert post_json(test_client, document).status_code == 200
@@ -378,7 +384,7 @@ def test_a_failing_model_fails_its_requests_only() -> None:
 
 def test_serve_listens_on_loopback_by_default() -> None:
     args = cli.build_parser().parse_args(["serve"])
-    assert (args.host, args.port, str(args.model)) == ("127.0.0.1", 8000, "models/model.keras")
+    assert (args.host, args.port, args.model) == ("127.0.0.1", 8000, None)
 
 
 def test_serve_without_a_model_says_so(tmp_path, capsys) -> None:
@@ -387,35 +393,70 @@ def test_serve_without_a_model_says_so(tmp_path, capsys) -> None:
     assert "model file not found" in capsys.readouterr().err
 
 
-def test_create_app_loads_a_model_file_once(small_model: SmallModel, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_create_app_loads_a_model_file_once(small_model: SmallModel, monkeypatch, kind) -> None:
+    path = small_model.onnx_path if kind == "onnx" else small_model.path
     loads = []
-    real_load = predict.load_model
-    monkeypatch.setattr(predict, "load_model", lambda path: loads.append(path) or
-                        real_load(path))
-    with TestClient(serve.create_app(small_model.path)) as test_client:
-        for digit in small_model.digits[:3]:
-            assert post_json(test_client, {"pixels": digit.tolist()}).status_code == 200
-        assert test_client.get("/health").json()["model"] == str(small_model.path)
-    assert loads == [small_model.path]
+    real_load = inference.load
+    monkeypatch.setattr(inference, "load", lambda path: loads.append(path) or real_load(path))
+    with TestClient(serve.create_app(path)) as test_client:
+        for digit, label in zip(small_model.digits[:3], small_model.predicted, strict=False):
+            response = post_json(test_client, {"pixels": digit.tolist()})
+            assert response.status_code == 200 and response.json()["label"] == label
+        assert test_client.get("/health").json()["model"] == str(path)
+    assert loads == [path]
 
 
-def test_the_compiled_model_answers_as_predict_does(small_model: SmallModel) -> None:
-    from mnist_pipeline.model import predict_probabilities
-
-    run_model = serve.model_runner(small_model.model)
-    for count in (1, 7, 50):  # one graph for every batch size
-        batch = small_model.digits[:count]
-        assert np.allclose(run_model(batch), predict_probabilities(small_model.model, batch, 256),
-                           atol=1e-6)
-
-
-def test_the_compiled_model_keeps_the_test_time_shifts(small_model: SmallModel) -> None:
+def test_the_keras_model_keeps_the_test_time_shifts_in_one_graph(small_model: SmallModel
+                                                                  ) -> None:
     """A saved model that averages over shifted digits (model.test_time_shifts) compiles into
-    one graph that answers as predict does."""
-    from mnist_pipeline.model import build_network, export_model, predict_probabilities
+    one graph, for every batch size, that answers as the eager model does."""
+    from mnist_pipeline.model import build_network, export_model
     from mnist_pipeline.params import ModelParams
 
     model = export_model(build_network(ModelParams(conv_filters=(4, 8), dense_units=16)), 8)
-    batch = small_model.digits[:20]
-    assert np.allclose(serve.model_runner(model)(batch), predict_probabilities(model, batch, 256),
-                       atol=1e-6)
+    classifier = inference.from_keras_model(model)
+    for count in (1, 7, 20):
+        batch = small_model.digits[:count]
+        assert np.allclose(classifier.run_batch(batch), np.asarray(model(batch)), atol=1e-6)
+
+
+# --- TensorFlow Serving's REST API -------------------------------------------------------------
+
+
+def test_the_tf_serving_route_answers_as_tf_serving_does(client: TestClient,
+                                                         small_model: SmallModel) -> None:
+    instances = small_model.digits[:5]
+    response = client.post(f"/v1/models/{serve.TF_SERVING_NAME}:predict",
+                           json={"instances": instances.astype(int).tolist()})
+    assert response.status_code == 200, response.text
+    predictions = np.array(response.json()["predictions"])
+    assert predictions.shape == (5, 10) and list(response.json()) == ["predictions"]
+    np.testing.assert_allclose(predictions, np.asarray(small_model.model(instances)), atol=1e-5)
+    # the same pixels through /predict: the same probabilities
+    batch = post_json(client, {"pixels": instances.astype(int).tolist()}).json()
+    np.testing.assert_allclose(predictions, [row["probabilities"] for row in
+                                             batch["predictions"]], atol=1e-6)
+    status = client.get(f"/v1/models/{serve.TF_SERVING_NAME}").json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+@pytest.mark.parametrize("body, content_type, status, reason", [
+    (b"{not json", "application/json", 400, "not valid JSON"),
+    (b'{"pixels": []}', "application/json", 422, 'expected a JSON object {"instances"'),
+    (json.dumps({"instances": np.zeros((28, 28)).tolist()}).encode(), "application/json", 422,
+     "instances: expected a list of 28x28 arrays, got shape 28x28"),
+    (json.dumps({"instances": np.zeros((257, 28, 28), int).tolist()}).encode(),
+     "application/json", 422, "batch of 257 images is over the limit of 256"),
+    (json.dumps({"instances": (np.zeros((1, 28, 28)) + 300).tolist()}).encode(),
+     "application/json", 422, "outside 0..255"),
+    (b"\x89PNG", "image/png", 415, "send application/json"),
+])
+def test_the_tf_serving_route_refuses_bad_bodies_in_one_line(client: TestClient, body: bytes,
+                                                              content_type: str, status: int,
+                                                              reason: str) -> None:
+    response = client.post(f"/v1/models/{serve.TF_SERVING_NAME}:predict", content=body,
+                           headers={"content-type": content_type})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert reason in error and "\n" not in error, error

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mnist_pipeline import __version__, fileio, paths
+from mnist_pipeline import __version__, fileio, inference
 from mnist_pipeline.app import digit_image, predict
 
 PROG = "mnist-pipeline"
@@ -117,10 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs", nargs="+", metavar="INPUT", type=Path,
         help="picture, directory of pictures, IDX image file or .npy array",
     )
-    predict_parser.add_argument(
-        "--model", type=Path, default=paths.MODEL_FILE,
-        help="trained Keras model (default: %(default)s)",
-    )
+    add_model_argument(predict_parser)
     predict_parser.add_argument(
         "--output", "-o", type=Path, metavar="FILE.csv",
         help="write the CSV to this file (atomically) instead of standard output",
@@ -138,10 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=SERVE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve_parser.add_argument(
-        "--model", type=Path, default=paths.MODEL_FILE,
-        help="trained Keras model (default: %(default)s)",
-    )
+    add_model_argument(serve_parser)
     serve_parser.add_argument(
         "--host", default="127.0.0.1",
         help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)",
@@ -153,12 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", type=Path, default=None, metavar="MODEL",
+        help="trained model, .onnx (run on onnxruntime, no TensorFlow) or .keras (default: "
+        "models/model.onnx when it exists, else models/model.keras)",
+    )
+
+
+def load_classifier(model: Path | None) -> inference.Classifier | None:
+    """The model named by ``--model`` (or the default one), or None after one error line."""
+    try:
+        return inference.load(model or inference.default_model_path())
+    except inference.ModelError as error:
+        report(str(error))
+        return None
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Predict every input and write the CSV; returns the exit status."""
     # Checked before reading anything: a missing model is the likeliest first-run mistake,
     # and an output that cannot be written should not cost a whole batch of work first.
-    if not args.model.is_file():
-        report(f"{args.model}: model file not found; run `dvc repro` (or `make sample`) first")
+    model_path = args.model or inference.default_model_path()
+    try:
+        inference.check_model_file(model_path)
+    except inference.ModelError as error:
+        report(str(error))
         return EXIT_NO_MODEL
     if args.output is not None and (problem := output_problem(args.output)):
         report(f"{args.output}: cannot write ({problem})")
@@ -172,12 +186,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     rows: list[tuple[str, int, int, float]] = []
     if loaded:
-        try:
-            model = predict.load_model(args.model)
-        except Exception as error:  # noqa: BLE001 - Keras raises many kinds; one line for all
-            report(f"{args.model}: cannot load the model ({error})")
+        classifier = load_classifier(model_path)
+        if classifier is None:
             return EXIT_NO_MODEL
-        rows = predict.predict_rows(model, loaded)
+        rows = predict.predict_rows(classifier, loaded)
 
     if not write_csv(format_csv(rows), args.output):
         return EXIT_OUTPUT_ERROR
@@ -245,17 +257,12 @@ def discard_stdout() -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model once and serve it until interrupted; returns the exit status."""
-    if not args.model.is_file():
-        report(f"{args.model}: model file not found; run `dvc repro` (or `make sample`) first")
-        return EXIT_NO_MODEL
-    try:
-        model = predict.load_model(args.model)
-    except Exception as error:  # noqa: BLE001 - Keras raises many kinds; one line for all
-        report(f"{args.model}: cannot load the model ({error})")
+    classifier = load_classifier(args.model)
+    if classifier is None:
         return EXIT_NO_MODEL
     from mnist_pipeline.app import serve  # here: FastAPI is needed by this command only
 
-    serve.run(model, args.host, args.port, model_name=str(args.model))
+    serve.run(classifier, args.host, args.port)
     return EXIT_OK
 
 

@@ -13,31 +13,27 @@ IDX and ``.npy`` batches are taken as already-MNIST-style digits and passed on u
 Every loader returns float32 pixel values 0..255 of shape (N, 28, 28), light digit on dark,
 which is what the model takes (its first layer does the 1/255 scaling).
 
-Keras is imported only in :func:`load_model`, so the command line can answer ``--help`` and
-report bad inputs without loading TensorFlow.
+The model is loaded and run by :mod:`mnist_pipeline.inference` (TensorFlow only for a
+``.keras`` file), so the command line answers ``--help`` and reports bad inputs at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
-from mnist_pipeline import idx
+from mnist_pipeline import idx, inference
 from mnist_pipeline.app import digit_image
 from mnist_pipeline.app.digit_image import IMAGE_SIZE, InvertMode
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 # Pictures that are not read, but are recognized by name too, so the error says why.
 OTHER_PICTURE_SUFFIXES = frozenset({".gif", ".bmp", ".tif", ".tiff", ".webp"})
-PREDICT_BATCH_SIZE = 256
 # An IDX or .npy input may hold this many digits (MNIST has 70,000): 314 MB as float32. A
 # header declaring more is refused before any data is read.
 MAX_DIGITS_PER_INPUT = 100_000
@@ -237,39 +233,6 @@ def load_inputs(
 # The model and its answers
 
 
-def load_model(path: str | Path) -> Any:
-    """The trained Keras model at ``path``, checked by :func:`mnist_pipeline.model.load_model`.
-
-    Evaluate loads and runs the model through the same functions, so the two cannot disagree.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with native_stderr_silenced():
-        from mnist_pipeline import model  # here, not at the top: importing TensorFlow takes seconds
-
-    return model.load_model(path)
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for the block; Python's ``sys.stderr`` included.
-
-    TensorFlow's C++ start-up messages ("oneDNN custom operations are on", absl notices)
-    come before its logging is configured, so TF_CPP_MIN_LOG_LEVEL cannot stop them; they
-    would bury the one-line errors the command prints. An exception still propagates and is
-    reported after the block.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def prediction_rows(
     inputs: Sequence[LoadedInput], probabilities: np.ndarray
 ) -> list[tuple[str, int, int, float]]:
@@ -286,13 +249,11 @@ def prediction_rows(
 
 
 def predict_rows(
-    model: Any, inputs: Sequence[LoadedInput], batch_size: int = PREDICT_BATCH_SIZE
+    classifier: inference.Classifier, inputs: Sequence[LoadedInput],
+    batch_size: int = inference.DEFAULT_BATCH_SIZE,
 ) -> list[tuple[str, int, int, float]]:
-    """Classify the digits of all ``inputs`` in one batched model call; rows as below."""
+    """Classify the digits of all ``inputs`` in batches of ``batch_size``; rows as above."""
     images = np.concatenate([loaded.images for loaded in inputs]) if inputs else np.zeros(
         (0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32
     )
-    from mnist_pipeline.model import predict_probabilities  # TensorFlow is loaded by now
-
-    return prediction_rows(inputs, predict_probabilities(model, images, batch_size))
-
+    return prediction_rows(inputs, classifier.probabilities(images, batch_size))

@@ -9,10 +9,16 @@
   :func:`mnist_pipeline.app.digit_image.picture_to_digit`, the code path of ``mnist-pipeline
   predict``; JSON ``{"pixels": ...}`` holds one 28x28 array or a batch N x 28 x 28 of pixels,
   read as predict reads ``.npy`` arrays (:func:`mnist_pipeline.app.predict.as_pixel_batch`);
+- ``POST /v1/models/mnist:predict`` (and ``GET /v1/models/mnist``): TensorFlow Serving's REST
+  API, ``{"instances": [28x28, ...]}`` in, ``{"predictions": [[10 probabilities], ...]}`` out,
+  so that clients written for TF Serving work unchanged;
 - ``GET /health``, and FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``, whose scripts
   come from the ``fastapi-offline`` package rather than a CDN.
 
-Bad input gets a 4xx answer ``{"detail": "<one line>"}``; see :data:`STATUS_OF`.
+Bad input gets a 4xx answer ``{"detail": "<one line>"}`` (``{"error": ...}`` on the TF
+Serving route, as TF Serving answers); see :data:`STATUS_OF`. The model is an ONNX file on
+onnxruntime or a ``.keras`` file (:mod:`mnist_pipeline.inference`): TensorFlow is imported for
+the second only.
 
 Requests that arrive together share one model call (:class:`ModelBatcher`): while the model
 runs on one batch, the next requests queue, and the next call takes all of them.
@@ -37,7 +43,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnist_pipeline import __version__
+from mnist_pipeline import __version__, inference
 from mnist_pipeline.app import digit_image, predict
 from mnist_pipeline.app.digit_image import IMAGE_SIZE
 
@@ -50,6 +56,8 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 MAX_BATCH_IMAGES = 256
 MAX_MODEL_BATCH = 512
 PROBABILITY_DECIMALS = 6
+# The model name in TensorFlow Serving's REST routes (/v1/models/<name>:predict).
+TF_SERVING_NAME = "mnist"
 
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
@@ -91,6 +99,24 @@ class PixelsRequest(BaseModel):
         f"{MAX_BATCH_IMAGES}), light digit on black, MNIST-style: integers 0..255, or "
         "floats, read on the [0, 1] scale when none is above 1.0 (as predict reads .npy)",
     )
+
+
+class InstancesRequest(BaseModel):
+    """TensorFlow Serving's row format (documentation only: read by
+    :func:`instances_from_json`)."""
+
+    instances: list[list[list[float]]] = Field(
+        description=f"N x 28 x 28 (N <= {MAX_BATCH_IMAGES}) pixels, read as `pixels` of "
+        "`POST /predict`")
+
+
+class TFServingPrediction(BaseModel):
+    predictions: list[list[float]] = Field(
+        description="per instance, the probability of each digit 0-9, in order")
+
+
+class TFServingError(BaseModel):
+    error: str = Field(description="why the request was refused, one line")
 
 
 class HealthAnswer(BaseModel):
@@ -136,33 +162,54 @@ def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
     Numbers are read as ``mnist-pipeline predict`` reads a ``.npy`` array
     (:func:`predict.as_pixel_batch`). Raises :class:`Refused`.
     """
+    value = json_field(body, "pixels", '{"pixels": 28x28 or N x 28 x 28}')
+    return pixels_from_value(value, "pixels", batch_only=False)
+
+
+def instances_from_json(body: bytes) -> np.ndarray:
+    """TensorFlow Serving's row format ``{"instances": [28x28, ...]}`` -> float32 (N, 28, 28),
+    read as :func:`pixels_from_json` reads a batch. Raises :class:`Refused`."""
+    value = json_field(body, "instances", '{"instances": [28x28, ...]}')
+    return pixels_from_value(value, "instances", batch_only=True)[0]
+
+
+def json_field(body: bytes, field: str, expected: str) -> Any:
+    """The value of ``field`` in a JSON object body, or :class:`Refused`."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 included
         raise Refused("unreadable", f"not valid JSON ({error})") from None
-    if not isinstance(document, dict) or "pixels" not in document:
-        raise Refused("invalid", 'expected a JSON object {"pixels": 28x28 or N x 28 x 28}')
+    if not isinstance(document, dict) or field not in document:
+        raise Refused("invalid", f"expected a JSON object {expected}")
+    return document[field]
+
+
+def pixels_from_value(value: Any, name: str, batch_only: bool) -> tuple[np.ndarray, bool]:
+    """Nested lists of numbers -> float32 0..255 (N, 28, 28) and whether they were a batch."""
     try:
-        array = np.array(document["pixels"])
+        array = np.array(value)
     except (ValueError, OverflowError, RecursionError):
-        raise Refused("invalid", "pixels: nested lists of different lengths") from None
+        raise Refused("invalid", f"{name}: nested lists of different lengths") from None
     if array.shape == (0,):
-        raise Refused("invalid", "pixels: empty batch")
+        raise Refused("invalid", f"{name}: empty batch")
     if array.dtype.kind not in "iuf":
         found = {"b": "booleans", "U": "strings"}.get(array.dtype.kind,
                                                       "nulls, objects or huge integers")
-        raise Refused("invalid", f"pixels: expected numbers 0..255, found {found}")
-    if array.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE) or array.ndim not in (2, 3):
-        raise Refused("invalid", "pixels: expected a 28x28 array or a batch N x 28 x 28, "
+        raise Refused("invalid", f"{name}: expected numbers 0..255, found {found}")
+    shapes = (3,) if batch_only else (2, 3)
+    if array.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE) or array.ndim not in shapes:
+        expected = "a list of 28x28 arrays" if batch_only else \
+            "a 28x28 array or a batch N x 28 x 28"
+        raise Refused("invalid", f"{name}: expected {expected}, "
                       f"got shape {'x'.join(map(str, array.shape))}")
     batch = array.ndim == 3
     if not batch:
         array = array[np.newaxis]
     if len(array) > MAX_BATCH_IMAGES:
-        raise Refused("invalid", f"pixels: batch of {len(array)} images is over the limit "
+        raise Refused("invalid", f"{name}: batch of {len(array)} images is over the limit "
                       f"of {MAX_BATCH_IMAGES}")
     try:
-        return predict.as_pixel_batch(array, "pixels"), batch
+        return predict.as_pixel_batch(array, name), batch
     except predict.InputError as error:
         raise Refused("invalid", str(error)) from None
 
@@ -245,31 +292,6 @@ class ModelBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def model_runner(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``model`` as a function from pixels (N, 28, 28) to probabilities (N, 10), numpy both.
-
-    A Keras model is compiled into one TensorFlow graph that takes any batch size: the
-    eager call of :func:`mnist_pipeline.model.predict_probabilities` spends about 8 ms in
-    Python per call on this project's network, the graph about 1 ms (benchmarks/
-    serve_latency.py), with the same results. Anything else (the tests' stand-ins) is called
-    as predict_probabilities calls it.
-    """
-    import keras  # TensorFlow is loaded by now: the model is
-
-    from mnist_pipeline.model import predict_probabilities
-
-    if not isinstance(model, keras.Model):
-        return lambda pixels: predict_probabilities(model, pixels, batch_size=len(pixels) or 1)
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE), tf.float32)],
-                 autograph=False)
-    def probabilities(pixels):
-        return model(pixels, training=False)
-
-    return lambda pixels: probabilities(np.asarray(pixels, dtype=np.float32)).numpy()
-
-
 def answer(probabilities: np.ndarray) -> dict[str, Any]:
     """One row of 10 probabilities -> ``{label, confidence, probabilities}``."""
     label = int(np.argmax(probabilities))
@@ -344,21 +366,19 @@ PREDICT_OPENAPI = {
 }
 
 
-def create_app(model: Any, *, model_name: str | None = None,
+def create_app(model: str | Path | inference.Classifier, *,
                max_model_batch: int = MAX_MODEL_BATCH, window_seconds: float = 0.0,
                ) -> FastAPI:
-    """The application around ``model``: a path to a ``.keras`` file, or a loaded model.
+    """The application around ``model``: a ``.onnx`` or ``.keras`` file, or a loaded
+    :class:`mnist_pipeline.inference.Classifier`.
 
     The model takes raw pixels 0..255 (N, 28, 28) and returns probabilities (N, 10), as
-    ``models/model.keras``; it is loaded once and warmed up here. ``max_model_batch`` and
+    every model file of the pipeline; it is loaded once here. ``max_model_batch`` and
     ``window_seconds`` tune :class:`ModelBatcher` (1 and 0: one request per model call).
     """
-    if isinstance(model, str | Path):
-        model_name = model_name or str(model)
-        model = predict.load_model(model)
-    run_model = model_runner(model)
-    run_model(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.float32))  # first call builds the graph
-    batcher = ModelBatcher(run_model, max_model_batch, window_seconds)
+    classifier = model if isinstance(model, inference.Classifier) else inference.load(model)
+    model_name = str(classifier.path) if classifier.path else classifier.kind
+    batcher = ModelBatcher(classifier.run_batch, max_model_batch, window_seconds)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -390,7 +410,7 @@ def create_app(model: Any, *, model_name: str | None = None,
     @app.get("/health", response_model=HealthAnswer)
     async def health() -> dict[str, Any]:
         """Whether the server is up, which model it serves and how much it has done."""
-        return {"status": "ok", "model": model_name or getattr(model, "name", "model"),
+        return {"status": "ok", "model": model_name,
                 "version": __version__, "requests": batcher.images,
                 "model_calls": batcher.model_calls}
 
@@ -439,12 +459,50 @@ def create_app(model: Any, *, model_name: str | None = None,
             return {**answer(probabilities[0]), "digit": np.rint(pixels[0]).astype(int).tolist()}
         return {"predictions": [answer(row) for row in probabilities]}
 
+    @app.get(f"/v1/models/{TF_SERVING_NAME}", tags=["TensorFlow Serving"])
+    async def tf_serving_status() -> dict[str, Any]:
+        """The model's status as TensorFlow Serving reports it: one version, available."""
+        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    @app.post(
+        f"/v1/models/{TF_SERVING_NAME}:predict",
+        response_model=TFServingPrediction,
+        tags=["TensorFlow Serving"],
+        openapi_extra={"requestBody": {"required": True, "content": {
+            JSON_TYPE: {"schema": InstancesRequest.model_json_schema()}}}},
+        responses={status: {"description": reason, "model": TFServingError}
+                   for status, reason in ((400, "not valid JSON"),
+                                          (413, f"body over {MAX_REQUEST_BYTES:,} bytes"),
+                                          (415, "not application/json"),
+                                          (422, "instances of the wrong shape or type, NaN, "
+                                                f"out of 0..255, empty or over "
+                                                f"{MAX_BATCH_IMAGES}"))},
+    )
+    async def tf_serving_predict(request: Request) -> Any:
+        """TensorFlow Serving's REST predict API (row format), so that clients written for
+        TF Serving work unchanged: `{"instances": [28x28, ...]}` of pixels 0..255 in,
+        `{"predictions": [[10 probabilities], ...]}` out. Same limits and reading of the
+        pixels as `POST /predict`; errors are answered as TF Serving does, `{"error": ...}`.
+        """
+        try:
+            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type != JSON_TYPE:
+                raise Refused("unsupported", f"content type {media_type or 'missing'}: send "
+                              "application/json")
+            pixels = await run_in_threadpool(instances_from_json, await request.body())
+        except Refused as refused:
+            return JSONResponse({"error": refused.detail}, status_code=refused.status_code)
+        probabilities = await request.app.state.batcher.predict(pixels)
+        return {"predictions": np.round(probabilities.astype(np.float64),
+                                        PROBABILITY_DECIMALS).tolist()}
+
     return app
 
 
-def run(model: Any, host: str, port: int, model_name: str | None = None) -> None:
+def run(model: str | Path | inference.Classifier, host: str, port: int) -> None:
     """Serve ``model`` with uvicorn on ``host:port`` until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(model, model_name=model_name), host=host, port=port,
+    uvicorn.run(create_app(model), host=host, port=port,
                 log_level="info", timeout_graceful_shutdown=5)

@@ -1,0 +1,232 @@
+"""Run a trained model file: ``.onnx`` on onnxruntime, ``.keras`` on Keras. One path for all.
+
+Evaluate, ``mnist-pipeline predict`` and ``mnist-pipeline serve`` load and run the model here,
+so they cannot disagree. The contract of every model file of this project:
+
+    pixels  float32 (N, 28, 28), raw values 0..255, light digit on black (MNIST-style)
+    output  float32 (N, 10), the probabilities of the digits 0-9
+
+The scaling, the test-time shifts and the calibration are layers inside the model, so a
+caller feeds pixels and needs to know nothing else. :func:`load` checks the contract when it
+opens the file. TensorFlow is imported only for a ``.keras`` file: with an ONNX model
+nothing here needs more than numpy and onnxruntime (``pip install mnist-pipeline``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mnist_pipeline import paths
+from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES
+
+ModelKind = Literal["onnx", "keras"]
+SUFFIXES: dict[str, ModelKind] = {".onnx": "onnx", ".keras": "keras"}
+# Digits per model call: a few MB of activations at a time, whatever N is.
+DEFAULT_BATCH_SIZE = 256
+
+
+class ModelError(ValueError):
+    """A model file that is missing, unreadable or of another contract; names the file."""
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A loaded model: ``probabilities(pixels)`` for pixels (N, 28, 28) in 0..255."""
+
+    path: Path | None  # None for a model built in memory (:func:`from_keras_model`)
+    kind: ModelKind
+    run_batch: Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) -> (n, 10), n >= 1
+    native: Any  # the keras.Model or onnxruntime.InferenceSession, for export and tests
+
+    def probabilities(self, pixels: np.ndarray,
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Probabilities (N, 10) float32 for pixels (N, 28, 28) 0..255, in batches."""
+        pixels = check_pixels(pixels)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(pixels) == 0:
+            return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+        batches = [self.run_batch(pixels[start:start + batch_size])
+                   for start in range(0, len(pixels), batch_size)]
+        return np.concatenate(batches).astype(np.float32, copy=False)
+
+
+def check_pixels(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as float32 (N, 28, 28), or ValueError naming the shape it has."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"expected pixels of shape (N, 28, 28), got {pixels.shape}")
+    return pixels
+
+
+def default_model_path(models_dir: Path = paths.MODELS_DIR) -> Path:
+    """The model that predict and serve use unless told: the ONNX file when it exists (it
+    starts in a fraction of a second, without TensorFlow), else the ``.keras`` file."""
+    onnx_file = models_dir / paths.ONNX_MODEL_FILE.name
+    return onnx_file if onnx_file.is_file() else models_dir / paths.MODEL_FILE.name
+
+
+def model_kind(path: str | Path) -> ModelKind:
+    """``onnx`` or ``keras`` by the file's suffix; ModelError for any other."""
+    kind = SUFFIXES.get(Path(path).suffix.lower())
+    if kind is None:
+        raise ModelError(f"{path}: expected a .onnx or .keras model file")
+    return kind
+
+
+def check_model_file(path: str | Path) -> ModelKind:
+    """The kind of the model file at ``path``; :class:`ModelError` when it is missing or of
+    another kind. Cheap (nothing is loaded): commands call it before any other work."""
+    kind = model_kind(path)
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: model file not found; run `dvc repro` (or `make sample`) "
+                         "first")
+    return kind
+
+
+def load(path: str | Path) -> Classifier:
+    """Open the model file at ``path`` (``.onnx`` or ``.keras``) and check its contract.
+
+    Raises :class:`ModelError` with a one-line message naming ``path``.
+    """
+    path = Path(path)
+    if check_model_file(path) == "onnx":
+        return _load_onnx(path)
+    return from_keras_model(load_keras_model(path), path)
+
+
+def from_keras_model(model: Any, path: Path | None = None) -> Classifier:
+    """A ``keras.Model`` of the contract above (e.g. :func:`mnist_pipeline.model.export_model`
+    of a network being trained) as a :class:`Classifier`, run as a loaded file is run."""
+    return Classifier(path, "keras", keras_runner(model), model)
+
+
+# ---------------------------------------------------------------------------------------
+# ONNX: onnxruntime only
+
+
+def _load_onnx(path: Path) -> Classifier:
+    try:
+        import onnxruntime
+    except ImportError:  # the base install has it; a hand-made environment may not
+        raise ModelError(f"{path}: onnxruntime is not installed (pip install onnxruntime)"
+                         ) from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: no warnings about unused initializers
+    try:
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own kinds for a bad file
+        raise ModelError(f"{path}: not a loadable ONNX model ({first_line(error)})") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shapes = ([tuple(node.shape[1:]) for node in inputs], [tuple(node.shape[1:])
+                                                          for node in outputs])
+    if (len(inputs), len(outputs)) != (1, 1) or shapes != ([IMAGE_SHAPE], [(NUM_CLASSES,)]) \
+            or inputs[0].type != "tensor(float)":
+        raise ModelError(f"{path}: expected a model from float (N, 28, 28) pixels to (N, 10) "
+                         f"probabilities, got {describe_nodes(inputs)} -> "
+                         f"{describe_nodes(outputs)}")
+    input_name = inputs[0].name
+
+    def run_batch(pixels: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: pixels})[0]
+
+    return Classifier(path, "onnx", run_batch, session)
+
+
+def describe_nodes(nodes: list[Any]) -> str:
+    """``[(?, 28, 28) float]``-style text for an error message."""
+    def dims(node: Any) -> str:
+        return ", ".join(str(d) if isinstance(d, int) else "?" for d in node.shape)
+
+    return ", ".join(f"({dims(node)}) {node.type.removeprefix('tensor(').rstrip(')')}"
+                     for node in nodes) or "nothing"
+
+
+# ---------------------------------------------------------------------------------------
+# Keras: TensorFlow, imported here and nowhere earlier
+
+
+def load_keras_model(path: str | Path = paths.MODEL_FILE) -> Any:
+    """The ``keras.Model`` in a ``.keras`` file (safe mode: no arbitrary code), checked to
+    map (N, 28, 28) pixels to (N, 10) probabilities. Raises :class:`ModelError`."""
+    path = Path(path)
+    check_model_file(path)
+    keras = import_keras()
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - Keras raises many kinds; all mean the same
+        raise ModelError(f"{path}: not a loadable Keras model ({first_line(error)})") from None
+    input_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    output_shape = tuple(model.outputs[0].shape[1:]) if getattr(model, "outputs", None) else None
+    if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
+        raise ModelError(f"{path}: expected a model from (N, 28, 28) pixels to (N, 10) "
+                         f"probabilities, got {input_shape} -> {output_shape}")
+    return model
+
+
+def keras_runner(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` compiled into one TensorFlow graph for any batch size, numpy in and out.
+
+    An eager ``model(pixels)`` spends several ms in Python per call and ``model.predict``
+    builds a new function per call; the traced graph is built once (here, on one blank
+    digit) and gives the same results (benchmarks/serve_latency.py).
+    """
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *IMAGE_SHAPE), tf.float32)],
+                 autograph=False)
+    def probabilities(pixels):
+        return model(pixels, training=False)
+
+    probabilities(tf.zeros((1, *IMAGE_SHAPE), tf.float32))
+    return lambda pixels: probabilities(pixels).numpy()
+
+
+def import_keras() -> Any:
+    """``import keras`` with TensorFlow's C++ start-up lines kept off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "keras" not in sys.modules:
+        with native_stderr_silenced():
+            import keras  # noqa: F401 - the first import prints TensorFlow's notices
+    import keras
+
+    return keras
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block; Python's ``sys.stderr`` included.
+
+    TensorFlow's C++ start-up messages ("oneDNN custom operations are on", absl notices)
+    come before its logging is configured, so TF_CPP_MIN_LOG_LEVEL cannot stop them; they
+    would bury the one-line errors the commands print. An exception still propagates.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (a daemon): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
