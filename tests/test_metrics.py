@@ -32,14 +32,21 @@ def test_classification_metrics_match_hand_worked_values():
     # class 0: TP 2, predicted 3, actual 3 -> P 2/3, R 2/3, F1 2/3
     # class 1: TP 2, predicted 4, actual 2 -> P 1/2, R 1,   F1 2*(1/2)/(3/2) = 2/3
     # class 2: TP 1, predicted 1, actual 3 -> P 1,   R 1/3, F1 2*(1/3)/(4/3) = 1/2
-    expected = {0: (2 / 3, 2 / 3, 2 / 3, 3), 1: (1 / 2, 1, 2 / 3, 2), 2: (1, 1 / 3, 1 / 2, 3)}
-    assert list(table.columns) == ["precision", "recall", "f1", "support"]
-    for label, (precision, recall, f1, support) in expected.items():
+    # errors: actual row minus the hit; false positives: predicted column minus the hit
+    expected = {0: (2 / 3, 2 / 3, 2 / 3, 3, 1, 1), 1: (1 / 2, 1, 2 / 3, 2, 0, 2),
+                2: (1, 1 / 3, 1 / 2, 3, 2, 0)}
+    assert list(table.columns) == ["precision", "recall", "f1", "support", "errors",
+                                   "false_positives"]
+    for label, (precision, recall, f1, support, errors, false_positives) in expected.items():
         scores = table.loc[label]
         assert scores["precision"] == pytest.approx(precision, abs=1e-6)
         assert scores["recall"] == pytest.approx(recall, abs=1e-6)
         assert scores["f1"] == pytest.approx(f1, abs=1e-6)
         assert scores["support"] == support
+        assert scores["errors"] == errors
+        assert scores["false_positives"] == false_positives
+    # every wrong answer is one digit's error and another digit's false positive
+    assert table["errors"].sum() == table["false_positives"].sum() == result["errors"]
     assert set(result) == {"accuracy", "errors", "macro_f1"}  # headline numbers only
     assert result["errors"] == 3
     assert result["accuracy"] == pytest.approx(5 / 8)
@@ -51,7 +58,8 @@ def test_undefined_precision_and_recall_are_zero():
     # class 2 is never predicted (precision 0/0) and never occurs (recall 0/0)
     table = per_class_metrics(np.array([0, 1]), np.array([1, 1]), num_classes=3)
     assert table.loc[2].to_dict() == {"digit": 2, "precision": 0.0, "recall": 0.0, "f1": 0.0,
-                                      "support": 0}
+                                      "support": 0, "errors": 0, "false_positives": 0}
+    assert table.loc[0, "errors"] == 1 and table.loc[1, "false_positives"] == 1
     assert table.loc[0, "f1"] == 0.0
     assert table.loc[1, "precision"] == pytest.approx(0.5)
 
