@@ -21,7 +21,7 @@ NODE_INSTALLED := node_modules/.installed
 # The `dvc plots show` page template with those copies inlined (named in .dvc/config).
 PLOTS_TEMPLATE := .dvc/plots_template.html
 
-.PHONY: install repro sample baseline test test-fast lint lock clean
+.PHONY: install repro sample baseline exps report gate test test-fast lint lock clean
 
 install: $(INSTALLED) $(NODE_INSTALLED) $(PLOTS_TEMPLATE)
 
@@ -55,6 +55,26 @@ BASELINE_FILES := params.yaml dvc.lock metrics plots dvclive data/.gitignore mod
 baseline:
 	git add $(BASELINE_FILES)
 	git commit -m "Baseline: pipeline results of $$(git rev-parse --short HEAD)" -- $(BASELINE_FILES)
+
+# The experiments table with what people compare first: test accuracy and errors, then the
+# params that differ. DVC puts metric columns before params, file by file, so the other
+# metrics (data sizes, training and validation numbers, export parity, test loss and macro F1)
+# and the dependency hashes (names with a slash) are dropped; --keep holds the two even when
+# they are equal. Tested at COLUMNS=120 (tests/test_report.py).
+EXPS_KEEP := ^(accuracy|errors)$$
+EXPS_DROP := Created|.*/|dataset$$|.*\.size$$|(train|eval)\.(loss|accuracy)$$|step$$|loss$$|macro_f1$$|onnx_
+exps:
+	dvc exp show --only-changed --keep '$(EXPS_KEEP)' --drop '$(EXPS_DROP)'
+
+# Review (README, "Review: report, gate, CI"): the workspace, or REV, against BASE. Run after
+# `make install` (like baseline, these do not install: CI installs in a step of its own).
+BASE ?= main
+REV ?=
+report:
+	python -m mnist_pipeline.report --base '$(BASE)' $(if $(REV),--rev '$(REV)')
+
+gate:
+	python -m mnist_pipeline.gate --base '$(BASE)'
 
 # PLOTS_HTML_REQUIRED=1: a missing Chromium or node_modules fails the browser test, not skips it.
 test: install
