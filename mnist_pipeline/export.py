@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mnist_pipeline import fileio
+from mnist_pipeline.prepared import IMAGE_SHAPE
 
 # Largest |p_onnx - p_keras| over all digits and classes that the export accepts: float32
 # round-off is around 1e-7; a wrong conversion (a dropped layer, a transposed kernel) is
@@ -49,6 +50,7 @@ def save_onnx(model: Any, target: Path) -> None:
     """
     import onnx
 
+    model(np.zeros((1, *IMAGE_SHAPE), np.float32))  # Keras exports only a model once called
     with fileio.atomic_path(target) as temporary:
         staged = temporary.with_name(temporary.name + ".onnx")
         try:

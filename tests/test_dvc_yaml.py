@@ -155,13 +155,15 @@ def test_dvc_yaml_paths_match_the_paths_module():
     assert declared("train", "outs") == {str(paths.MODEL_FILE)}
     assert declared("train", "metrics") == {str(paths.TRAINING_METRICS)}
     assert declared("train", "plots") == {str(paths.TRAINING_PLOTS_DIR.parent)}
-    assert declared("export", "outs") == {str(paths.SERVING_DIR)}
+    assert declared("export", "outs") == {str(paths.SERVING_DIR), str(paths.ONNX_MODEL_FILE)}
+    assert declared("export", "metrics") == {str(paths.EXPORT_METRICS)}
     assert declared("evaluate", "metrics") == {str(paths.EVALUATE_METRICS)}
     assert declared("evaluate", "plots") == {str(paths.PER_CLASS_FILE),
                                              str(paths.PREDICTIONS_FILE)}
     assert declared("plot", "plots") == {str(paths.PLOT_IMAGES_DIR)}
     assert DVC_YAML["artifacts"]["mnist-classifier"]["path"] == str(paths.MODEL_FILE)
     assert DVC_YAML["artifacts"]["mnist-classifier-serving"]["path"] == str(paths.SERVING_DIR)
+    assert DVC_YAML["artifacts"]["mnist-classifier-onnx"]["path"] == str(paths.ONNX_MODEL_FILE)
 
 
 def test_small_outputs_stay_in_git_and_large_ones_in_the_dvc_cache():

