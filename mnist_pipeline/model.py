@@ -33,6 +33,8 @@ from mnist_pipeline import fileio, paths
 from mnist_pipeline.params import AugmentationParams, ModelParams
 from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_MAX, PIXEL_SCALE
 
+LOGITS_LAYER = "logits"  # the network's last Dense: its output before the softmax
+
 
 def build_network(config: ModelParams) -> keras.Model:
     """The classifier on [0, 1] images (N, 28, 28) -> softmax probabilities (N, 10).
@@ -60,8 +62,18 @@ def build_network(config: ModelParams) -> keras.Model:
     x = _normalized_relu(layers.Dense(config.dense_units, use_bias=not config.batch_norm,
                                     name="hidden"), x, config.batch_norm, "hidden")
     x = layers.Dropout(config.dropout_rate, name="dropout")(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    # The logits have a layer of their own, so that export_model can divide them by the
+    # calibration temperature before the softmax.
+    logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER)(x)
+    outputs = layers.Activation("softmax", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=f"{config.architecture}_network")
+
+
+def logits_network(network: keras.Model) -> keras.Model:
+    """The part of ``network`` (from :func:`build_network`) before its softmax: images in
+    [0, 1] (N, 28, 28) -> logits (N, 10). Shares the weights, copies nothing."""
+    return keras.Model(network.inputs, network.get_layer(LOGITS_LAYER).output,
+                       name=f"{network.name}_logits")
 
 
 def _normalized_relu(layer: layers.Layer, x, batch_norm: bool, name: str):
@@ -109,7 +121,8 @@ SHIFTS = {
 }
 
 
-def export_model(network: keras.Model, test_time_shifts: int = 0) -> keras.Model:
+def export_model(network: keras.Model, test_time_shifts: int = 0,
+                 temperature: float = 1.0) -> keras.Model:
     """Wrap ``network`` (trained on [0, 1]) into the model that takes raw pixels 0..255.
 
     The two share weights: no copy, no retraining. Input float32 (N, 28, 28) pixel values,
@@ -119,22 +132,56 @@ def export_model(network: keras.Model, test_time_shifts: int = 0) -> keras.Model
     shifts are padding and cropping layers inside the saved model, so every user of the file
     (evaluate, predict, serve, TF Serving) gets the same averaged answer, and it still loads
     in safe mode.
+
+    ``temperature`` (calibration, see :mod:`mnist_pipeline.calibration`) divides the logits
+    of the digit and of each copy before their softmax (a ``Rescaling(1 / temperature)``
+    layer): above 1 the probabilities soften, below 1 they sharpen, and no label changes.
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
     scaled = layers.Rescaling(PIXEL_SCALE, name="pixels_to_unit")(inputs)
+    logits = logits_network(network)
+    # one layer each, applied to every copy: the model holds one temperature
+    calibrate = layers.Rescaling(1.0 / temperature, name="temperature")
+    softmax = layers.Activation("softmax", name="calibrated_probabilities")
+    probabilities = [softmax(calibrate(logits(copy)))
+                     for copy in shifted_copies(scaled, test_time_shifts)]
+    if len(probabilities) == 1:
+        return keras.Model(inputs, probabilities[0], name="mnist_classifier")
+    averaged = layers.Average(name="mean_probabilities")(probabilities)
+    return keras.Model(inputs, averaged, name="mnist_classifier")
+
+
+def export_logits(network: keras.Model, test_time_shifts: int = 0) -> keras.Model:
+    """Pixels 0..255 (N, 28, 28) -> the logits (N, 10) of the digit and of each shifted copy
+    that :func:`export_model` averages (1 + ``test_time_shifts`` outputs, in that order):
+    what the temperature is fitted on. Not saved; shares the weights."""
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
+    scaled = layers.Rescaling(PIXEL_SCALE, name="pixels_to_unit")(inputs)
+    logits = logits_network(network)
+    return keras.Model(inputs, [logits(copy) for copy in shifted_copies(scaled, test_time_shifts)],
+                       name="mnist_logits")
+
+
+def shifted_copies(images, test_time_shifts: int) -> list:
+    """The image tensor (N, 28, 28) and its copies moved by each of ``SHIFTS[test_time_shifts]``
+    (one pixel, black moved in), as layers."""
+    if test_time_shifts not in SHIFTS:
+        raise ValueError(f"test_time_shifts must be one of {sorted(SHIFTS)}, "
+                         f"got {test_time_shifts}")
     if not test_time_shifts:
-        return keras.Model(inputs, network(scaled), name="mnist_classifier")
+        return [images]
     # pad 1 px of black all round, then crop 28x28 out of the 30x30 at the shifted offset
     padded = layers.ZeroPadding2D(1, name="pad_1px")(
-        layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(scaled))
-    probabilities = [network(scaled)]
+        layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(images))
+    copies = [images]
     for rows, columns in SHIFTS[test_time_shifts]:
         name = _shift_name(rows, columns)
         moved = layers.Cropping2D(((1 - rows, 1 + rows), (1 - columns, 1 + columns)),
                                   name=f"{name}_crop")(padded)
-        probabilities.append(network(layers.Reshape(IMAGE_SHAPE, name=name)(moved)))
-    averaged = layers.Average(name="mean_probabilities")(probabilities)
-    return keras.Model(inputs, averaged, name="mnist_classifier")
+        copies.append(layers.Reshape(IMAGE_SHAPE, name=name)(moved))
+    return copies
 
 
 def _shift_name(rows: int, columns: int) -> str:

@@ -53,6 +53,10 @@ TRAINING_PLOTS_DIR = TRAINING_LOG_DIR / "plots" / "metrics"
 PLOTS_DIR = Path("plots")
 PREDICTIONS_FILE = PLOTS_DIR / "predictions.csv"  # index,actual,predicted,confidence
 PER_CLASS_FILE = PLOTS_DIR / "per_class.csv"  # digit,precision,recall,f1,support (test split)
+# The reliability diagram: bin,confidence,accuracy,count (test split, non-empty bins).
+CALIBRATION_FILE = PLOTS_DIR / "calibration.csv"
+# Accuracy under distortions: level, then one column per distortion (mnist_pipeline.robustness).
+ROBUSTNESS_FILE = PLOTS_DIR / "robustness.csv"
 CLASS_COUNTS_DIR = PLOTS_DIR / "class_counts"  # <split>.csv: digit,count
 
 

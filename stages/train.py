@@ -1,9 +1,10 @@
 """Train stage: fit the network on the prepared digits and save the pixel-input model.
 
 Reads   params.yaml (seed, model, train) and data/prepared/{train,val}_{images,labels}.npy
-Writes  models/model.keras: raw pixels 0..255, float32 (N, 28, 28) -> probabilities (N, 10)
-        dvclive/metrics.json (last epoch) and dvclive/plots/metrics/{train,eval}/
-        {loss,accuracy}.tsv (one row per epoch; `eval` is the validation split)
+Writes  models/model.keras: raw pixels 0..255, float32 (N, 28, 28) -> probabilities (N, 10),
+        calibrated: the temperature is fitted on the validation split after training
+        dvclive/metrics.json (last epoch, and `temperature`) and dvclive/plots/metrics/
+        {train,eval}/{loss,accuracy}.tsv (one row per epoch; `eval` is the validation split)
 
 With train.distribute: multi_worker, every worker runs this script with its own TF_CONFIG;
 only the chief (task `chief`, else `worker` 0) writes the outputs above.
@@ -15,12 +16,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from mnist_pipeline import distribute, fileio, paths, prepared, training
-from mnist_pipeline.model import build_network, export_model, save_model
+from mnist_pipeline import calibration, distribute, fileio, paths, prepared, training
+from mnist_pipeline.model import build_network, export_logits, export_model, save_model, to_pixels
 from mnist_pipeline.params import load_params
+
+CALIBRATION_BATCH_SIZE = 1024  # validation digits per call while fitting the temperature
 
 
 def main() -> None:
@@ -32,7 +36,8 @@ def main() -> None:
     except (OSError, ValueError, distribute.DistributeError) as error:
         sys.exit(f"train: {error}")
 
-    with outputs(worker) as (model_file, callbacks):
+    with outputs(worker) as (model_file, live):
+        callbacks = [DVCLiveCallback(live=live)] if live is not None else []
         training.set_determinism(params.seed)
         with strategy.scope():
             network = build_network(params.model)
@@ -47,16 +52,32 @@ def main() -> None:
                 raise
             sys.exit(distribute.describe_cluster_failure(error))
         print(f"train: {time.perf_counter() - started:.1f} s of training")
+        fitted = fit_calibration(network, params.model.test_time_shifts, val_data)
+        print(f"train: temperature {fitted.temperature} (validation NLL "
+              f"{fitted.nll_before:.4f} -> {fitted.nll_after:.4f})")
+        if live is not None:
+            live.log_metric("temperature", fitted.temperature, plot=False)
         try:
-            save_model(export_model(network, params.model.test_time_shifts), model_file)
+            save_model(export_model(network, params.model.test_time_shifts,
+                                    fitted.temperature), model_file)
         except OSError as error:  # a full disk, say: one line, and no half-written model
             sys.exit(f"train: {paths.MODEL_FILE}: could not be written "
                      f"({error.strerror or error}); an earlier model there is unchanged")
 
 
+def fit_calibration(network, test_time_shifts: int, val_data) -> calibration.Calibration:
+    """The temperature that makes the saved model's probabilities honest on the validation
+    digits (see mnist_pipeline.calibration), fitted on the trained network's logits."""
+    images, labels = val_data
+    logits = export_logits(network, test_time_shifts).predict(
+        to_pixels(images), batch_size=CALIBRATION_BATCH_SIZE, verbose=0)
+    return calibration.fit_temperature(np.stack(logits) if isinstance(logits, list) else logits,
+                                       labels)
+
+
 @contextlib.contextmanager
-def outputs(worker: distribute.Worker) -> Iterator[tuple[Path, list]]:
-    """Where this worker saves the model, and the callbacks that log its training.
+def outputs(worker: distribute.Worker) -> Iterator[tuple[Path, Live | None]]:
+    """Where this worker saves the model, and the dvclive logger of its training.
 
     The chief saves to models/model.keras, after checking that it can (minutes of training
     would be lost on a folder that cannot take the model), and logs to dvclive/. Any other
@@ -64,7 +85,7 @@ def outputs(worker: distribute.Worker) -> Iterator[tuple[Path, list]]:
     """
     with distribute.model_destination(paths.MODEL_FILE, worker.chief) as model_file:
         if not worker.chief:
-            yield model_file, []
+            yield model_file, None
             return
         try:
             fileio.check_writable(model_file)
@@ -75,7 +96,7 @@ def outputs(worker: distribute.Worker) -> Iterator[tuple[Path, list]]:
         # default) empties the folder first, so no TSV of an earlier run survives.
         with Live(str(paths.TRAINING_LOG_DIR), dvcyaml=False, save_dvc_exp=False,
                   report=None) as live:
-            yield model_file, [DVCLiveCallback(live=live)]
+            yield model_file, live
         print(f"train: wrote {model_file}")
 
 

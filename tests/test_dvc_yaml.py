@@ -159,7 +159,9 @@ def test_dvc_yaml_paths_match_the_paths_module():
     assert declared("export", "metrics") == {str(paths.EXPORT_METRICS)}
     assert declared("evaluate", "metrics") == {str(paths.EVALUATE_METRICS)}
     assert declared("evaluate", "plots") == {str(paths.PER_CLASS_FILE),
-                                             str(paths.PREDICTIONS_FILE)}
+                                             str(paths.PREDICTIONS_FILE),
+                                             str(paths.CALIBRATION_FILE),
+                                             str(paths.ROBUSTNESS_FILE)}
     assert declared("plot", "plots") == {str(paths.PLOT_IMAGES_DIR)}
     assert DVC_YAML["artifacts"]["mnist-classifier"]["path"] == str(paths.MODEL_FILE)
     assert DVC_YAML["artifacts"]["mnist-classifier-serving"]["path"] == str(paths.SERVING_DIR)

@@ -64,7 +64,8 @@ def test_train_writes_model_and_dvclive_logs(workspace):
     loss = pd.read_csv(plots / "train" / "loss.tsv", sep="\t")
     assert list(loss.columns) == ["step", "loss"] and list(loss.step) == [0, 1]
     summary = json.loads((workspace / paths.TRAINING_METRICS).read_text())
-    assert set(summary) == {"train", "eval", "step"}
+    assert set(summary) == {"train", "eval", "step", "temperature"}
+    assert 0.05 <= summary["temperature"] <= 20  # fitted on the validation split
     assert set(summary["eval"]) == {"loss", "accuracy"}
     # dvclive must not write its own dvc.yaml, report or params files
     assert not (workspace / "dvc.yaml").exists()
@@ -74,9 +75,11 @@ def test_train_writes_model_and_dvclive_logs(workspace):
 
 def test_evaluate_writes_metrics_and_predictions(workspace):
     scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())
-    assert set(scores) == {"accuracy", "loss", "macro_f1", "errors"}  # headline numbers only
+    assert set(scores) == {"accuracy", "loss", "macro_f1", "errors", "ece"}  # headline only
+    assert 0 <= scores["ece"] <= 1
     per_class = pd.read_csv(workspace / paths.PER_CLASS_FILE)
-    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"]
+    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support",
+                                       "errors", "false_positives"]
     assert list(per_class.digit) == list(range(10)) and per_class.support.sum() == 50
     assert scores["macro_f1"] == pytest.approx(per_class.f1.mean(), abs=1e-6)
     predictions = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
@@ -84,6 +87,27 @@ def test_evaluate_writes_metrics_and_predictions(workspace):
     assert list(predictions["index"]) == list(range(50))
     assert scores["errors"] == int((predictions.actual != predictions.predicted).sum())
     assert predictions.confidence.between(0.1, 1).all()
+
+
+def test_evaluate_writes_the_reliability_diagram_and_the_robustness_curve(workspace):
+    from mnist_pipeline.robustness import DISTORTIONS, LEVELS
+
+    scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())
+    predictions = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
+    reliability = pd.read_csv(workspace / paths.CALIBRATION_FILE)
+    assert list(reliability.columns) == ["bin", "confidence", "accuracy", "count"]
+    assert reliability["count"].sum() == 50 and reliability["bin"].is_monotonic_increasing
+    # the ECE from the CSV: count-weighted gap between accuracy and confidence
+    gap = (reliability["count"] * (reliability.accuracy - reliability.confidence).abs()).sum()
+    assert scores["ece"] == pytest.approx(gap / 50, abs=1e-5)
+    assert reliability.accuracy.mul(reliability["count"]).sum() == pytest.approx(
+        (predictions.actual == predictions.predicted).sum())
+    curve = pd.read_csv(workspace / paths.ROBUSTNESS_FILE)
+    assert list(curve.columns) == ["level", *DISTORTIONS, "mean"]
+    assert list(curve.level) == list(range(LEVELS + 1))
+    # level 0 is the undistorted test digits (all 50 here: fewer than robustness.DIGITS)
+    assert (curve.drop(columns="level").iloc[0] == scores["accuracy"]).all()
+    assert curve.drop(columns="level").stack().between(0, 1).all()
 
 
 def test_saved_model_gives_the_predictions_csv_from_raw_pixels(workspace):
@@ -129,7 +153,8 @@ def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, sampl
         STAGES[stage].main()
     assert exit_.value.code != 0
     assert "\n" not in str(exit_.value.code)
-    outputs = ((paths.EVALUATE_METRICS, paths.PER_CLASS_FILE, paths.PREDICTIONS_FILE)
+    outputs = ((paths.EVALUATE_METRICS, paths.PER_CLASS_FILE, paths.PREDICTIONS_FILE,
+                paths.CALIBRATION_FILE, paths.ROBUSTNESS_FILE)
                if stage == "evaluate"
                else (paths.MODEL_FILE, paths.TRAINING_METRICS))
     assert not any(output.exists() for output in outputs)

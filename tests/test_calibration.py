@@ -1,0 +1,152 @@
+"""Calibration: the temperature fit, the model that carries it, and the ECE / reliability data."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from mnist_pipeline import calibration, inference, paths
+from mnist_pipeline.metrics import expected_calibration_error, reliability_table
+from mnist_pipeline.model import build_network, export_logits, export_model, save_model
+from mnist_pipeline.params import ModelParams
+from stages import export as export_stage
+
+SMALL = ModelParams(conv_filters=(4,), dense_units=16)
+
+
+def _sampled(temperature: float, count: int = 4000, seed: int = 0):
+    """Logits, and labels drawn from softmax(logits / temperature): a model whose honest
+    temperature is ``temperature``."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (count, 10))
+    probabilities = calibration.averaged_probabilities(logits, temperature)
+    labels = np.array([rng.choice(10, p=row) for row in probabilities])
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.0])
+def test_the_fit_finds_the_temperature_the_labels_were_drawn_with(true_temperature):
+    logits, labels = _sampled(true_temperature)
+    fitted = calibration.fit_temperature(logits, labels)
+    assert fitted.temperature == pytest.approx(true_temperature, rel=0.1)
+    assert fitted.temperature == round(fitted.temperature, calibration.TEMPERATURE_DECIMALS)
+    assert fitted.nll_after < fitted.nll_before
+    # a minimum: either side is worse
+    for other in (fitted.temperature * 0.8, fitted.temperature * 1.25):
+        assert calibration.negative_log_likelihood(logits, labels, other) > fitted.nll_after
+    assert calibration.fit_temperature(logits, labels) == fitted  # deterministic
+
+
+def test_averaged_probabilities_are_the_mean_softmax_of_the_copies():
+    logits = np.random.default_rng(1).normal(0, 4, (3, 5, 10))
+    averaged = calibration.averaged_probabilities(logits, 2.0)
+    manual = np.mean([np.exp(z / 2) / np.exp(z / 2).sum(axis=1, keepdims=True) for z in logits],
+                     axis=0)
+    np.testing.assert_allclose(averaged, manual, rtol=1e-12)
+    # one copy: the temperature changes no label
+    for temperature in (0.3, 1.0, 7.0):
+        np.testing.assert_array_equal(
+            calibration.averaged_probabilities(logits[0], temperature).argmax(1),
+            logits[0].argmax(1))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        calibration.averaged_probabilities(logits, 0.0)
+    with pytest.raises(ValueError, match="no validation digits"):
+        calibration.fit_temperature(np.zeros((0, 10)), np.zeros(0, np.int64))
+
+
+@pytest.fixture(scope="module")
+def trained(sample_digits):
+    """A small convnet fitted for one epoch on 1,000 real digits, and 300 other digits."""
+    images, labels = sample_digits
+    keras.utils.set_random_seed(0)
+    network = build_network(SMALL)
+    network.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    network.fit(images[::5] / 255.0, labels[::5], epochs=1, batch_size=64, verbose=0)
+    return network, images[2::16][:300].astype(np.float32), labels[2::16][:300]
+
+
+@pytest.mark.parametrize("shifts", [0, 4])
+def test_the_saved_model_answers_with_the_fitted_temperature(trained, shifts, tmp_path):
+    network, pixels, labels = trained
+    logits = export_logits(network, shifts).predict(pixels, verbose=0)
+    logits = np.stack(logits) if isinstance(logits, list) else logits
+    assert logits.shape == (1 + shifts, len(labels), 10) or (shifts == 0 and
+                                                             logits.shape == (len(labels), 10))
+    fitted = calibration.fit_temperature(logits, labels)
+    save_model(export_model(network, shifts, fitted.temperature), tmp_path / "model.keras")
+    loaded = inference.load(tmp_path / "model.keras")  # safe mode: built-in layers only
+    answered = loaded.probabilities(pixels)
+    np.testing.assert_allclose(answered, calibration.averaged_probabilities(
+        logits, fitted.temperature), atol=1e-5)
+    # the temperature is one layer, shared by every copy; the weights are the network's
+    assert [layer.name for layer in loaded.native.layers].count("temperature") == 1
+    assert loaded.native.count_params() == network.count_params()
+    plain = export_model(network, shifts).predict(pixels, verbose=0)
+    np.testing.assert_allclose(plain, calibration.averaged_probabilities(logits), atol=1e-5)
+    if shifts == 0:
+        np.testing.assert_array_equal(answered.argmax(1), plain.argmax(1))
+
+
+def test_the_export_keeps_the_temperature(trained, tmp_path, monkeypatch):
+    """SavedModel and ONNX of a calibrated model with shifts answer as the .keras file."""
+    import tensorflow as tf
+
+    network, pixels, labels = trained
+    monkeypatch.chdir(tmp_path)
+    save_model(export_model(network, 4, temperature=0.37), paths.MODEL_FILE)
+    paths.PREPARED_DIR.mkdir(parents=True)
+    np.save(paths.prepared_images("test"), (pixels / 255).astype(np.float32))
+    np.save(paths.prepared_labels("test"), labels)
+    export_stage.main()
+    expected = inference.load(paths.MODEL_FILE).probabilities(pixels)
+    # the temperature did something: sharper than the uncalibrated model
+    uncalibrated = export_model(network, 4).predict(pixels, verbose=0)
+    assert expected.max(1).mean() > uncalibrated.max(1).mean() + 0.01
+    np.testing.assert_allclose(inference.load(paths.ONNX_MODEL_FILE).probabilities(pixels),
+                               expected, atol=1e-5)
+    served = tf.saved_model.load(str(paths.SERVING_DIR))
+    np.testing.assert_allclose(served.serve(tf.constant(pixels)).numpy(), expected, atol=1e-5)
+    assert json.loads(paths.EXPORT_METRICS.read_text())["onnx_label_agreement"] == 1.0
+
+
+def test_a_temperature_must_be_positive(trained):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        export_model(trained[0], 0, temperature=-1.0)
+
+
+# --- ECE and the reliability diagram --------------------------------------------------------
+
+def test_reliability_table_and_ece_by_hand():
+    # confidences 0.95 and 1.0 (right) fall in the last bin (0.933, 1]; 0.62 and 0.64 (both
+    # wrong) in bin 10 (0.6, 0.667]; 0.6 exactly (right) in bin 9 (0.533, 0.6]
+    probabilities = np.array([[0.95, 0.05], [0.0, 1.0], [0.62, 0.38], [0.36, 0.64], [0.6, 0.4]])
+    labels = np.array([0, 1, 1, 0, 0])
+    table = reliability_table(labels, probabilities)
+    assert list(table.columns) == ["bin", "confidence", "accuracy", "count"]
+    assert table.to_dict("list") == {
+        "bin": [pytest.approx(9 / 15, abs=1e-6), pytest.approx(10 / 15, abs=1e-6), 1.0],
+        "confidence": [pytest.approx(0.6), pytest.approx(0.63), pytest.approx(0.975)],
+        "accuracy": [1.0, 0.0, 1.0], "count": [1, 2, 2]}
+    expected = (1 * 0.4 + 2 * 0.63 + 2 * 0.025) / 5
+    assert expected_calibration_error(labels, probabilities) == pytest.approx(expected)
+
+
+def test_ece_is_zero_when_confidence_is_accuracy_and_large_when_not():
+    rng = np.random.default_rng(0)
+    # 80% confident everywhere and right 80% of the time
+    labels = rng.integers(0, 10, 10_000)
+    right = rng.random(10_000) < 0.8
+    predicted = np.where(right, labels, (labels + 1) % 10)
+    probabilities = np.full((10_000, 10), 0.2 / 9)
+    probabilities[np.arange(10_000), predicted] = 0.8
+    assert expected_calibration_error(labels, probabilities) < 0.01
+    # the model of the issue, nearly: always right, saying 0.90
+    always_right = np.full((10_000, 10), 0.1 / 9)
+    always_right[np.arange(10_000), labels] = 0.9
+    assert expected_calibration_error(labels, always_right) == pytest.approx(0.1, abs=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        expected_calibration_error(labels[:5], probabilities)
+    assert expected_calibration_error(labels[:0], probabilities[:0]) == 0.0
