@@ -1,11 +1,13 @@
-"""Plot stage: draw the trained model's training curves, errors and predictions as PNGs.
+"""Plot stage: draw the digit galleries DVC's plot templates cannot draw, as PNGs.
 
-Reads  dvclive/plots/metrics/{train,eval}/{accuracy,loss}.tsv (train stage),
-       plots/predictions.csv (evaluate stage),
+The training curves, confusion matrices and per-digit bars are dvc.yaml's plots of the train
+and evaluate stages' files; this stage draws only pictures of digits.
+Reads  plots/predictions.csv (evaluate stage),
        data/prepared/test_{images,labels}.npy (preprocess stage),
        params.yaml: seed, plot.
-Writes plots/images/{training_curves,confusion_matrix,per_class_recall,misclassified,
-       sample_predictions}.png, and removes any other PNG there.
+Writes plots/images/misclassified.png (the most confidently wrong test digits) and
+       plots/images/sample_predictions.png (a seeded grid of test digits with their
+       predictions), and removes any other PNG there.
 On bad params or inputs it prints one line naming the problem, writes nothing and exits 1.
 """
 
@@ -19,11 +21,10 @@ def main() -> None:
     # Everything that can fail on bad input happens before the first write.
     try:
         params = load_params()
-        history = plotting.read_training_history(paths.TRAINING_PLOTS_DIR)
         predictions = plotting.read_predictions(paths.PREDICTIONS_FILE)
         images, labels = prepared.load("test")
         figures = plotting.make_figures(
-            history, predictions, images, labels,
+            predictions, images, labels,
             gallery_size=params.plot.gallery_size,
             sample_grid_size=params.plot.sample_grid_size,
             figure_dpi=params.plot.figure_dpi,

@@ -67,7 +67,7 @@ def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
             repo / f"plots/class_counts/{split}.csv", index=False)
     (repo / "plots/images").mkdir(parents=True, exist_ok=True)
     gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
-    Image.fromarray(gradient).save(repo / "plots/images/confusion_matrix.png")
+    Image.fromarray(gradient).save(repo / "plots/images/misclassified.png")
 
 
 @pytest.fixture(scope="module")

