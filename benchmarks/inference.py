@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
 import subprocess
 import sys
 import tempfile
@@ -57,20 +57,29 @@ def digit_png(folder: Path) -> Path:
     return path
 
 
+# Runs the command in a small fresh process and reports the child's usage: ru_maxrss of a
+# child forked from this process (which holds TensorFlow) would count the parent's pages.
+LAUNCHER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+status = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"status": status, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_mb": usage.ru_maxrss / 1024}))
+"""
+
+
 def predict_once(model: Path, picture: Path) -> dict[str, float]:
     """One `mnist-pipeline predict` process: wall s, CPU s (user + system), peak RSS MB."""
     command = [sys.executable, "-m", "mnist_pipeline.app.cli", "predict", "--model",
                str(model), str(picture)]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=common.ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"predict failed: {process.stderr.read().decode()[-2000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *command], cwd=common.ROOT,
+                            capture_output=True, text=True, timeout=300)
+    measured = json.loads(result.stdout)
+    if measured.pop("status") != 0:
+        raise SystemExit(f"predict failed: {result.stderr[-2000:]}")
+    return measured
 
 
 def images_per_second(model: Path, pixels: np.ndarray) -> dict[str, float]:

@@ -121,6 +121,9 @@ def _load_onnx(path: Path) -> Classifier:
                          ) from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: no warnings about unused initializers
+    # Idle worker threads sleep instead of spinning: on a few shared cores (serve's event
+    # loop, other processes) spinning burns the CPU the rest needs (benchmarks/README.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = onnxruntime.InferenceSession(str(path), options,
                                                providers=["CPUExecutionProvider"])
