@@ -98,6 +98,10 @@ def readable_onnx(proto: Any) -> Any:
         return digest(node.op_type.encode(), node.domain.encode(), attributes,
                       *(key_of(value).encode() for value in node.input))
 
+    for node in graph.node:  # constants inside attributes carry tf2onnx's names too
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                attribute.t.name = ""
     names = {value: f"weight_{key_of(value)}" for value in weights}
     nodes: dict[str, Any] = {}
     for node in graph.node:
