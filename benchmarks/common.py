@@ -148,10 +148,12 @@ def load_runs(name: str) -> dict[str, Any]:
 
 def save_run(name: str, results: dict[str, Any], run: dict[str, Any],
              key: tuple[str, ...]) -> None:
-    """Add ``run`` to ``results``, replacing an earlier run with the same ``key`` fields, and
-    write the file at once: a long series loses nothing when it is stopped."""
-    results["runs"] = [old for old in results["runs"]
-                       if [old[field] for field in key] != [run[field] for field in key]]
+    """Add ``run`` to the runs in the file now (another series may have added some since
+    ``results`` was read), replacing an earlier run with the same ``key`` fields, and write the
+    file at once: a long series loses nothing when it is stopped. ``results`` is updated."""
+    results["runs"] = load_runs(name)["runs"]
+    results["runs"] = [old for old in results["runs"]  # a field may be absent from both
+                       if [old.get(field) for field in key] != [run.get(field) for field in key]]
     results["runs"].append(run)
     results.pop("machine", None)  # write_results adds today's
     write_results(name, results)
