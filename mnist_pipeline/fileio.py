@@ -74,24 +74,35 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
 
 
 def check_writable(target: str | Path) -> None:
-    """Raise OSError (one line, naming ``target``) unless a file can be created beside it.
+    """Raise OSError, one line ``<target>: cannot be written (<why>)``, unless ``target`` can
+    be written; for stages and commands that work for minutes before they write.
 
-    For stages and commands that work for minutes before they write: a folder that cannot be
-    written (read-only, a file where the folder should be) is reported before the work.
+    Refused: a file where a folder of the path should be, a folder, a device or FIFO that
+    is not writable (one that is, such as /dev/stdout, passes: it is written to directly).
+    Otherwise a file is created and removed at once in the nearest existing folder, where
+    the atomic write will create the missing folders and its temporary file. Creates
+    nothing that stays; a full disk shows only when writing.
     """
     target = Path(target)
-    folder = next((parent for parent in reversed(target.parents) if parent.exists()
-                   and not parent.is_dir()), None)
-    if folder is not None:
-        raise OSError(f"{target}: cannot be written ({folder} is a file, not a folder)")
+    blocking = next((parent for parent in reversed(target.parents) if parent.exists()
+                     and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OSError(f"{target}: cannot be written ({blocking} is a file, not a folder)")
     if target.is_dir():
         raise OSError(f"{target}: cannot be written (it is a folder)")
+    if target.exists() and not target.is_file():
+        if os.access(target, os.W_OK):
+            return
+        raise OSError(f"{target}: cannot be written (permission denied)")
+    folder = target.absolute().parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"):
+        with tempfile.TemporaryFile(dir=folder, prefix=f".{target.name}.", suffix=".tmp"):
             pass
     except OSError as error:
-        raise OSError(f"{target}: cannot be written ({error.strerror or error})") from None
+        raise OSError(f"{target}: cannot be written (cannot create files in {folder}: "
+                      f"{error.strerror or error})") from None
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

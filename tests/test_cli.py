@@ -105,7 +105,7 @@ def test_idx_raw_gz_and_npy_give_the_models_answers(
     data = idx.encode(trained.digits[:30].astype(np.uint8))
     (tmp_path / "digits-idx3-ubyte").write_bytes(data)
     (tmp_path / "digits-idx3-ubyte.gz").write_bytes(gzip.compress(data))
-    np.save(tmp_path / "digits.npy", trained.digits[30:40] / 255.0)  # the [0, 1] scale
+    np.save(tmp_path / "digits.npy", trained.digits[30:40])  # float32 on 0..255
 
     status, rows, errors = run_predict(
         trained, capsys, tmp_path / "digits-idx3-ubyte", tmp_path / "digits-idx3-ubyte.gz",
@@ -279,7 +279,7 @@ def test_output_that_is_a_directory_is_refused_before_any_work(
     assert (status, captured.out) == (3, "")
     # One line, and no word on the input: nothing was read.
     assert captured.err == (
-        f"mnist-pipeline: error: {tmp_path / 'out'}: cannot write (is a directory)\n"
+        f"mnist-pipeline: error: {tmp_path / 'out'}: cannot be written (it is a folder)\n"
     )
 
 
@@ -310,8 +310,8 @@ def test_read_only_folder_is_refused_before_any_work(capsys: pytest.CaptureFixtu
                                str(good)])
         captured = capsys.readouterr()
         assert (status, captured.out) == (3, "")
-        assert captured.err == (f"mnist-pipeline: error: {target}: cannot write (cannot create "
-                                f"files in {top / 'read-only'}: Permission denied)\n")
+        assert captured.err == (f"mnist-pipeline: error: {target}: cannot be written (cannot "
+                                f"create files in {top / 'read-only'}: Permission denied)\n")
     finally:
         shutil.rmtree(top)
 
@@ -325,7 +325,8 @@ def test_a_full_disk_gives_one_line_after_the_work(
     status, rows, errors = run_predict(trained, capsys, "--output", target,
                                        tmp_path / "digits.npy")
     assert (status, rows) == (3, [])
-    assert errors == [f"mnist-pipeline: error: {target}: cannot write (No space left on device)"]
+    assert errors == [f"mnist-pipeline: error: {target}: cannot be written "
+                      "(No space left on device)"]
     assert target.is_symlink()  # a device is written to, never replaced
 
 
@@ -341,7 +342,8 @@ def test_stdout_to_a_full_device_gives_one_line(
         full.flush()  # as Python does at exit: what is still buffered must go somewhere quietly
     assert status == 3
     assert capsys.readouterr().err == (
-        "mnist-pipeline: error: standard output: cannot write (No space left on device)\n"
+        "mnist-pipeline: error: standard output: cannot be written (No space left on "
+        "device)\n"
     )
 
 
@@ -360,3 +362,64 @@ def test_when_every_input_fails_the_old_csv_is_kept(
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "broken.png", "model.keras", "predictions.csv"
     ]
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`predict v.npy --output v.npy` would replace the digits by their CSV: exit 3 at once,
+    by whatever path, link or hard link the output names the input, and for a picture's
+    name inside an input directory; the inputs untouched, nothing read."""
+    model = dummy_model(tmp_path)
+    digits = tmp_path / "v.npy"
+    np.save(digits, np.zeros((1, 28, 28), np.uint8))
+    original = digits.read_bytes()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "a.png").write_bytes(b"not read")
+    (tmp_path / "link.npy").symlink_to(digits)
+    os.link(digits, tmp_path / "hard.npy")
+    (tmp_path / "sub").mkdir()
+    cases = [
+        ([digits], digits, f"it is the input {digits}"),
+        ([digits], tmp_path / "sub" / ".." / "v.npy", f"it is the input {digits}"),
+        ([digits], tmp_path / "link.npy", f"it is the input {digits}"),
+        ([tmp_path / "link.npy"], digits, "it is the input"),
+        ([digits], tmp_path / "hard.npy", f"it is the input {digits}"),
+        ([scans], scans / "a.png", f"it would be read as a picture of the input directory "
+                                   f"{scans}"),
+        ([scans], scans / "new.PNG", "it would be read as a picture"),
+        ([digits], model, f"it is the input {model}"),
+    ]
+    for inputs, output, reason in cases:
+        status = cli.main(["predict", "--model", str(model), "--output", str(output),
+                           *map(str, inputs)])
+        captured = capsys.readouterr()
+        assert (status, captured.out) == (3, ""), (inputs, output)
+        assert captured.err.count("\n") == 1 and reason in captured.err, captured.err
+        assert captured.err.startswith(f"mnist-pipeline: error: {output}: cannot be written")
+    assert digits.read_bytes() == original and (scans / "a.png").read_bytes() == b"not read"
+    assert not (scans / "new.PNG").exists()
+
+
+def test_the_installed_command_refuses_to_overwrite_its_input(
+    tmp_path: Path, trained: Trained
+) -> None:
+    digits = tmp_path / "v.npy"
+    np.save(digits, trained.digits[:2])
+    original = digits.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_pipeline.app.cli", "predict", "--model",
+         str(trained.model_path), str(digits), "--output", str(digits)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == cli.EXIT_OUTPUT_ERROR, result.stderr
+    assert result.stderr.strip().endswith(f"{digits}: cannot be written (it is the input "
+                                          f"{digits})")
+    assert digits.read_bytes() == original
+    # a CSV beside it is fine
+    ok = subprocess.run(
+        [sys.executable, "-m", "mnist_pipeline.app.cli", "predict", "--model",
+         str(trained.model_path), str(digits), "--output", str(tmp_path / "v.csv")],
+        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "v.csv").read_text().startswith("input,index,label,confidence")

@@ -50,11 +50,37 @@ def test_idx_labels_file_is_refused(tmp_path: Path) -> None:
         predict.load_input(path)
 
 
-@pytest.mark.parametrize("scale, dtype", [(1.0, np.uint8), (1.0, np.float64),
-                                          (1 / 255, np.float32), (1.0, np.int64)])
-def test_npy_scales(tmp_path: Path, digits: np.ndarray, scale: float, dtype: type) -> None:
-    np.save(tmp_path / "batch.npy", (digits[:4] * scale).astype(dtype))
-    np.testing.assert_allclose(predict.load_input(tmp_path / "batch.npy"), digits[:4], atol=1e-3)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64, np.float32, np.int64])
+def test_npy_is_read_on_0_to_255_whatever_its_dtype(tmp_path: Path, digits: np.ndarray,
+                                                     dtype: type) -> None:
+    np.save(tmp_path / "batch.npy", digits[:4].astype(dtype))
+    np.testing.assert_array_equal(predict.load_input(tmp_path / "batch.npy"), digits[:4])
+
+
+@pytest.mark.parametrize("array", [
+    np.zeros((3, 28, 28), np.uint8),  # empty fields
+    (np.arange(2 * 784).reshape(2, 28, 28) % 2).astype(np.uint8),  # 0/1 on 0..255: no ink
+    (np.arange(2 * 784).reshape(2, 28, 28) % 2).astype(np.float32),  # 0.0/1.0: the same
+], ids=["zeros", "binary-ints", "binary-floats"])
+def test_blank_npy_digits_are_refused_as_blank_pictures_are(tmp_path: Path,
+                                                            array: np.ndarray) -> None:
+    np.save(tmp_path / "blank.npy", array)
+    with pytest.raises(predict.BlankDigitError, match=r"blank\.npy: blank image: no digit "
+                       r"found \(\d+ digits, the first 0 of \d+; pixels are read on 0\.\.255"):
+        predict.load_input(tmp_path / "blank.npy")
+
+
+def test_unit_scale_npy_is_refused_saying_how_to_read_it(tmp_path: Path,
+                                                         digits: np.ndarray) -> None:
+    """data/prepared's [0, 1] arrays are not guessed at: refused, with what to do."""
+    np.save(tmp_path / "prepared.npy", digits[:4] / 255.0)
+    with pytest.raises(predict.BlankDigitError, match=r"multiply \[0, 1\] values by 255"):
+        predict.load_input(tmp_path / "prepared.npy")
+    one_blank = digits[:4].copy()
+    one_blank[2] = 0
+    np.save(tmp_path / "one.npy", one_blank)
+    with pytest.raises(predict.BlankDigitError, match=r"\(digit 2 of 4;"):
+        predict.load_input(tmp_path / "one.npy")
 
 
 @pytest.mark.parametrize("array, reason", [
@@ -77,6 +103,18 @@ def test_pickled_npy_is_not_unpickled(tmp_path: Path) -> None:
 
 
 # --- inputs, rows, CSV -------------------------------------------------------------------
+
+
+def test_a_directory_of_a_looping_link_says_what_it_is(tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "loop.png").symlink_to("loop.png")
+    loaded, errors = predict.load_inputs([folder])
+    assert not loaded
+    assert [str(error) for error in errors] == [
+        f"{folder / 'loop.png'}: cannot read (Too many levels of symbolic links)"]
+    (folder / "sub.png").mkdir()  # a folder named like a picture is not one
+    assert predict.expand_inputs([folder])[0] == [folder / "loop.png"]
 
 
 def test_directories_expand_to_sorted_pictures(tmp_path: Path) -> None:

@@ -112,15 +112,28 @@ def test_a_batch_answers_in_order(client: TestClient, small_model: SmallModel) -
     assert len(single["predictions"]) == 1  # N x 28 x 28 is a batch, even of one
 
 
-def test_pixels_are_read_as_predict_reads_npy(client: TestClient, small_model: SmallModel) -> None:
-    """Floats with a maximum <= 1.0 are on the [0, 1] scale, as in predict.as_pixel_batch."""
+def test_pixels_have_one_scale_0_to_255(client: TestClient, small_model: SmallModel) -> None:
+    """Integers and floats alike are on 0..255, nothing guessed: the same digit as ints or
+    floats gets the same answer, and so do 0/1 and 0.0/1.0 (blank on 0..255: refused as a
+    blank picture is, saying how to send [0, 1] pixels)."""
     digits = small_model.digits[:5]
-    on_unit_scale = post_json(client, {"pixels": (digits / 255).tolist()}).json()
-    as_pixels = post_json(client, {"pixels": digits.tolist()}).json()
-    assert [p["label"] for p in on_unit_scale["predictions"]] == \
-        [p["label"] for p in as_pixels["predictions"]]
-    assert np.allclose([p["probabilities"] for p in on_unit_scale["predictions"]],
-                       [p["probabilities"] for p in as_pixels["predictions"]], atol=1e-5)
+    as_ints = post_json(client, {"pixels": digits.astype(int).tolist()}).json()
+    as_floats = post_json(client, {"pixels": (digits + 0.0).tolist()}).json()
+    assert np.allclose([p["probabilities"] for p in as_ints["predictions"]],
+                       [p["probabilities"] for p in as_floats["predictions"]], atol=1e-6)
+    binary = (digits[0] > 127).astype(int)
+    for pixels in (binary.tolist(), binary.astype(float).tolist(), (digits / 255).tolist(),
+                   np.zeros((28, 28), int).tolist(), np.full((28, 28), 255.0).tolist()):
+        assert_refused(post_json(client, {"pixels": pixels}), 400, "blank image")
+    response = post_json(client, {"pixels": (digits / 255).tolist()})
+    assert "multiply [0, 1] values by 255" in response.json()["detail"]
+    assert "5 digits, the first 0 of 5" in response.json()["detail"]
+    # the same digit as a blank picture is refused the same way
+    assert_refused(client.post("/predict", content=png_bytes(np.zeros((28, 28))),
+                               headers={"content-type": "image/png"}), 400, "blank image")
+    # a binary digit sent on the 0..255 scale is read
+    on_scale = post_json(client, {"pixels": (binary * 255).tolist()})
+    assert on_scale.status_code == 200, on_scale.text
 
 
 def test_an_upload_goes_through_predicts_picture_path(client: TestClient, small_model: SmallModel,
@@ -217,7 +230,10 @@ def pixels_of(value: float) -> list[list[float]]:
 @pytest.mark.parametrize(("document", "status", "reason"), [
     ("[[1, 2], [3, 4]", 400, "not valid JSON"),
     (b"\xff\xfe", 400, "not valid JSON"),
-    ("[" * 100_000 + "]" * 100_000, 400, "not valid JSON"),  # nesting too deep
+    ("[" * 5_000 + "]" * 5_000, 400, "not valid JSON"),  # nesting too deep
+    ("[" * 100_000 + "]" * 100_000, 422, "refused unparsed"),  # more arrays than digits need
+    ('{"pixels": [' + "[[]]," * 10_000 + "[[]]]}", 422, "refused unparsed"),
+    ('{"pixels": [' + "0," * 500_000 + "0]}", 422, "refused unparsed"),
     ([[0] * 28] * 28, 422, 'expected a JSON object {"pixels"'),
     ({"image": [[0] * 28] * 28}, 422, 'expected a JSON object {"pixels"'),
     ({"pixels": [[0] * 28] * 27}, 422, "got shape 27x28"),
@@ -235,7 +251,8 @@ def pixels_of(value: float) -> list[list[float]]:
     ({"pixels": pixels_of(256)}, 422, "outside 0..255"),
     ({"pixels": []}, 422, "empty batch"),
     ({"pixels": [[[0] * 28] * 28] * (serve.MAX_BATCH_IMAGES + 1)}, 422, "over the limit"),
-], ids=["truncated", "not-utf8", "deep", "bare-array", "no-pixels", "27x28", "flat", "4d",
+], ids=["truncated", "not-utf8", "deep", "many-arrays", "empty-arrays", "many-numbers",
+        "bare-array", "no-pixels", "27x28", "flat", "4d",
         "scalar", "ragged", "strings", "nulls", "booleans", "object", "huge", "bigint",
         "negative", "256", "empty-batch", "batch-over-limit"])
 def test_bad_json_is_refused(client: TestClient, document: object, status: int,
@@ -297,6 +314,13 @@ def test_docs_work_offline(client: TestClient) -> None:
 # --- batching -----------------------------------------------------------------------------------
 
 
+def stroke() -> np.ndarray:
+    """A 28x28 of integer pixels, black but for one white bar: not blank."""
+    pixels = np.zeros((28, 28), dtype=int)
+    pixels[6:22, 12:16] = 255
+    return pixels
+
+
 class SlowModel:
     """Stands in for a Keras model: 100 ms a call whatever the batch, calls counted."""
 
@@ -318,8 +342,8 @@ async def concurrent_predictions(app, count: int) -> list[dict]:
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
         async def one(index: int) -> dict:
-            pixels = np.zeros((28, 28), dtype=int)
-            pixels[0, 0] = 10 + index  # (not 1: a maximum <= 1 means the [0, 1] scale)
+            pixels = stroke()
+            pixels[0, 0] = 10 + index
             response = await http.post("/predict", json={"pixels": pixels.tolist()})
             assert response.status_code == 200, response.text
             return response.json()
@@ -374,7 +398,7 @@ def test_a_failing_model_fails_its_requests_only() -> None:
 
     with TestClient(serve.create_app(stand_in(flaky)), raise_server_exceptions=False
                     ) as test_client:
-        document = {"pixels": np.zeros((28, 28)).tolist()}
+        document = {"pixels": stroke().tolist()}
         assert post_json(test_client, document).status_code == 500
         assert post_json(test_client, document).status_code == 200
 

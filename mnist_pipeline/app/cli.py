@@ -12,7 +12,6 @@ import csv
 import io
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -40,11 +39,13 @@ INPUT can be:
     its center of mass in 28x28;
   - a directory: its .png/.jpg/.jpeg files, sorted by name (not subdirectories);
   - an IDX image file, raw or gzip-compressed (e.g. t10k-images-idx3-ubyte.gz);
-  - a .npy array of shape (N, 28, 28): uint8 0..255, or floats, read as the [0, 1]
-    scale (and multiplied by 255) when their maximum is <= 1.0, else as 0..255.
+  - a .npy array of shape (N, 28, 28) of pixels on the 0..255 scale, integers or
+    floats alike (nothing is guessed: multiply [0, 1] arrays, as data/prepared
+    stores them, by 255 first).
 IDX and .npy digits must already be MNIST-style (light digit on black, 28x28) and
-are used as they are. Inputs are told apart by their first bytes (so pipes and
-FIFOs work too), else by their suffix.
+are used as they are; a .npy digit with no ink (no stroke 32 above its background
+on 0..255) is refused, as a blank picture is. Inputs are told apart by their
+first bytes (so pipes and FIFOs work too), else by their suffix.
 
 Limits, checked before anything is decoded: an IDX or .npy input holds at most
 {_MAX_DIGITS:,} digits; a picture at most {_MAX_PIXELS:,} pixels (a bigger JPEG is decoded
@@ -60,8 +61,12 @@ Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
   POST /predict a PNG/JPEG picture (multipart field "file", or the raw bytes with
                 Content-Type image/png or image/jpeg), made MNIST-style as predict
                 does; or JSON {"pixels": ...}: one 28x28 array or N x 28 x 28 (N <= 256)
-                of 0..255, read as predict reads .npy arrays
+                on the 0..255 scale, read as predict reads .npy arrays
   /health       status;  /docs, /redoc, /openapi.json  the API (all work offline)
+
+Limits: bodies up to 8 MiB, each fully arrived within --body-timeout (408);
+128 connections (503 beyond); 16 bodies in progress at once (others wait); the
+pictures decoded at once hold 320 MB of pixels at most. See the README.
 
 Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded; 3: the
 server cannot start (the port is taken, say).
@@ -85,7 +90,9 @@ exit status:
      (an existing --output file is kept)
   2  bad command line, or no model (run `dvc repro` or `make sample` first)
   3  the output cannot be written (one 'error:' line naming it and why): checked
-     before any input is read where possible; an existing --output file is kept
+     before any input is read where possible; an existing --output file is kept.
+     An --output that is one of the inputs or the model (by any path or link), or
+     a picture's name inside an input directory, is refused before any work
 
 examples:
   mnist-pipeline predict digit.jpg
@@ -143,8 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "--port", type=int, default=8000, help="port to listen on (default: %(default)s)",
     )
+    serve_parser.add_argument(
+        "--body-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+        help="a request's whole body must arrive within this, else 408 and the connection "
+        "is closed (default: 30)",
+    )
     serve_parser.set_defaults(run=run_serve)
     return parser
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return seconds
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -174,9 +197,12 @@ def run_predict(args: argparse.Namespace) -> int:
     except inference.ModelError as error:
         report(str(error))
         return EXIT_NO_MODEL
-    if args.output is not None and (problem := output_problem(args.output)):
-        report(f"{args.output}: cannot write ({problem})")
-        return EXIT_OUTPUT_ERROR
+    if args.output is not None:
+        try:
+            check_output(args.output, [*args.inputs, model_path])
+        except OSError as error:
+            report(str(error))
+            return EXIT_OUTPUT_ERROR
 
     loaded, errors = predict.load_inputs(args.inputs, args.invert)
     for error in errors:
@@ -191,36 +217,44 @@ def run_predict(args: argparse.Namespace) -> int:
             return EXIT_NO_MODEL
         rows = predict.predict_rows(classifier, loaded)
 
-    if not write_csv(format_csv(rows), args.output):
+    if not write_output(format_csv(rows), args.output):
         return EXIT_OUTPUT_ERROR
     return EXIT_INPUT_ERRORS if errors else EXIT_OK
 
 
-def output_problem(output: Path) -> str | None:
-    """Why the CSV could not be written to ``output``, found before any work; else None.
+def check_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Raise OSError (one line, as :func:`fileio.check_writable`) unless the CSV can be
+    written to ``output`` without overwriting one of ``inputs`` (the model among them);
+    found before any work.
 
-    A directory is refused; a device or FIFO must be writable; otherwise a file is created
-    (and removed at once) in the nearest existing folder, which is where the atomic write
-    will create its missing folders and temporary file. A full disk shows only later.
+    Refused besides what :func:`fileio.check_writable` refuses: ``output`` is one of the
+    input files, by the same or another path, a symbolic or a hard link; or it has a
+    picture's suffix inside an input directory, where it would be read as a picture.
     """
-    if output.is_dir():
-        return "is a directory"
-    if output.exists() and not output.is_file():
-        return None if os.access(output, os.W_OK) else "permission denied"
-    folder = output.absolute().parent
-    while not folder.exists() and not folder.is_symlink():
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a directory"
+    for source in inputs:
+        if source.is_dir():
+            if output.suffix.lower() in predict.IMAGE_SUFFIXES and \
+                    same_file(output.absolute().parent, source):
+                raise OSError(f"{output}: cannot be written (it would be read as a picture "
+                              f"of the input directory {source})")
+        elif same_file(output, source):
+            raise OSError(f"{output}: cannot be written (it is the input {source})")
+    fileio.check_writable(output)
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same inode where both exist (symbolic and hard
+    links), else the same absolute path once symbolic links are resolved."""
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        return f"cannot create files in {folder}: {error.strerror or error}"
-    return None
+        return os.path.samefile(first, second)
+    except OSError:  # one is missing (or a loop): compare where the names lead
+        try:
+            return first.resolve() == second.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before 3.13)
+            return False
 
 
-def write_csv(text: str, output: Path | None) -> bool:
+def write_output(text: str, output: Path | None) -> bool:
     """Write ``text`` to ``output``, or to standard output when None; False and one error
     line when it cannot (a full disk, a closed pipe), with nothing half-written in place.
 
@@ -237,7 +271,8 @@ def write_csv(text: str, output: Path | None) -> bool:
         else:
             fileio.write_text(output, text)
     except OSError as error:
-        report(f"{output or 'standard output'}: cannot write ({error.strerror or error})")
+        report(f"{output or 'standard output'}: cannot be written "
+               f"({error.strerror or error})")
         if output is None:
             discard_stdout()
         return False
@@ -262,7 +297,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_NO_MODEL
     from mnist_pipeline.app import serve  # here: FastAPI is needed by this command only
 
-    serve.run(classifier, args.host, args.port)
+    timeout = {} if args.body_timeout is None else {"body_timeout": args.body_timeout}
+    serve.run(classifier, args.host, args.port, **timeout)
     return EXIT_OK
 
 

@@ -20,7 +20,11 @@ import contextlib
 import io
 import math
 import os
+import struct
+import threading
 import warnings
+import zlib
+from collections.abc import Iterator
 from typing import BinaryIO, Literal
 
 import numpy as np
@@ -55,6 +59,12 @@ _PICTURE_MAGIC = (
 )
 # Pillow's modes for 16-bit grayscale (PNG bit depth 16).
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+# Bytes of memory a decoded pixel costs at most on the way to grayscale (read_picture): what
+# Pillow stores (1 for L/P/1, 2 for 16-bit, 4 for the rest: RGB is stored as RGBX), plus the
+# grayscale, alpha and white planes of compositing (or the float32 copy of 16-bit pixels).
+GRAYSCALE_OVERHEAD_BYTES = 4
+# PNG chunks are read 1 MiB at a time when their CRCs are checked.
+_PNG_READ_BYTES = 1 << 20
 
 # Photos are shrunk to this longer side before any work: the digit ends up 20 px tall anyway,
 # and a 12-megapixel phone picture would otherwise make the filters below take seconds.
@@ -77,18 +87,57 @@ class PictureError(ValueError):
     """A picture cannot be read or holds no digit; the message says why (not which file)."""
 
 
-def picture_to_digit(source: PictureSource, invert: InvertMode = "auto") -> np.ndarray:
+class DecodeBudget:
+    """Bytes of decoded pixels that the threads of one process may hold at once.
+
+    :func:`read_picture` reserves a picture's cost (:func:`decode_cost`) before decoding it
+    and gives it back when the grayscale picture is made, waiting while the budget is spent:
+    so N pictures decoded at once cost at most ``max_bytes``, however large each is (one
+    costing more than the whole budget waits until it is all free, then runs alone). Small
+    pictures pass big ones that wait. Thread-safe; ``waiting``/``in_use`` are for /health.
+    """
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self.max_bytes = max_bytes
+        self.in_use = 0
+        self.waiting = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, cost: int) -> Iterator[None]:
+        cost = min(max(cost, 0), self.max_bytes)
+        with self._condition:
+            self.waiting += 1
+            try:
+                self._condition.wait_for(lambda: self.in_use + cost <= self.max_bytes)
+            finally:
+                self.waiting -= 1
+            self.in_use += cost
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.in_use -= cost
+                self._condition.notify_all()
+
+
+def picture_to_digit(source: PictureSource, invert: InvertMode = "auto",
+                     budget: DecodeBudget | None = None) -> np.ndarray:
     """A picture of one digit -> MNIST-style float32 0..255, shape (28, 28).
 
-    :func:`read_picture`, then :func:`normalize_digit`; raises :class:`PictureError`.
+    :func:`read_picture` (decoding within ``budget``), then :func:`normalize_digit`; raises
+    :class:`PictureError`.
     """
-    return normalize_digit(read_picture(source), invert)
+    return normalize_digit(read_picture(source, budget=budget), invert)
 
 
 def read_picture(
     source: PictureSource,
     max_side: int = WORKING_MAX_SIDE,
     max_pixels: int = MAX_PICTURE_PIXELS,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """A PNG or JPEG picture as grayscale float32 0..255, shape (H, W), longer side <= ``max_side``.
 
@@ -101,6 +150,9 @@ def read_picture(
     Bounded before decoding: a picture of more than ``max_pixels`` is refused from its
     header (a JPEG is first decoded at a reduced scale where that brings it under), and a
     stream that cannot seek (a pipe) is read into memory only up to ``MAX_PICTURE_BYTES``.
+    Decoding costs :func:`decode_cost` bytes at most, freed before this returns; with a
+    ``budget`` that cost is reserved first (a server decoding many pictures at once). A PNG
+    whose chunk checksums (CRC) do not match is refused as corrupt.
     Raises :class:`PictureError` for anything else than one PNG or JPEG picture it can decode.
     Pillow's own warnings (decompression bomb, corrupt EXIF) are silenced while reading, by
     ``warnings.catch_warnings``, which is not thread-safe: in a threaded server they may
@@ -110,10 +162,12 @@ def read_picture(
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")  # our pixel limit is lower than Pillow's
         try:
-            if isinstance(source, Image.Image):
-                picture = decoded(source, max_side, max_pixels)
-            else:
-                picture = decoded(open_picture(source, stack), max_side, max_pixels)
+            owned = not isinstance(source, Image.Image)  # not the caller's to change
+            picture = open_picture(source, stack) if owned else source
+            check_size(picture, max_side, max_pixels)
+            if budget is not None:
+                stack.enter_context(budget.reserve(decode_cost(picture)))
+            return as_grayscale(decoded(picture, in_place=owned), max_side)
         except FileNotFoundError:
             raise PictureError("no such file") from None
         except Image.DecompressionBombError:  # Pillow's limit: far above ours
@@ -123,7 +177,6 @@ def read_picture(
             if isinstance(error, PictureError):
                 raise
             raise PictureError(f"not a readable image ({error})") from None
-    return as_grayscale(picture, max_side)
 
 
 def picture_format(head: bytes) -> str | None:
@@ -159,7 +212,45 @@ def open_picture(
         stream.seek(-len(head), io.SEEK_CUR)
     else:  # a pipe: Pillow needs to seek, and would read all of it into memory anyway
         stream = io.BytesIO(head + read_bounded(stream, MAX_PICTURE_BYTES - len(head)))
+    if kind == "PNG":
+        start = stream.tell()
+        check_png_chunks(stream)
+        stream.seek(start)
     return stack.enter_context(Image.open(stream, formats=PICTURE_FORMATS))
+
+
+def check_png_chunks(stream: BinaryIO) -> None:
+    """Read a PNG from its signature to its IEND chunk, checking every chunk's CRC.
+
+    Pillow checks the CRCs of the chunks before the image data only; a picture damaged in
+    its pixel data (IDAT) would be decoded into garbage without a word. Reads 1 MiB at a
+    time; raises :class:`PictureError` naming the first bad chunk, or a truncated file.
+    """
+    stream.read(8)  # the signature, already checked
+    while True:
+        header = stream.read(8)
+        if len(header) < 8:
+            raise PictureError("not a readable image (truncated PNG: no IEND chunk)")
+        length, name = struct.unpack(">I4s", header)
+        if length > 0x7FFFFFFF:
+            raise PictureError("not a readable image (corrupt PNG chunk length)")
+        crc = zlib.crc32(name)
+        remaining = length
+        while remaining:
+            data = stream.read(min(remaining, _PNG_READ_BYTES))
+            if not data:
+                raise PictureError("not a readable image (truncated PNG)")
+            crc = zlib.crc32(data, crc)
+            remaining -= len(data)
+        stored = stream.read(4)
+        if len(stored) < 4:
+            raise PictureError("not a readable image (truncated PNG)")
+        if struct.unpack(">I", stored)[0] != crc:
+            kind = name.decode("latin-1") if name.isalpha() else repr(name)
+            raise PictureError(f"not a readable image (corrupt PNG: the checksum of chunk "
+                               f"{kind} does not match)")
+        if name == b"IEND":
+            return
 
 
 def read_bounded(stream: BinaryIO, limit: int) -> bytes:
@@ -173,14 +264,14 @@ def read_bounded(stream: BinaryIO, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decoded(
+def check_size(
     picture: Image.Image, max_side: int = WORKING_MAX_SIDE, max_pixels: int = MAX_PICTURE_PIXELS
-) -> Image.Image:
-    """``picture`` (opened, maybe not yet decoded) decoded now, upright by its EXIF.
+) -> None:
+    """Refuse ``picture`` (opened, not yet decoded) before its pixels are decoded.
 
-    A JPEG is decoded at the smallest scale (1/2, 1/4, 1/8) that keeps its longer side at
-    least ``max_side``; then a picture of more than ``max_pixels``, or of several frames (an
-    animation), is refused before its pixels are decoded. A truncated file fails here.
+    A JPEG is set to decode at the smallest scale (1/2, 1/4, 1/8) that keeps its longer side
+    at least ``max_side``; then a picture of more than ``max_pixels``, or of several frames
+    (an animation), is refused.
     """
     frames = getattr(picture, "n_frames", 1)
     if frames > 1:
@@ -193,27 +284,60 @@ def decoded(
     if width * height > max_pixels:
         raise PictureError(f"too large: more than {max_pixels:,} pixels ({width}x{height}; "
                            "shrink it first)")
+
+
+def decode_cost(picture: Image.Image) -> int:
+    """Bytes that decoding ``picture`` (sized by :func:`check_size`) and making it grayscale
+    hold at most at once: Pillow's storage of its mode plus the grayscale planes."""
+    width, height = picture.size
+    stored = 1 if picture.mode in ("1", "L", "P") else 2 if picture.mode in SIXTEEN_BIT_MODES \
+        else 4
+    return width * height * (stored + GRAYSCALE_OVERHEAD_BYTES)
+
+
+def decoded(picture: Image.Image, in_place: bool = True) -> Image.Image:
+    """``picture`` (opened and sized by :func:`check_size`) decoded now, upright by its EXIF.
+
+    ``in_place``: rotated in place, without a copy of the decoded pixels (else a rotated
+    copy, leaving ``picture`` as it was). A truncated file fails here.
+    """
     picture.load()
     try:
-        return ImageOps.exif_transpose(picture)
+        if not in_place:
+            return ImageOps.exif_transpose(picture)
+        ImageOps.exif_transpose(picture, in_place=True)
     except (SyntaxError, ValueError, TypeError, KeyError, OSError):
-        return picture.copy()  # a corrupt EXIF block: the picture as stored, not rotated
+        # a corrupt EXIF block: the picture as stored, not rotated
+        return picture if in_place else picture.copy()
+    return picture
 
 
 def as_grayscale(picture: Image.Image, max_side: int) -> np.ndarray:
-    """A decoded picture -> grayscale float32 0..255 (H, W), transparency on white, shrunk."""
+    """A decoded picture -> grayscale float32 0..255 (H, W), transparency on white, shrunk.
+
+    Made grayscale before compositing, one byte a pixel (gray, alpha, white: luminance is
+    linear, so gray-on-white equals the gray of color-on-white), and the decoded picture is
+    let go of as soon as its planes are taken: see :func:`decode_cost`.
+    """
     if picture.mode in SIXTEEN_BIT_MODES:
         # 16-bit grayscale: scale 0..65535 down, where convert("L") would clip at 255.
         scale = np.float32(255.0 / 65535.0)
-        picture = Image.fromarray(np.asarray(picture, dtype=np.float32) * scale)  # mode "F"
+        gray = Image.fromarray(np.asarray(picture, dtype=np.float32) * scale)  # mode "F"
     elif picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-        white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(white, picture.convert("RGBA"))
-    if picture.mode != "F":
-        picture = picture.convert("L")
-    if max(picture.size) > max_side:
-        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return np.asarray(picture, dtype=np.float32)
+        if picture.mode not in ("RGBA", "LA"):
+            picture = picture.convert("RGBA")  # palette or a transparent color: to alpha
+        gray, alpha = picture.convert("L"), picture.getchannel("A")
+        picture.close()
+        del picture
+        white = Image.new("L", gray.size, 255)
+        white.paste(gray, mask=alpha)  # ink over paper, in place
+        gray = white
+        del alpha
+    else:
+        gray = picture.convert("L") if picture.mode not in ("L", "F") else picture
+    if max(gray.size) > max_side:
+        gray.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.asarray(gray, dtype=np.float32)
 
 
 def border_pixels(gray: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:
@@ -256,16 +380,38 @@ def digit_mask(stretched: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(strokes, structure=np.ones((3, 3)), iterations=EDGE_PIXELS)
 
 
+def ink_levels(gray: np.ndarray) -> tuple[float, float]:
+    """(background, strokes) of ``gray`` (H, W), light digit on dark, 0..255.
+
+    The background is the median border pixel; the strokes are the brightest pixel after a
+    3x3 median filter, so that one hot pixel does not set the scale.
+    """
+    background = float(np.median(border_pixels(gray)))
+    return background, float(ndimage.median_filter(gray, size=3).max())
+
+
+def blank_digits(images: np.ndarray) -> np.ndarray:
+    """Which of ``images`` (N, H, W), light digits on dark, 0..255, are blank: their strokes
+    are not ``MIN_CONTRAST`` brighter than their background (:func:`ink_levels`), as a blank
+    picture is refused. A bool array (N,)."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.size == 0:
+        return np.zeros(len(images), dtype=bool)
+    width = max(1, round(BORDER_FRACTION * min(images.shape[1:])))  # as border_pixels
+    inner = np.zeros(images.shape[1:], dtype=bool)
+    inner[width:-width, width:-width] = True
+    background = np.median(images[:, ~inner], axis=1)
+    strokes = ndimage.median_filter(images, size=(1, 3, 3)).max(axis=(1, 2))
+    return strokes - background < MIN_CONTRAST
+
+
 def stretch_contrast(gray: np.ndarray) -> np.ndarray:
     """``gray`` (H, W), light digit on dark, 0..255 -> float32 with background 0, strokes 1.
 
-    The background is the median border pixel; the strokes are the brightest pixel after a
-    3x3 median filter, so that one hot pixel does not set the scale. Raises
-    :class:`PictureError` when the strokes are not ``MIN_CONTRAST`` brighter than the
-    background (a blank picture).
+    Scaled by :func:`ink_levels`. Raises :class:`PictureError` when the strokes are not
+    ``MIN_CONTRAST`` brighter than the background (a blank picture).
     """
-    background = float(np.median(border_pixels(gray)))
-    strokes = float(ndimage.median_filter(gray, size=3).max())
+    background, strokes = ink_levels(gray)
     if strokes - background < MIN_CONTRAST:
         raise PictureError("blank image: no digit found")
     stretched = (gray - background) / (strokes - background)

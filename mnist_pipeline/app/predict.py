@@ -5,8 +5,10 @@ Accepted inputs (see :func:`load_input`):
 - a PNG or JPEG picture of one digit, of any size; :mod:`mnist_pipeline.app.digit_image` makes
   it MNIST-style;
 - an IDX image file (raw or gzip-compressed), as MNIST ships them: N x 28 x 28 uint8;
-- a ``.npy`` array of shape (N, 28, 28): uint8 (or integers) 0..255, or floats, where a
-  maximum <= 1.0 means the [0, 1] scale (multiplied by 255) and anything else 0..255;
+- a ``.npy`` array of shape (N, 28, 28) of pixels on the 0..255 scale, integers or floats
+  alike (one scale, the model's: nothing is guessed from the values; an array on the [0, 1]
+  scale, as ``data/prepared`` stores them, must be multiplied by 255 first), where a blank
+  digit is refused as a blank picture is;
 - a directory: its PNG/JPEG pictures (:func:`expand_inputs`).
 
 IDX and ``.npy`` batches are taken as already-MNIST-style digits and passed on unchanged.
@@ -43,6 +45,10 @@ class InputError(ValueError):
     """An input cannot be turned into digits; the message starts with the input's path."""
 
 
+class BlankDigitError(InputError):
+    """An array holds a digit without ink (:func:`digit_image.blank_digits`)."""
+
+
 @dataclass(frozen=True)
 class LoadedInput:
     """One input as the user named it, and its digits: float32 0..255, shape (N, 28, 28)."""
@@ -56,11 +62,13 @@ class LoadedInput:
 
 
 def as_pixel_batch(array: np.ndarray, name: str) -> np.ndarray:
-    """An (N, 28, 28) array of pixels -> float32 0..255, or :class:`InputError`.
+    """An (N, 28, 28) array of pixels on the 0..255 scale -> float32, or :class:`InputError`.
 
-    Integers must lie in 0..255. Floats whose maximum is <= 1.0 are on the [0, 1] scale
-    (as ``data/prepared`` stores them) and are multiplied by 255; other floats must lie in
-    0..255. (So an all-dark float image of 0..255 values below 1 would be read as [0, 1].)
+    One scale whatever the dtype, the one the model takes: integers and floats must lie in
+    0..255 and are used as they are; nothing is guessed from the values (so 0/1 and 0.0/1.0
+    are read alike). A digit with no stroke ``MIN_CONTRAST`` brighter than its background
+    (:func:`digit_image.blank_digits`: an empty field, or [0, 1] values never multiplied by
+    255) raises :class:`BlankDigitError`, as a blank picture is refused.
     """
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise InputError(f"{name}: expected images of shape (N, 28, 28), got {array.shape}")
@@ -72,11 +80,15 @@ def as_pixel_batch(array: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(pixels).all():
         raise InputError(f"{name}: contains NaN or infinite values")
     low, high = float(pixels.min()), float(pixels.max())
-    if np.issubdtype(array.dtype, np.floating) and high <= 1.0:
-        pixels = pixels * np.float32(255.0)
-        low, high = low * 255.0, high * 255.0
     if low < 0 or high > 255:
         raise InputError(f"{name}: pixel values {low:g}..{high:g} are outside 0..255")
+    blank = np.flatnonzero(digit_image.blank_digits(pixels))
+    if len(blank):
+        which = f"digit {blank[0]}" if len(blank) == 1 else \
+            f"{len(blank)} digits, the first {blank[0]}"
+        raise BlankDigitError(
+            f"{name}: blank image: no digit found ({which} of {len(pixels)}; pixels are read "
+            "on 0..255, light digit on dark: multiply [0, 1] values by 255)")
     return pixels
 
 
@@ -197,7 +209,9 @@ def expand_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[InputEr
     """Replace each directory by its PNG/JPEG files (sorted by name, not recursive).
 
     Returns the files in order and one :class:`InputError` per directory without pictures.
-    Files are passed on as they are, even missing ones: :func:`load_input` reports those.
+    Files are passed on as they are, even missing ones: :func:`load_input` reports those;
+    so are a directory's symbolic links with a picture's name that lead nowhere (broken,
+    or a loop), so that the error says what they are.
     """
     files: list[Path] = []
     errors: list[InputError] = []
@@ -207,7 +221,8 @@ def expand_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[InputEr
             continue
         pictures = sorted(
             entry for entry in path.iterdir()
-            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES
+            if entry.suffix.lower() in IMAGE_SUFFIXES
+            and (entry.is_file() or (entry.is_symlink() and not entry.is_dir()))
         )
         if not pictures:
             errors.append(InputError(f"{path}: directory has no .png, .jpg or .jpeg files"))

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -41,6 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnist_pipeline import __version__, inference
@@ -48,16 +51,36 @@ from mnist_pipeline.app import digit_image, predict
 from mnist_pipeline.app.digit_image import IMAGE_SIZE
 
 STATIC_DIR = Path(__file__).parent / "static"
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log: one place, its format
 
 # A request body larger than this is refused (413) before it is read: a phone photo is a few
 # MB, and a batch of MAX_BATCH_IMAGES digits as JSON about 1-3 MB.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# What the server holds at once, whatever its clients do (measured by
+# benchmarks/serve_hostile.py, asserted by tests/test_serve_load.py):
+# - connections and requests in flight (uvicorn's limit_concurrency); more: 503 at once;
+MAX_CONNECTIONS = 128
+# - requests with a body, being read or answered; more wait for a turn (at most their body
+#   deadline, then 503): MAX_BODIES x MAX_REQUEST_BYTES (134 MB) of bodies at most;
+MAX_BODIES = 16
+# - the whole body must have arrived this many seconds after the request began, or 408 and
+#   the connection is closed: a stalled or a slow sender (under 8 MiB / 30 s) is cut off;
+BODY_TIMEOUT_SECONDS = 30.0
+# - pictures being decoded hold this many bytes of pixels at most, all together
+#   (digit_image.DecodeBudget): a 40-megapixel RGBA PNG costs all of it, and decodes alone.
+DECODE_BUDGET_BYTES = 320 * 1024 * 1024
 # Digits per JSON request, and per model call when requests are batched together.
 MAX_BATCH_IMAGES = 256
 MAX_MODEL_BATCH = 512
 PROBABILITY_DECIMALS = 6
 # The model name in TensorFlow Serving's REST routes (/v1/models/<name>:predict).
 TF_SERVING_NAME = "mnist"
+# A JSON body is counted before it is parsed: building Python lists is what costs (8 MiB of
+# `[[]],` took 2.4 s of parsing, holding the GIL, so every request waited). Twice what
+# MAX_BATCH_IMAGES digits need (so that a batch a little too big is told its size), at most:
+# arrays and objects (`[`, `{`), and values (`,`, `:`). Parsing then costs ~0.1 s at most.
+MAX_JSON_CONTAINERS = 2 * MAX_BATCH_IMAGES * (IMAGE_SIZE + 1) + 16
+MAX_JSON_SEPARATORS = 2 * MAX_BATCH_IMAGES * IMAGE_SIZE * IMAGE_SIZE + 64
 
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
@@ -66,9 +89,11 @@ PICTURE_TYPES = ("image/png", "image/jpeg")
 # HTTP status of each kind of refusal (the README lists them).
 STATUS_OF = {
     "unreadable": 400,  # not valid JSON or multipart; a truncated or corrupt picture; no digit
+    "too_slow": 408,  # the body did not arrive within BODY_TIMEOUT_SECONDS
     "too_large": 413,  # body over MAX_REQUEST_BYTES; picture over digit_image's pixel limit
     "unsupported": 415,  # neither JSON, multipart nor PNG/JPEG
     "invalid": 422,  # JSON of the wrong shape or type, NaN, out of range, empty or too big a batch
+    "busy": 503,  # MAX_BODIES bodies in progress for the whole body deadline
 }
 
 
@@ -96,8 +121,9 @@ class PixelsRequest(BaseModel):
 
     pixels: list[list[float]] | list[list[list[float]]] = Field(
         description="one 28x28 array, or a batch N x 28 x 28 (N <= "
-        f"{MAX_BATCH_IMAGES}), light digit on black, MNIST-style: integers 0..255, or "
-        "floats, read on the [0, 1] scale when none is above 1.0 (as predict reads .npy)",
+        f"{MAX_BATCH_IMAGES}), light digit on black, MNIST-style, on the 0..255 scale "
+        "(integers or floats alike; [0, 1] values must be multiplied by 255). A blank digit "
+        "is refused (400) as a blank picture is.",
     )
 
 
@@ -138,17 +164,18 @@ class Refused(HTTPException):
 # Inputs -> (N, 28, 28) float32 pixels 0..255
 
 
-def picture_digit(data: bytes) -> np.ndarray:
+def picture_digit(data: bytes, budget: digit_image.DecodeBudget | None = None) -> np.ndarray:
     """The bytes of a PNG/JPEG picture of one digit -> MNIST-style float32 (28, 28).
 
     :func:`digit_image.picture_to_digit` does all the work, exactly as for ``mnist-pipeline
     predict``, including its limits (PNG or JPEG only; the pixel count is checked from the
-    header, before decoding). Raises :class:`Refused`: 413 for a picture too large, else 400.
+    header, before decoding), its decoding cost reserved from ``budget``. Raises
+    :class:`Refused`: 413 for a picture too large, else 400.
     """
     if not data:
         raise Refused("unreadable", "empty upload: expected a PNG or JPEG picture")
     try:
-        return digit_image.picture_to_digit(data)
+        return digit_image.picture_to_digit(data, budget=budget)
     except digit_image.PictureError as error:
         reason = str(error)
         too_large = "too large" in reason or "decompression bomb" in reason
@@ -160,7 +187,8 @@ def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
     whether it was a batch (N x 28 x 28, even with N = 1) rather than one 28x28 array.
 
     Numbers are read as ``mnist-pipeline predict`` reads a ``.npy`` array
-    (:func:`predict.as_pixel_batch`). Raises :class:`Refused`.
+    (:func:`predict.as_pixel_batch`): on the 0..255 scale, a blank digit refused. Raises
+    :class:`Refused`.
     """
     value = json_field(body, "pixels", '{"pixels": 28x28 or N x 28 x 28}')
     return pixels_from_value(value, "pixels", batch_only=False)
@@ -174,7 +202,19 @@ def instances_from_json(body: bytes) -> np.ndarray:
 
 
 def json_field(body: bytes, field: str, expected: str) -> Any:
-    """The value of ``field`` in a JSON object body, or :class:`Refused`."""
+    """The value of ``field`` in a JSON object body, or :class:`Refused`.
+
+    Before parsing, the body's brackets and separators are counted (a C loop over the bytes,
+    milliseconds for 8 MiB): more than :data:`MAX_JSON_CONTAINERS` arrays and objects, or
+    :data:`MAX_JSON_SEPARATORS` values, is refused unparsed (422), so that no body costs
+    more than ~0.1 s of parsing.
+    """
+    containers = body.count(b"[") + body.count(b"{")
+    separators = body.count(b",") + body.count(b":")
+    if containers > MAX_JSON_CONTAINERS or separators > MAX_JSON_SEPARATORS:
+        raise Refused("invalid", f"JSON body of {containers:,} arrays and {separators:,} "
+                      f"values: more than {MAX_BATCH_IMAGES} digits of 28x28 need, over the "
+                      "limit (refused unparsed)")
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 included
@@ -210,6 +250,8 @@ def pixels_from_value(value: Any, name: str, batch_only: bool) -> tuple[np.ndarr
                       f"of {MAX_BATCH_IMAGES}")
     try:
         return predict.as_pixel_batch(array, name), batch
+    except predict.BlankDigitError as error:  # as a blank picture is refused
+        raise Refused("unreadable", str(error)) from None
     except predict.InputError as error:
         raise Refused("invalid", str(error)) from None
 
@@ -310,43 +352,131 @@ class RequestTooLarge(Exception):
     """The request body grew past MAX_REQUEST_BYTES while it was being read."""
 
 
-class LimitRequestBody:
-    """ASGI middleware: refuse bodies over ``max_bytes`` with 413, declared or streamed.
+class BodyTimeout(Exception):
+    """The request body had not all arrived by its deadline."""
 
-    A ``Content-Length`` over the limit is answered at once, unread; a body without one
-    (chunked) raises :class:`RequestTooLarge` from ``receive`` as soon as it passes the
-    limit, which the application turns into the same 413.
+
+class GuardRequests:
+    """ASGI middleware: what any client may cost the server, and headers on every answer.
+
+    - a ``Content-Length`` over ``max_bytes`` is answered 413 at once, unread; a body
+      without one (chunked) raises :class:`RequestTooLarge` from ``receive`` as soon as it
+      passes the limit: the same 413;
+    - a request with a body waits for one of ``max_bodies`` turns (503 when none came by its
+      deadline), so at most ``max_bodies x max_bytes`` of bodies are held, however many
+      clients send at once; while it waits, uvicorn stops reading its connection;
+    - its body must have arrived ``body_timeout`` seconds after the request began (turn
+      included), else 408: a stalled or slow sender is cut off, its connection closed;
+    - a client that goes away mid-body is logged in one line, not a traceback;
+    - every answer says ``X-Content-Type-Options: nosniff``, and a redirect's ``Location``
+      is a path (``/static/``), never built from the request's ``Host`` header.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_REQUEST_BYTES):
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_REQUEST_BYTES,
+                 max_bodies: int = MAX_BODIES, body_timeout: float = BODY_TIMEOUT_SECONDS):
+        if max_bodies < 1 or body_timeout <= 0:
+            raise ValueError("max_bodies must be >= 1 and body_timeout > 0")
         self.app = app
         self.max_bytes = max_bytes
+        self.max_bodies = max_bodies
+        self.body_timeout = body_timeout
+        self._turns: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        started = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": safe_headers(message.get("headers", []))}
+            await send(message)
+
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await too_large_response(self.max_bytes)(scope, receive, send)
+            await refusal(scope, "too_large", self.over_the_limit())(scope, receive, guarded_send)
             return
-        received = 0
+        if not chunked and (not declared.isdigit() or int(declared) == 0):
+            await self.app(scope, receive, guarded_send)  # no body: nothing to hold
+            return
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first request, or a test client's new event loop
+            self._loop, self._turns = loop, asyncio.Semaphore(self.max_bodies)
+        turns = self._turns
+        deadline = loop.time() + self.body_timeout
+        try:
+            await asyncio.wait_for(turns.acquire(), self.body_timeout)
+        except TimeoutError:
+            await refusal(scope, "busy", f"busy: {self.max_bodies} uploads in progress for "
+                          f"{self.body_timeout:g} s; try again", {"retry-after": "5"}
+                          )(scope, receive, guarded_send)
+            return
+        received, complete = 0, False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body is in: waiting for a disconnect has no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise BodyTimeout from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise RequestTooLarge
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except (BodyTimeout, RequestTooLarge) as error:
+            if started:
+                raise
+            kind, reason = ("too_large", self.over_the_limit()) \
+                if isinstance(error, RequestTooLarge) else \
+                ("too_slow", f"the request body did not arrive within {self.body_timeout:g} s")
+            await refusal(scope, kind, reason)(scope, receive, guarded_send)
+        except ClientDisconnect:
+            client = scope.get("client") or ("?", 0)
+            LOG.info("%s:%s - %s %s: the client went away after %s of its body", *client,
+                     scope["method"], scope["path"], f"{received:,} bytes")
+        finally:
+            turns.release()
+
+    def over_the_limit(self) -> str:
+        return f"request body over the limit of {self.max_bytes:,} bytes"
 
 
-def too_large_response(max_bytes: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body over the limit of {max_bytes:,} bytes"},
-                        status_code=STATUS_OF["too_large"])
+def safe_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``X-Content-Type-Options: nosniff``, and a ``Location`` made a path
+    (Starlette builds redirects from the request's Host header, which the client chose)."""
+    safe = []
+    for name, value in headers:
+        if name.lower() == b"location":
+            parts = urllib.parse.urlsplit(value.decode("latin-1"))
+            value = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")
+                                            ).encode("latin-1")
+        if name.lower() != b"x-content-type-options":
+            safe.append((name, value))
+    safe.append((b"x-content-type-options", b"nosniff"))
+    return safe
+
+
+def refusal(scope: Scope, kind: str, reason: str,
+            headers: dict[str, str] | None = None) -> JSONResponse:
+    """A refusal before or instead of the application: ``{"detail": reason}`` (``{"error"}``
+    on TF Serving's routes), and the connection closed, since its body is left unread."""
+    key = "error" if scope.get("path", "").startswith("/v1/") else "detail"
+    return JSONResponse({key: reason}, status_code=STATUS_OF[kind],
+                        headers={"connection": "close", **(headers or {})})
 
 
 PREDICT_OPENAPI = {
@@ -368,13 +498,16 @@ PREDICT_OPENAPI = {
 
 def create_app(model: str | Path | inference.Classifier, *,
                max_model_batch: int = MAX_MODEL_BATCH, window_seconds: float = 0.0,
-               ) -> FastAPI:
+               body_timeout: float = BODY_TIMEOUT_SECONDS, max_bodies: int = MAX_BODIES,
+               decode_budget_bytes: int = DECODE_BUDGET_BYTES) -> FastAPI:
     """The application around ``model``: a ``.onnx`` or ``.keras`` file, or a loaded
     :class:`mnist_pipeline.inference.Classifier`.
 
     The model takes raw pixels 0..255 (N, 28, 28) and returns probabilities (N, 10), as
     every model file of the pipeline; it is loaded once here. ``max_model_batch`` and
-    ``window_seconds`` tune :class:`ModelBatcher` (1 and 0: one request per model call).
+    ``window_seconds`` tune :class:`ModelBatcher` (1 and 0: one request per model call);
+    ``body_timeout`` and ``max_bodies``, :class:`GuardRequests`; ``decode_budget_bytes``,
+    the pixels that pictures decoded at once may hold (:class:`digit_image.DecodeBudget`).
     """
     classifier = model if isinstance(model, inference.Classifier) else inference.load(model)
     model_name = str(classifier.path) if classifier.path else classifier.kind
@@ -393,14 +526,12 @@ def create_app(model: str | Path | inference.Classifier, *,
         lifespan=lifespan,
     )
     app.state.batcher = batcher
-    app.add_middleware(LimitRequestBody, max_bytes=MAX_REQUEST_BYTES)
+    app.state.decode_budget = budget = digit_image.DecodeBudget(decode_budget_bytes)
+    app.add_middleware(GuardRequests, max_bytes=MAX_REQUEST_BYTES, max_bodies=max_bodies,
+                       body_timeout=body_timeout)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.exception_handler(RequestTooLarge)
-    async def request_too_large(_request: Request, _error: RequestTooLarge) -> JSONResponse:
-        return too_large_response(MAX_REQUEST_BYTES)
-
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={
             # Belt and braces for "works offline": the page may load nothing from elsewhere.
@@ -420,12 +551,15 @@ def create_app(model: str | Path | inference.Classifier, *,
         response_model_exclude_none=True,
         openapi_extra=PREDICT_OPENAPI,
         responses={status: {"description": reason} for status, reason in (
-            (400, "unreadable JSON, multipart or picture; a blank picture"),
+            (400, "unreadable JSON, multipart or picture (a corrupt PNG included); a blank "
+                  "picture or a blank digit of JSON pixels"),
+            (408, f"the body did not arrive within {body_timeout:g} s"),
             (413, f"body over {MAX_REQUEST_BYTES:,} bytes, or a picture of too many pixels "
                   "(a decompression bomb)"),
             (415, "neither JSON, multipart, PNG nor JPEG"),
             (422, "pixels of the wrong shape or type, NaN, out of 0..255, an empty batch "
                   f"or over {MAX_BATCH_IMAGES} images"),
+            (503, f"{max_bodies} uploads in progress all along the body's deadline"),
         )},
     )
     async def predict_digits(request: Request) -> dict[str, Any]:
@@ -448,9 +582,10 @@ def create_app(model: str | Path | inference.Classifier, *,
                 if upload is None or isinstance(upload, str):
                     raise Refused("unreadable", 'multipart: expected a file field named "file"')
                 data = await upload.read()
-            pixels = (await run_in_threadpool(picture_digit, data))[np.newaxis]
+            pixels = (await run_in_threadpool(picture_digit, data, budget))[np.newaxis]
         elif media_type in PICTURE_TYPES:
-            pixels = (await run_in_threadpool(picture_digit, await request.body()))[np.newaxis]
+            pixels = (await run_in_threadpool(picture_digit, await request.body(), budget)
+                      )[np.newaxis]
         else:
             raise Refused("unsupported", f"content type {media_type or 'missing'}: send "
                           "application/json, multipart/form-data, image/png or image/jpeg")
@@ -500,9 +635,30 @@ def create_app(model: str | Path | inference.Classifier, *,
     return app
 
 
-def run(model: str | Path | inference.Classifier, host: str, port: int) -> None:
-    """Serve ``model`` with uvicorn on ``host:port`` until interrupted."""
+def run(model: str | Path | inference.Classifier, host: str, port: int,
+        body_timeout: float = BODY_TIMEOUT_SECONDS) -> None:
+    """Serve ``model`` with uvicorn on ``host:port`` until interrupted, at most
+    :data:`MAX_CONNECTIONS` connections and requests at once (more: 503)."""
     import uvicorn
 
-    uvicorn.run(create_app(model), host=host, port=port,
-                log_level="info", timeout_graceful_shutdown=5)
+    return_freed_memory()
+    uvicorn.run(create_app(model, body_timeout=body_timeout), host=host, port=port,
+                log_level="info", timeout_graceful_shutdown=5,
+                limit_concurrency=MAX_CONNECTIONS)
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> None:
+    """Have glibc's malloc map blocks of ``threshold`` bytes and more on their own, so that
+    freeing them gives them back to the system. Its default threshold grows to 32 MiB as
+    large blocks are freed; decoded pictures (Pillow allocates 16 MiB blocks) then stay in
+    the heap, fragmented, and the server keeps hundreds of MB it no longer uses. Does
+    nothing where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    m_mmap_threshold = -3  # glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_threshold, threshold)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,286 @@
+"""`mnist-pipeline serve` (real uvicorn, 127.0.0.1) under the probe round's hostile traffic.
+
+The real command serves the small model's ONNX file on a free port with a short body
+deadline; its memory is read from /proc/<pid>/status (VmRSS, sampled every 10 ms). Each test
+sends a bounded number of requests, to loopback only, and is over within a minute:
+
+- 8 worst-case pictures at once (6300x6300 RGBA PNG, transparent, ~170 KB): at most 600 MB
+  more, and it is given back;
+- 200 uploads that declare 8 MiB and send all but one byte: at most 300 MB more, and every
+  one is cut off (408, 503 or closed) soon after the deadline;
+- 4 JSON bodies of 8 MiB of `[[]],` (costly to parse): /health and an ordinary request
+  answer within 500 ms meanwhile;
+- headers, HEAD, redirects and the log of a dropped upload.
+
+(benchmarks/serve_hostile.py measures the same with the default deadline, and reports.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+from sample_data import SmallModel
+
+pytestmark = pytest.mark.slow  # a server process and ~2 GB of loopback traffic: ~40 s
+
+MIB = 1 << 20
+BODY_TIMEOUT = 3.0  # the server's --body-timeout here (30 s by default)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+class PeakRss:
+    """The highest VmRSS of ``pid`` while the ``with`` block runs, minus the one before it."""
+
+    def __init__(self, pid: int):
+        self.pid, self.before = pid, rss(pid)
+        self.peak, self._stop = self.before, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss(self.pid))
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.before) / 1e6
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, port: int, log: Path):
+        self.process, self.port, self.log = process, port, log
+
+    def request(self, head: str, body: bytes = b"", timeout: float = 20) -> tuple[int, bytes]:
+        """One HTTP/1.1 exchange on a new connection: (status, raw answer)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as connection:
+            connection.sendall(head.encode() + b"\r\n" + body)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and (head.startswith("HEAD")
+                                             or len(answer) > content_end(answer)):
+                    break
+        return int(answer.split()[1]), answer
+
+    def post(self, body: bytes, content_type: str, timeout: float = 60) -> tuple[int, float]:
+        start = time.perf_counter()
+        status, _ = self.request(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                                 f"{content_type}\r\nContent-Length: {len(body)}\r\n"
+                                 "Connection: close\r\n", body, timeout)
+        return status, time.perf_counter() - start
+
+
+def content_end(answer: bytes) -> int:
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return len(head) + 4 + length - 1
+
+
+@pytest.fixture(scope="module")
+def server(small_model: SmallModel, tmp_path_factory) -> Iterator[Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve_load") / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model",
+             str(small_model.onnx_path), "--port", str(port), "--body-timeout", str(BODY_TIMEOUT)],
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "the server did not start in 60 s"
+                try:
+                    server = Server(process, port, log_path)
+                    if server.request("GET /health HTTP/1.1\r\nHost: x\r\n"
+                                      "Connection: close\r\n", timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def worst_png(side: int = 6300) -> bytes:
+    """The probe round's picture: transparent RGBA, thick black strokes, optimized."""
+    picture = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    ImageDraw.Draw(picture).line([(side * 0.3, side * 0.2), (side * 0.7, side * 0.2),
+                                  (side * 0.45, side * 0.85)], fill=(0, 0, 0, 255),
+                                 width=side // 40)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_eight_worst_case_pictures_at_once_cost_at_most_600_mb(server: Server) -> None:
+    picture = worst_png()
+    assert len(picture) < 200_000
+    results: list[tuple[int, float]] = []
+    with PeakRss(server.process.pid) as memory:
+        threads = [threading.Thread(target=lambda: results.append(
+            server.post(picture, "image/png", timeout=55))) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [status for status, _ in results] == [200] * 8
+    assert memory.growth_mb <= 600, f"the server grew by {memory.growth_mb:.0f} MB"
+    time.sleep(0.5)
+    assert (rss(server.process.pid) - memory.before) / 1e6 < 100, "the memory stayed"
+
+
+def test_two_hundred_unfinished_uploads_cost_at_most_300_mb_and_are_cut_off(
+        server: Server) -> None:
+    declared = 8 * MIB
+    body = memoryview(bytes(declared - 1))
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+    connections: list[socket.socket] = []
+    answers: dict[str, int] = {}
+    start = time.monotonic()
+    with PeakRss(server.process.pid) as memory:
+        try:
+            for _ in range(200):
+                connection = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                connection.sendall(head)
+                connection.setblocking(False)
+                connections.append(connection)
+            sent = dict.fromkeys(connections, 0)
+            waiting = set(connections)
+
+            def answered(connection: socket.socket) -> None:
+                try:
+                    data = connection.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    data = b""
+                key = data.split()[1].decode() if data.startswith(b"HTTP/") else "closed"
+                answers[key] = answers.get(key, 0) + 1
+                waiting.discard(connection)
+
+            while waiting and time.monotonic() < start + 40:
+                writing = [c for c in waiting if sent[c] < len(body)]
+                readable, writable, _ = select.select(list(waiting), writing, [], 0.2)
+                for connection in readable:
+                    answered(connection)
+                for connection in set(writable) & waiting:
+                    try:
+                        sent[connection] += connection.send(
+                            body[sent[connection]:sent[connection] + 256 * 1024])
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError:  # cut off: its answer may be there to read
+                        connection.settimeout(1)
+                        answered(connection)
+                        waiting.discard(connection)
+            elapsed = time.monotonic() - start
+        finally:
+            for connection in connections:
+                connection.close()
+    assert not waiting, f"{len(waiting)} unfinished uploads still held after {elapsed:.0f} s"
+    assert answers.get("408", 0) >= 1, answers  # those that were read were cut at the deadline
+    assert set(answers) <= {"408", "503", "closed"}, answers
+    assert memory.growth_mb <= 300, f"the server grew by {memory.growth_mb:.0f} MB"
+    status, answer = server.request("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+    assert status == 200 and b'"status":"ok"' in answer
+
+
+def test_health_answers_within_half_a_second_while_hostile_json_is_parsed(
+        server: Server, small_model: SmallModel) -> None:
+    unit = b"[[]],"
+    hostile = b'{"pixels": [' + unit * ((8 * MIB - 64) // len(unit)) + b"[[]]]}"
+    digit = json.dumps({"pixels": small_model.digits[0].astype(int).tolist()}).encode()
+    latencies: dict[str, list[float]] = {"health": [], "predict": []}
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def probe(kind: str) -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            if kind == "health":
+                status, _ = server.request("GET /health HTTP/1.1\r\nHost: x\r\n"
+                                           "Connection: close\r\n")
+            else:
+                status, _ = server.post(digit, "application/json")
+            assert status == 200
+            latencies[kind].append(time.perf_counter() - start)
+            time.sleep(0.05)
+
+    probes = [threading.Thread(target=probe, args=(kind,)) for kind in latencies]
+    senders = [threading.Thread(target=lambda: statuses.append(
+        server.post(hostile, "application/json")[0])) for _ in range(4)]
+    for thread in probes:
+        thread.start()
+    time.sleep(0.2)
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(timeout=50)
+    time.sleep(0.2)
+    done.set()
+    for thread in probes:
+        thread.join(timeout=10)
+    assert statuses == [422] * 4
+    for kind, seconds in latencies.items():
+        assert seconds and max(seconds) < 0.5, f"{kind}: {max(seconds) * 1000:.0f} ms"
+
+
+def test_headers_head_redirects_and_a_dropped_upload(server: Server) -> None:
+    status, answer = server.request("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+    assert status == 200 and b"x-content-type-options: nosniff" in answer.lower()
+    status, answer = server.request("GET /static HTTP/1.1\r\nHost: evil.example\r\n"
+                                    "Connection: close\r\n")
+    assert 300 <= status < 400
+    assert b"evil.example" not in answer and b"\r\nlocation: /static/\r\n" in answer.lower()
+    for path in ("/health", "/predict"):
+        _, answer = server.request(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        assert b"x-content-type-options: nosniff" in answer.lower()
+    # an upload dropped halfway: one line in the log, no traceback
+    lines_before = server.log.read_text().count("\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                           b"Content-Length: 100000\r\n\r\n" + bytes(5000))
+        time.sleep(0.3)
+    time.sleep(0.5)
+    log = server.log.read_text()
+    new_lines = log.splitlines()[lines_before:]
+    assert "Traceback" not in log
+    assert any("went away" in line for line in new_lines), new_lines
+    assert len(new_lines) <= 2, new_lines
+    assert os.path.getsize(server.log) < 1_000_000
