@@ -40,6 +40,21 @@ def test_the_fit_finds_the_temperature_the_labels_were_drawn_with(true_temperatu
     assert calibration.fit_temperature(logits, labels) == fitted  # deterministic
 
 
+def test_a_small_split_without_errors_does_not_make_the_model_certain():
+    """250 digits all right: the plain NLL falls all the way to the smallest T (certainty);
+    the pseudo-count stops short of it."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, 250)
+    logits = rng.normal(0, 1, (5, 250, 10))
+    logits[:, np.arange(250), labels] += 4.0  # every copy right
+    plain = [calibration.negative_log_likelihood(logits, labels, t) for t in (0.05, 0.5, 1.0)]
+    assert plain[0] < plain[1] < plain[2]
+    fitted = calibration.fit_temperature(logits, labels)
+    assert fitted.temperature > 2 * calibration.MIN_TEMPERATURE
+    confidence = calibration.averaged_probabilities(logits, fitted.temperature).max(1).mean()
+    assert 0.95 < confidence < 0.999
+
+
 def test_averaged_probabilities_are_the_mean_softmax_of_the_copies():
     logits = np.random.default_rng(1).normal(0, 4, (3, 5, 10))
     averaged = calibration.averaged_probabilities(logits, 2.0)
@@ -150,3 +165,10 @@ def test_ece_is_zero_when_confidence_is_accuracy_and_large_when_not():
     with pytest.raises(ValueError, match="do not match"):
         expected_calibration_error(labels[:5], probabilities)
     assert expected_calibration_error(labels[:0], probabilities[:0]) == 0.0
+
+
+def test_the_same_network_and_temperature_give_the_same_bytes(trained, tmp_path):
+    network = trained[0]
+    for name in ("first", "second"):  # two builds of the model, as two train runs make
+        save_model(export_model(network, 4, temperature=0.5392), tmp_path / f"{name}.keras")
+    assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()

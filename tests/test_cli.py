@@ -23,7 +23,7 @@ from PIL import Image
 from mnist_pipeline import idx
 from mnist_pipeline.app import cli, predict
 
-HEADER = ["input", "index", "label", "confidence"]
+HEADER = ["input", "index", "label", "confidence", "uncertain"]
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,10 @@ def test_rows_and_csv() -> None:
     probabilities = np.eye(10, dtype=np.float32)[[3, 7, 1]] * 0.9 + 0.01
     rows = predict.prediction_rows(inputs, probabilities)
     assert [row[:3] for row in rows] == [("a.npy", 0, 3), ("a.npy", 1, 7), ("b,c.png", 0, 1)]
+    # blank images: not digits, so uncertain whatever the model says
     assert cli.format_csv(rows).splitlines() == [
-        "input,index,label,confidence", "a.npy,0,3,0.9100", "a.npy,1,7,0.9100",
-        '"b,c.png",0,1,0.9100',
+        "input,index,label,confidence,uncertain", "a.npy,0,3,0.9100,true",
+        "a.npy,1,7,0.9100,true", '"b,c.png",0,1,0.9100,true',
     ]
 
 

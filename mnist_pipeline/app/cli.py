@@ -19,7 +19,7 @@ from mnist_pipeline import __version__, fileio, inference
 from mnist_pipeline.app import digit_image, predict
 
 PROG = "mnist-pipeline"
-CSV_HEADER = ("input", "index", "label", "confidence")
+CSV_HEADER = ("input", "index", "label", "confidence", "uncertain")
 
 # Exit statuses: documented in the help text below.
 EXIT_OK = 0
@@ -78,10 +78,12 @@ example:
 
 PREDICT_EPILOG = """\
 output:
-  CSV with the header  input,index,label,confidence  and one row per digit: the
-  input as given (a directory's files as DIR/FILE), the digit's position in an
-  IDX/.npy batch (0 for a picture), the predicted class 0-9 and its probability
-  (4 decimals).
+  CSV with the header  input,index,label,confidence,uncertain  and one row per
+  digit: the input as given (a directory's files as DIR/FILE), the digit's
+  position in an IDX/.npy batch (0 for a picture), the predicted class 0-9, its
+  probability (4 decimals; calibrated: of answers at 0.9, about 9 in 10 are
+  right), and uncertain: true when the input does not look like a handwritten
+  digit (blank, noise, ink up to the edges) or the model is unsure of it.
 
 exit status:
   0  every input was predicted
@@ -107,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The MNIST pipeline's command line. The pipeline itself runs with "
         "`dvc repro`; these commands use what it produced.",
         epilog=f"predict reads pictures of digits (PNG/JPEG, or directories of them), IDX "
-        "image files and .npy arrays, and writes CSV (input,index,label,confidence). "
+        "image files and .npy arrays, and writes CSV (input,index,label,confidence,"
+        "uncertain). "
         f"Run `{PROG} COMMAND --help` for a command's inputs, options and output.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -210,7 +213,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if errors and not loaded:
         return EXIT_INPUT_ERRORS  # nothing to write: an existing --output file is kept
 
-    rows: list[tuple[str, int, int, float]] = []
+    rows: list[tuple[str, int, int, float, bool]] = []
     if loaded:
         classifier = load_classifier(model_path)
         if classifier is None:
@@ -302,13 +305,14 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def format_csv(rows: Iterable[tuple[str, int, int, float]]) -> str:
-    """The CSV text: header ``input,index,label,confidence``, confidence to 4 decimals."""
+def format_csv(rows: Iterable[tuple[str, int, int, float, bool]]) -> str:
+    """The CSV text: header ``input,index,label,confidence,uncertain``, confidence to 4
+    decimals, uncertain ``true``/``false``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    for name, index, label, confidence in rows:
-        writer.writerow((name, index, label, f"{confidence:.4f}"))
+    for name, index, label, confidence, uncertain in rows:
+        writer.writerow((name, index, label, f"{confidence:.4f}", str(uncertain).lower()))
     return buffer.getvalue()
 
 

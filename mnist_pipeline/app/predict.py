@@ -29,7 +29,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
-from mnist_pipeline import idx, inference
+from mnist_pipeline import idx, inference, uncertainty
 from mnist_pipeline.app import digit_image
 from mnist_pipeline.app.digit_image import IMAGE_SIZE, InvertMode
 
@@ -250,15 +250,18 @@ def load_inputs(
 
 def prediction_rows(
     inputs: Sequence[LoadedInput], probabilities: np.ndarray
-) -> list[tuple[str, int, int, float]]:
-    """(input, index, label, confidence) per image; ``probabilities`` rows follow ``inputs``."""
+) -> list[tuple[str, int, int, float, bool]]:
+    """(input, index, label, confidence, uncertain) per image; ``probabilities`` rows follow
+    ``inputs``. ``uncertain``: not a digit, or the model is unsure (:mod:`mnist_pipeline.
+    uncertainty`)."""
     rows = []
     offset = 0
     for loaded in inputs:
-        for index in range(len(loaded.images)):
-            row = probabilities[offset + index]
+        answers = probabilities[offset:offset + len(loaded.images)]
+        flags = uncertainty.uncertain(loaded.images, answers)
+        for index, (row, flag) in enumerate(zip(answers, flags, strict=True)):
             label = int(np.argmax(row))
-            rows.append((loaded.name, index, label, float(row[label])))
+            rows.append((loaded.name, index, label, float(row[label]), bool(flag)))
         offset += len(loaded.images)
     return rows
 
@@ -266,7 +269,7 @@ def prediction_rows(
 def predict_rows(
     classifier: inference.Classifier, inputs: Sequence[LoadedInput],
     batch_size: int = inference.DEFAULT_BATCH_SIZE,
-) -> list[tuple[str, int, int, float]]:
+) -> list[tuple[str, int, int, float, bool]]:
     """Classify the digits of all ``inputs`` in batches of ``batch_size``; rows as above."""
     images = np.concatenate([loaded.images for loaded in inputs]) if inputs else np.zeros(
         (0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32

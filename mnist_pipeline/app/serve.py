@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnist_pipeline import __version__, inference
+from mnist_pipeline import __version__, inference, uncertainty
 from mnist_pipeline.app import digit_image, predict
 from mnist_pipeline.app.digit_image import IMAGE_SIZE
 
@@ -101,7 +101,9 @@ class Prediction(BaseModel):
     """The model's answer for one digit."""
 
     label: int = Field(description="the predicted digit, 0-9")
-    confidence: float = Field(description="the probability of `label`")
+    confidence: float = Field(description="the probability of `label` (calibrated)")
+    uncertain: bool = Field(description="true when the input does not look like a "
+                            "handwritten digit or the model is unsure: do not trust `label`")
     probabilities: list[float] = Field(description="probability of each digit 0-9, in order")
     digit: list[list[int]] | None = Field(
         default=None,
@@ -334,12 +336,14 @@ class ModelBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def answer(probabilities: np.ndarray) -> dict[str, Any]:
-    """One row of 10 probabilities -> ``{label, confidence, probabilities}``."""
+def answer(probabilities: np.ndarray, uncertain: bool = False) -> dict[str, Any]:
+    """One row of 10 probabilities (and the :func:`mnist_pipeline.uncertainty.uncertain`
+    flag of its digit) -> ``{label, confidence, uncertain, probabilities}``."""
     label = int(np.argmax(probabilities))
     return {
         "label": label,
         "confidence": round(float(probabilities[label]), PROBABILITY_DECIMALS),
+        "uncertain": bool(uncertain),
         "probabilities": [round(float(p), PROBABILITY_DECIMALS) for p in probabilities],
     }
 
@@ -590,9 +594,12 @@ def create_app(model: str | Path | inference.Classifier, *,
             raise Refused("unsupported", f"content type {media_type or 'missing'}: send "
                           "application/json, multipart/form-data, image/png or image/jpeg")
         probabilities = await request.app.state.batcher.predict(pixels)
+        flags = uncertainty.uncertain(pixels, probabilities)
         if not batch:
-            return {**answer(probabilities[0]), "digit": np.rint(pixels[0]).astype(int).tolist()}
-        return {"predictions": [answer(row) for row in probabilities]}
+            return {**answer(probabilities[0], flags[0]),
+                    "digit": np.rint(pixels[0]).astype(int).tolist()}
+        return {"predictions": [answer(row, flag)
+                                for row, flag in zip(probabilities, flags, strict=True)]}
 
     @app.get(f"/v1/models/{TF_SERVING_NAME}", tags=["TensorFlow Serving"])
     async def tf_serving_status() -> dict[str, Any]:

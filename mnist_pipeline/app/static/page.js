@@ -11,6 +11,7 @@ const context = pad.getContext("2d");
 const statusLine = document.getElementById("status");
 const labelText = document.getElementById("label");
 const confidenceText = document.getElementById("confidence");
+const uncertainText = document.getElementById("uncertain"); // the answer's `uncertain` flag
 const seen = document.getElementById("seen");
 const fileInput = document.getElementById("file");
 
@@ -193,6 +194,7 @@ fileInput.addEventListener("change", () => {
 function show(result) {
   labelText.textContent = String(result.label);
   confidenceText.textContent = `${(100 * result.confidence).toFixed(1)}%`;
+  uncertainText.hidden = !result.uncertain;
   result.probabilities.forEach((probability, digit) => {
     bars[digit].querySelector(".fill").style.width = `${(100 * probability).toFixed(1)}%`;
     bars[digit].querySelector(".value").textContent = probability.toFixed(3);
@@ -222,6 +224,7 @@ function drawSeen(digit) {
 function showNothing(message) {
   labelText.textContent = "–";
   confidenceText.textContent = "–";
+  uncertainText.hidden = true;
   for (const item of bars) {
     item.querySelector(".fill").style.width = "0";
     item.querySelector(".value").textContent = "";

@@ -1,0 +1,96 @@
+"""`uncertain`: real digits pass; non-digits and unsure answers are flagged (predict, serve)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from mnist_pipeline import uncertainty
+from mnist_pipeline.app import cli, predict, serve
+
+CONFIDENT = np.eye(10)[[3]] * 0.98 + 0.002  # a sure "3"
+
+
+def sure(count: int) -> np.ndarray:
+    return np.repeat(CONFIDENT, count, axis=0)
+
+
+def test_real_digits_look_like_digits(sample_digits):
+    images, _labels = sample_digits
+    looks = uncertainty.looks_like_a_digit(images)
+    assert looks.mean() >= 0.998  # the pixel rules alone flag at most 0.2% of real digits
+    assert not uncertainty.uncertain(images[:200], sure(200)).any()
+
+
+def test_noise_blank_and_gray_pages_are_not_digits():
+    rng = np.random.default_rng(0)
+    inputs = {
+        "uniform noise": rng.uniform(0, 255, (200, 28, 28)),
+        "blank": np.zeros((3, 28, 28)),
+        "faint": np.full((3, 28, 28), 0.01),  # a total ink of 0.03
+        "gray page": np.full((3, 28, 28), 90.0),
+        "white page": np.full((3, 28, 28), 255.0),
+    }
+    for name, pixels in inputs.items():
+        flagged = uncertainty.uncertain(pixels, sure(len(pixels)))  # however sure the model
+        assert flagged.all(), name
+
+
+def test_ink_up_to_the_edge_is_not_a_digit(sample_digits):
+    digit = sample_digits[0][:1].astype(np.float32)
+    framed = digit.copy()
+    framed[:, :, :2] = 255  # a bar down the left edge
+    assert uncertainty.looks_like_a_digit(digit).all()
+    assert not uncertainty.looks_like_a_digit(framed).any()
+    features = uncertainty.pixel_features(framed)
+    assert features["frame_share"][0] > uncertainty.MAX_FRAME_SHARE
+
+
+def test_an_unsure_answer_is_uncertain(sample_digits):
+    digits = sample_digits[0][:2].astype(np.float32)
+    split = np.full((2, 10), 0.02)
+    split[:, 3] = split[:, 5] = 0.42  # a 3 or a 5: below MIN_CONFIDENCE
+    split[1, 3], split[1, 5] = uncertainty.MIN_CONFIDENCE, 0.84 - uncertainty.MIN_CONFIDENCE
+    np.testing.assert_array_equal(uncertainty.uncertain(digits, split), [True, False])
+    with pytest.raises(ValueError, match="probabilities of shape"):
+        uncertainty.uncertain(digits, split[:1])
+    with pytest.raises(ValueError, match="expected pixels"):
+        uncertainty.pixel_features(np.zeros((2, 784)))
+    assert uncertainty.uncertain(np.zeros((0, 28, 28)), np.zeros((0, 10))).shape == (0,)
+
+
+def test_the_module_needs_numpy_only():
+    code = ("import sys, mnist_pipeline.uncertainty; "
+            "print(sorted(m for m in ('scipy', 'tensorflow', 'keras', 'PIL', 'pandas') "
+            "if m in sys.modules))")
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert imported == "[]"
+
+
+def test_predict_rows_and_csv_say_uncertain(sample_digits):
+    digit = sample_digits[0][:1].astype(np.float32)
+    noise = np.random.default_rng(1).uniform(0, 255, (1, 28, 28)).astype(np.float32)
+    inputs = [predict.LoadedInput("digit.npy", digit), predict.LoadedInput("noise.npy", noise)]
+    rows = predict.prediction_rows(inputs, sure(2))
+    assert [row[4] for row in rows] == [False, True]
+    assert cli.format_csv(rows).splitlines()[1:] == ["digit.npy,0,3,0.9820,false",
+                                                     "noise.npy,0,3,0.9820,true"]
+
+
+def test_serve_answers_uncertain(small_model):
+    noise = np.random.default_rng(2).uniform(0, 255, (28, 28)).round().tolist()
+    digits = np.asarray(small_model.digits[:3]).round().tolist()
+    with TestClient(serve.create_app(small_model.onnx_path)) as client:
+        one = client.post("/predict", json={"pixels": noise})
+        batch = client.post("/predict", json={"pixels": digits})
+        schema = client.get("/openapi.json").json()
+    assert one.status_code == 200 and one.json()["uncertain"] is True
+    answers = batch.json()["predictions"]
+    assert [answer["uncertain"] for answer in answers] == [
+        answer["confidence"] < uncertainty.MIN_CONFIDENCE for answer in answers]
+    assert "uncertain" in schema["components"]["schemas"]["Prediction"]["properties"]
