@@ -57,12 +57,16 @@ baseline:
 	git commit -m "Baseline: pipeline results of $$(git rev-parse --short HEAD)" -- $(BASELINE_FILES)
 
 # The experiments table with what people compare first: test accuracy and errors, then the
-# params that differ. DVC puts metric columns before params, file by file, so the other
-# metrics (data sizes, training and validation numbers, export parity, test loss and macro F1)
-# and the dependency hashes (names with a slash) are dropped; --keep holds the two even when
-# they are equal. Tested at COLUMNS=120 (tests/test_report.py).
-EXPS_KEEP := ^(accuracy|errors)$$
-EXPS_DROP := Created|.*/|dataset$$|.*\.size$$|(train|eval)\.(loss|accuracy)$$|step$$|loss$$|macro_f1$$|onnx_
+# params that differ. DVC puts every metric column before the params, file by file, so the
+# drop takes every column that is not a param (a name under one of params.yaml's sections),
+# metrics added later included, and the metrics named under `train.` too (dvclive's
+# train.loss and train.accuracy, metrics/data.json's train.size);
+# --keep holds the experiment and the two, even when equal. In a terminal DVC pages the table
+# (scroll sideways); piped, it folds what does not fit. Both tested at COLUMNS=120
+# (tests/test_report.py).
+PARAM_SECTIONS = $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\):.*/\1/p' params.yaml | paste -sd'|' -)
+EXPS_KEEP := ^(Experiment|accuracy|errors)$$
+EXPS_DROP = (?!($(PARAM_SECTIONS))(\.|$$))|train\.(loss|accuracy|size)$$
 exps:
 	dvc exp show --only-changed --keep '$(EXPS_KEEP)' --drop '$(EXPS_DROP)'
 

@@ -2,7 +2,8 @@
 
 ``python -m mnist_pipeline.report [--base main] [--rev REV] [--out report]`` (``make report``,
 ``make report BASE=<rev> REV=<rev>``) writes ``report/report.md`` and the pictures it shows
-beside it, for a pull request comment (CML), a CI job summary or any Markdown viewer:
+beside it, for a pull request comment (CML) or any Markdown viewer, and ``report/summary.md``,
+the same text without the pictures, for a CI job summary (which cannot show local images):
 
 - the gate's verdict (:mod:`mnist_pipeline.gate`: stale results, worse test metrics);
 - the params that changed (``dvc params diff <base> [<rev>] --json``);
@@ -34,6 +35,7 @@ from mnist_pipeline import fileio, gate, paths
 
 OUT_DIR = Path("report")
 REPORT_FILE = "report.md"
+SUMMARY_FILE = "summary.md"
 WORKSPACE = "workspace"  # DVC's name for the working tree in diffs
 
 
@@ -78,6 +80,8 @@ def format_value(value: object) -> str:
 def format_change(old: object, new: object) -> str:
     """``+0.002``, ``-3``, ``0``; empty when either side is missing or not a number."""
     numbers = (int, float)
+    if old is None or new is None:
+        return ""
     if not (isinstance(old, numbers) and isinstance(new, numbers)) or isinstance(old, bool):
         return "" if old == new else "changed"
     change = new - old
@@ -167,8 +171,9 @@ def describe_revision(rev: str | None) -> str:
     return f"the workspace (HEAD `{head}`{', with uncommitted changes' if dirty else ''})"
 
 
-def build_report(base: str, rev: str | None, out_dir: Path) -> str:
-    """Query DVC and git, write the PNGs to ``out_dir``; the Markdown text."""
+def build_report(base: str, rev: str | None, out_dir: Path) -> tuple[list[str], list[str]]:
+    """Query DVC and git, write the PNGs to ``out_dir``; the Markdown lines of the text and of
+    the pictures."""
     target = rev or WORKSPACE
     revisions = [base, *([rev] if rev else [])]
     if rev:  # a committed revision: no `dvc status` to check, only its metrics
@@ -207,16 +212,20 @@ def build_report(base: str, rev: str | None, out_dir: Path) -> str:
     if others:
         lines += ["<details><summary>Every other metric</summary>", "", others, "",
                   "</details>", ""]
-    return "\n".join(lines + charts) + "\n"
+    return lines, charts
 
 
 def write_report(base: str = "main", rev: str | None = None, out_dir: Path = OUT_DIR) -> Path:
-    """Write ``out_dir/report.md`` and its PNGs (replacing an earlier report); its path."""
+    """Write ``out_dir/report.md``, its PNGs and ``summary.md`` (replacing an earlier report);
+    the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.png"), out_dir / REPORT_FILE]:
+    for stale in [*out_dir.glob("*.png"), out_dir / REPORT_FILE, out_dir / SUMMARY_FILE]:
         stale.unlink(missing_ok=True)
-    text = build_report(base, rev, out_dir)
-    fileio.write_text(out_dir / REPORT_FILE, text)
+    text, charts = build_report(base, rev, out_dir)
+    fileio.write_text(out_dir / REPORT_FILE, "\n".join(text + charts) + "\n")
+    note = ["### Charts", "", f"Not shown here: the PNGs beside `{out_dir / REPORT_FILE}` "
+            "(in CI, the run's `model-report` artifact)."]
+    fileio.write_text(out_dir / SUMMARY_FILE, "\n".join(text + note) + "\n")
     return out_dir / REPORT_FILE
 
 
@@ -233,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         path = write_report(args.base, args.rev or None, args.out)
     except gate.DvcError as error:
         sys.exit(f"report: {error}")
+    except ModuleNotFoundError as error:  # vl-convert-python: in the pipeline extra
+        sys.exit(f"report: {error.name} is not installed: run `make install`")
     print(f"report: wrote {path} and its pictures in {time.perf_counter() - started:.1f} s")
 
 
