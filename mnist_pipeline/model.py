@@ -214,10 +214,14 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def without_save_times(archive: str | Path) -> None:
-    """Rewrite a ``.keras`` zip without the times Keras stamps on it, in place.
+    """Rewrite a ``.keras`` zip without what differs between two saves of one model, in place.
 
-    Keras writes the save date into metadata.json (``date_saved``) and the file time onto the
-    weights entry; everything else (config, HDF5 weights) is already a function of the model.
+    Keras writes the save date into metadata.json (``date_saved``), the file time onto the
+    weights entry, and into config.json, for each object used more than once (the network
+    inside the test-time-shift model), a ``shared_object_id`` that is the object's Python
+    ``id()``, a memory address: those are renumbered 1, 2, ... in order of appearance
+    (:func:`renumber_shared_objects`). Everything else (config, HDF5 weights) is already a
+    function of the model.
     """
     with zipfile.ZipFile(archive) as source:
         members = [(info, source.read(info)) for info in source.infolist()]
@@ -227,9 +231,30 @@ def without_save_times(archive: str | Path) -> None:
                 metadata = json.loads(data)
                 metadata.pop("date_saved", None)
                 data = json.dumps(metadata).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(renumber_shared_objects(json.loads(data))).encode()
             entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
             entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
             rewritten.writestr(entry, data)
+
+
+def renumber_shared_objects(config: object, numbers: dict[object, int] | None = None) -> object:
+    """``config`` (a Keras config, parsed JSON) with every ``shared_object_id`` replaced by
+    1, 2, ... in order of first appearance (depth first, in the file's order), so that all
+    references to one object keep one number; loading only matches the numbers up."""
+    numbers = {} if numbers is None else numbers
+    if isinstance(config, list):
+        return [renumber_shared_objects(item, numbers) for item in config]
+    if not isinstance(config, dict):
+        return config
+    renumbered = {}
+    for key, value in config.items():
+        if key == "shared_object_id" and not isinstance(value, (dict, list)):
+            value = numbers.setdefault(value, len(numbers) + 1)
+        else:
+            value = renumber_shared_objects(value, numbers)
+        renumbered[key] = value
+    return renumbered
 
 
 def to_pixels(images: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from mnist_pipeline.inference import load_keras_model
-from mnist_pipeline.model import build_network, export_model, save_model
+from mnist_pipeline.model import build_network, export_model, renumber_shared_objects, save_model
 from mnist_pipeline.params import params_from_dict
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,46 @@ def test_saving_the_same_weights_twice_gives_identical_bytes(tmp_path):
         assert b"date_saved" not in archive.read("metadata.json")
     assert load_keras_model(tmp_path / "first.keras").count_params() == network.count_params()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["first.keras", "second.keras"]
+
+
+# Builds the test-time-shift model (its network used 5 times: shared objects in config.json)
+# with seeded weights, and saves it where argv[1] says.
+SAVE_IN_A_NEW_PROCESS = f"""
+import sys
+sys.path.insert(0, {str(PROJECT)!r})
+import keras
+from mnist_pipeline.model import build_network, export_model, save_model
+from mnist_pipeline.params import params_from_dict
+keras.utils.set_random_seed(0)
+save_model(export_model(build_network(params_from_dict({TINY!r}).model), 4), sys.argv[1])
+"""
+
+
+def test_two_processes_saving_equal_weights_write_identical_bytes(tmp_path):
+    """Keras writes each shared object's id() (a memory address) into config.json: two
+    processes, two addresses. save_model renumbers them, so the bytes are equal."""
+    import numpy as np
+
+    for name in ("first.keras", "second.keras"):
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, str(tmp_path / name)],
+                       check=True, capture_output=True, timeout=180)
+    first, second = ((tmp_path / name).read_bytes() for name in ("first.keras", "second.keras"))
+    with zipfile.ZipFile(tmp_path / "first.keras") as archive:
+        config = archive.read("config.json").decode()
+    assert '"shared_object_id": 1' in config and '"shared_object_id": 2' not in config
+    assert first == second
+    model = load_keras_model(tmp_path / "first.keras")  # the renumbered references still load
+    assert len(model.layers) and model.count_params() > 0
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 28, 28)).astype(np.float32)
+    assert np.asarray(model(pixels)).shape == (3, 10)
+
+
+def test_renumbering_keeps_references_consistent():
+    config = {"a": {"shared_object_id": 140_001, "x": [{"shared_object_id": 99}]},
+              "b": [{"shared_object_id": 140_001}, {"shared_object_id": 99, "c": 140_001}]}
+    assert renumber_shared_objects(config) == {
+        "a": {"shared_object_id": 1, "x": [{"shared_object_id": 2}]},
+        "b": [{"shared_object_id": 1}, {"shared_object_id": 2, "c": 140_001}]}
 
 
 # Saves a model into models/model.keras and dies (as kill -9 would) just before the rename.
