@@ -46,6 +46,7 @@ THRESHOLDS = Thresholds()
 EVALUATE_FILE = str(paths.EVALUATE_METRICS)
 DATA_FILE = str(paths.DATA_METRICS)
 CHECKED = ("accuracy", "macro_f1", "errors")
+SHOWN_PATHS = 3  # per kind of change in a stale stage's line
 # Tiny float noise (0.91 - 0.907 = 0.0030000000000000027) must not tip a comparison.
 TOLERANCE = 1e-9
 
@@ -80,7 +81,10 @@ def describe_status(status: dict) -> list[str]:
                 continue
             for kind, items in change.items():
                 if isinstance(items, dict):
-                    items = ", ".join(f"{path} {_state(state)}" for path, state in items.items())
+                    named = [f"{path} {_state(state)}" for path, state in items.items()]
+                    if len(named) > SHOWN_PATHS:  # a line a reason, not a page
+                        named[SHOWN_PATHS:] = [f"{len(named) - SHOWN_PATHS} more"]
+                    items = ", ".join(named)
                 parts.append(f"{kind} {items}")
         lines.append(f"stale: stage '{stage}' ({'; '.join(parts)}): run `dvc repro`")
     return lines

@@ -92,6 +92,10 @@ def test_stale_stages_get_one_line_each():
         "stale: stage 'evaluate' (changed deps params.yaml (evaluate modified); changed outs "
         "metrics/evaluate.json (deleted)): run `dvc repro`"]
     assert gate.describe_status({}) == []
+    many = {"train": [{"changed deps": {f"mnist_pipeline/m{i}.py": "modified" for i in range(5)}}]}
+    assert gate.describe_status(many) == [
+        "stale: stage 'train' (changed deps mnist_pipeline/m0.py (modified), mnist_pipeline/m1.py "
+        "(modified), mnist_pipeline/m2.py (modified), 2 more): run `dvc repro`"]
 
 
 # --- the report's tables, pure ---------------------------------------------------------------
