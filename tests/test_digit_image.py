@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -216,3 +218,92 @@ def test_a_corrupt_exif_block_is_ignored(digits: np.ndarray) -> None:
         warnings.simplefilter("error")  # Pillow's "Corrupt EXIF data" must not leak either
         with_exif = digit_image.read_picture(plain[:at] + chunk + plain[at:])
     np.testing.assert_array_equal(with_exif, digit_image.read_picture(plain))
+
+
+# --- corrupt PNGs, and what decoding costs --------------------------------------------------
+
+
+def png_with_a_bad_checksum(digit: np.ndarray, chunk_name: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(on_paper(digit)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(chunk_name) - 4
+    length = int.from_bytes(data[at:at + 4], "big")
+    data[at + 8 + length] ^= 0xFF  # the first byte of the chunk's CRC
+    return bytes(data)
+
+
+@pytest.mark.parametrize("chunk_name", [b"IDAT", b"IEND"])
+def test_a_png_with_a_bad_checksum_is_refused(digits: np.ndarray, chunk_name: bytes) -> None:
+    """Pillow checks the chunks before the pixels only: a damaged IDAT decoded silently."""
+    damaged = png_with_a_bad_checksum(digits[3], chunk_name)
+    with pytest.raises(digit_image.PictureError, match=rf"corrupt PNG: the checksum of chunk "
+                                                         rf"{chunk_name.decode()} does not match"):
+        digit_image.read_picture(damaged)
+    buffer = io.BytesIO()
+    Image.fromarray(on_paper(digits[3])).save(buffer, "PNG")
+    with pytest.raises(digit_image.PictureError, match="truncated PNG"):
+        digit_image.read_picture(buffer.getvalue()[:-12])  # no IEND
+
+
+def test_the_decode_budget_lets_pictures_through_within_it() -> None:
+    budget = digit_image.DecodeBudget(100)
+    order: list[str] = []
+
+    def big(name: str, started: threading.Event) -> None:
+        with budget.reserve(80):
+            order.append(f"{name} in")
+            started.set()
+            time.sleep(0.2)
+            order.append(f"{name} out")
+
+    first_in, second_in = threading.Event(), threading.Event()
+    first = threading.Thread(target=big, args=("first", first_in))
+    first.start()
+    first_in.wait(5)
+    second = threading.Thread(target=big, args=("second", second_in))
+    second.start()
+    with budget.reserve(20):  # a small picture passes the big one that waits
+        order.append("small")
+    with budget.reserve(10 ** 9):  # more than the budget: waits for all of it, then runs
+        order.append("huge")
+    first.join(5)
+    second.join(5)
+    assert order[:2] == ["first in", "small"]
+    assert order.index("first out") < order.index("second in")
+    assert budget.in_use == 0 and budget.waiting == 0
+
+
+MEASURE_DECODE = """
+import sys
+from mnist_pipeline.app import digit_image
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))
+data = open(sys.argv[1], "rb").read()
+before = peak()
+digit_image.picture_to_digit(data)
+print(peak() - before)
+"""
+
+
+def test_a_big_transparent_png_costs_at_most_its_decode_cost(tmp_path: Path) -> None:
+    """6 bytes a pixel of a 3000x3000 RGBA drawing (Pillow's 4, gray, alpha; the white
+    copy after the picture is let go of), within decode_cost's 8 (it used to take 16)."""
+    import subprocess
+    import sys
+
+    side = 3000
+    picture = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(picture).line([(900, 600), (2100, 600), (1300, 2500)], fill=(0, 0, 0, 255),
+                                 width=80)
+    picture.save(tmp_path / "drawn.png", optimize=True)
+    with Image.open(tmp_path / "drawn.png") as opened:
+        cost = digit_image.decode_cost(opened)
+    assert cost == side * side * 8
+    result = subprocess.run([sys.executable, "-c", MEASURE_DECODE, str(tmp_path / "drawn.png")],
+                            capture_output=True, text=True, timeout=120, check=True)
+    growth = int(result.stdout.split()[-1])
+    assert growth <= cost, f"decoding grew the process by {growth / 1e6:.0f} MB"

@@ -183,13 +183,19 @@ def gif_bytes() -> bytes:
     (png_claiming(50_000, 50_000), 413, "too large"),  # a decompression bomb's header
     (jpeg_claiming(65_000, 65_000), 413, "too large"),  # too large even at 1/8 scale
     (png_bytes(np.full((40, 40), 255)), 400, "blank image"),
-], ids=["text", "empty", "truncated", "gif", "png-bomb", "jpeg-bomb", "blank"])
+    (b"CRC", 400, "corrupt PNG: the checksum of chunk IDAT does not match"),
+], ids=["text", "empty", "truncated", "gif", "png-bomb", "jpeg-bomb", "blank", "bad-crc"])
 def test_bad_pictures_are_refused(client: TestClient, small_model: SmallModel, data: bytes | None,
                                   status: int, reason: str) -> None:
     if data is None:
         data = png_bytes(paper_scan(small_model.digits[0], 300))[:300]
     if data == b"GIF":
         data = gif_bytes()
+    if data == b"CRC":  # a real scan whose pixel data is damaged: its checksum says so
+        data = bytearray(png_bytes(paper_scan(small_model.digits[0])))
+        at = data.index(b"IDAT") + 8
+        data[at] ^= 0xFF
+        data = bytes(data)
     response = client.post("/predict", files={"file": ("upload.png", data, "image/png")})
     assert_refused(response, status, reason)
 
@@ -295,6 +301,19 @@ def test_the_page_and_its_files_are_served_locally(client: TestClient) -> None:
         assert asset.status_code == 200
         assert "http://" not in asset.text and "https://" not in asset.text
     assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_head_nosniff_and_redirects_that_ignore_the_host_header(client: TestClient) -> None:
+    head = client.head("/")
+    assert head.status_code == 200 and head.content == b""
+    for path in ("/", "/health", "/static/page.js", "/docs"):
+        assert client.get(path).headers["x-content-type-options"] == "nosniff"
+    assert_refused(client.post("/predict", content=b"x", headers={"content-type": "text/csv"}),
+                   415, "text/csv")
+    redirect = client.get("/static", headers={"host": "evil.example"}, follow_redirects=False)
+    assert 300 <= redirect.status_code < 400
+    assert redirect.headers["location"] == "/static/"
+    assert redirect.headers["x-content-type-options"] == "nosniff"
 
 
 def test_docs_work_offline(client: TestClient) -> None:
@@ -484,3 +503,85 @@ def test_the_tf_serving_route_refuses_bad_bodies_in_one_line(client: TestClient,
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert reason in error and "\n" not in error, error
+
+
+# --- what a client may hold: the body deadline and the turns -----------------------------------
+
+
+def guarded(body_timeout: float, max_bodies: int = 16):
+    """GuardRequests around an application that reads the whole body, then answers 200."""
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import PlainTextResponse
+
+    async def app(scope, receive, send):
+        body = await StarletteRequest(scope, receive).body()
+        await PlainTextResponse(f"{len(body)} bytes")(scope, receive, send)
+
+    return serve.GuardRequests(app, max_bodies=max_bodies, body_timeout=body_timeout)
+
+
+def scope_of(length: int) -> dict:
+    return {"type": "http", "method": "POST", "path": "/predict", "client": ("127.0.0.1", 1),
+            "headers": [(b"content-length", str(length).encode()),
+                        (b"content-type", b"image/png")]}
+
+
+async def exchange(app, length: int, chunks: list[bytes], stall: bool) -> dict:
+    """Send ``chunks`` of a body declared ``length`` long, then stall (or not); the answer."""
+    queue = list(chunks)
+    answer: dict = {"status": None, "headers": {}, "body": b""}
+
+    async def receive():
+        if queue:
+            return {"type": "http.request", "body": queue.pop(0), "more_body": bool(queue)
+                    or stall}
+        await asyncio.sleep(3600)  # a client that never sends its last byte
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+            answer["headers"] = dict(message["headers"])
+        else:
+            answer["body"] += message.get("body", b"")
+
+    await app(scope_of(length), receive, send)
+    return answer
+
+
+def test_a_stalled_body_is_cut_off_at_the_deadline_with_408() -> None:
+    app = guarded(body_timeout=0.3)
+    start = time.monotonic()
+    answer = asyncio.run(exchange(app, 100, [b"x" * 99], stall=True))
+    assert 0.25 < time.monotonic() - start < 3
+    assert answer["status"] == 408 and b"did not arrive within 0.3 s" in answer["body"]
+    assert answer["headers"][b"connection"] == b"close"
+    complete = asyncio.run(exchange(guarded(body_timeout=5), 100, [b"x" * 60, b"x" * 40],
+                                    stall=False))
+    assert complete["status"] == 200 and complete["body"] == b"100 bytes"
+
+
+def test_uploads_beyond_the_turns_wait_then_are_told_the_server_is_busy() -> None:
+    app = guarded(body_timeout=0.4, max_bodies=2)
+
+    async def three_stalled_then_one_more() -> list[dict]:
+        stalled = [asyncio.ensure_future(exchange(app, 100, [b"x"], stall=True))
+                   for _ in range(3)]
+        answers = await asyncio.gather(*stalled)
+        answers.append(await exchange(app, 5, [b"hello"], stall=False))  # turns given back
+        return answers
+
+    answers = asyncio.run(three_stalled_then_one_more())
+    assert sorted(answer["status"] for answer in answers[:3]) == [408, 408, 503]
+    assert answers[3]["status"] == 200
+
+
+def test_the_json_structure_is_counted_before_parsing() -> None:
+    hostile = b'{"pixels": [' + b"[[]]," * 1_000_000 + b"[[]]]}"  # 5 MB
+    start = time.perf_counter()
+    with pytest.raises(serve.Refused, match="refused unparsed"):
+        serve.pixels_from_json(hostile)
+    assert time.perf_counter() - start < 0.5  # parsing it took 1.5 s
+    largest = np.full((serve.MAX_BATCH_IMAGES, 28, 28), 0.123456789)  # long numbers
+    largest[:, 6:22, 12:16] = 254.987654321  # a stroke: not blank
+    pixels, batch = serve.pixels_from_json(json.dumps({"pixels": largest.tolist()}).encode())
+    assert batch and pixels.shape == (serve.MAX_BATCH_IMAGES, 28, 28)

@@ -163,7 +163,7 @@ def read_picture(
         warnings.simplefilter("ignore")  # our pixel limit is lower than Pillow's
         try:
             owned = not isinstance(source, Image.Image)  # not the caller's to change
-            picture = open_picture(source, stack) if owned else source
+            picture = open_picture(source, stack, max_pixels) if owned else source
             check_size(picture, max_side, max_pixels)
             if budget is not None:
                 stack.enter_context(budget.reserve(decode_cost(picture)))
@@ -191,11 +191,13 @@ def picture_format(head: bytes) -> str | None:
 
 
 def open_picture(
-    source: str | os.PathLike[str] | bytes | BinaryIO, stack: contextlib.ExitStack
+    source: str | os.PathLike[str] | bytes | BinaryIO, stack: contextlib.ExitStack,
+    max_pixels: int = MAX_PICTURE_PIXELS,
 ) -> Image.Image:
     """``source`` opened by Pillow as PNG or JPEG (not decoded yet), closed with ``stack``.
 
-    Anything else is refused from its first bytes, naming the format where it is a known one.
+    Anything else is refused from its first bytes, naming the format where it is a known one;
+    a PNG's chunks are checked first (:func:`check_png_chunks`).
     """
     if isinstance(source, bytes):
         stream: BinaryIO = io.BytesIO(source)
@@ -214,19 +216,21 @@ def open_picture(
         stream = io.BytesIO(head + read_bounded(stream, MAX_PICTURE_BYTES - len(head)))
     if kind == "PNG":
         start = stream.tell()
-        check_png_chunks(stream)
+        check_png_chunks(stream, max_pixels)
         stream.seek(start)
     return stack.enter_context(Image.open(stream, formats=PICTURE_FORMATS))
 
 
-def check_png_chunks(stream: BinaryIO) -> None:
+def check_png_chunks(stream: BinaryIO, max_pixels: int = MAX_PICTURE_PIXELS) -> None:
     """Read a PNG from its signature to its IEND chunk, checking every chunk's CRC.
 
     Pillow checks the CRCs of the chunks before the image data only; a picture damaged in
-    its pixel data (IDAT) would be decoded into garbage without a word. Reads 1 MiB at a
+    its pixel data (IDAT) would be decoded into garbage without a word. A header (IHDR)
+    claiming more than ``max_pixels`` is refused before the rest is read. Reads 1 MiB at a
     time; raises :class:`PictureError` naming the first bad chunk, or a truncated file.
     """
     stream.read(8)  # the signature, already checked
+    first = True
     while True:
         header = stream.read(8)
         if len(header) < 8:
@@ -242,6 +246,11 @@ def check_png_chunks(stream: BinaryIO) -> None:
                 raise PictureError("not a readable image (truncated PNG)")
             crc = zlib.crc32(data, crc)
             remaining -= len(data)
+        if first and name == b"IHDR" and length >= 8:
+            stream.seek(-length, io.SEEK_CUR)
+            refuse_over(*struct.unpack(">II", stream.read(8)), max_pixels)
+            stream.seek(length - 8, io.SEEK_CUR)
+        first = False
         stored = stream.read(4)
         if len(stored) < 4:
             raise PictureError("not a readable image (truncated PNG)")
@@ -281,6 +290,11 @@ def check_size(
         scale = max_side / max(width, height)
         picture.draft(picture.mode, (math.ceil(width * scale), math.ceil(height * scale)))
         width, height = picture.size
+    refuse_over(width, height, max_pixels)
+
+
+def refuse_over(width: int, height: int, max_pixels: int) -> None:
+    """Raise :class:`PictureError` for a picture of more than ``max_pixels``."""
     if width * height > max_pixels:
         raise PictureError(f"too large: more than {max_pixels:,} pixels ({width}x{height}; "
                            "shrink it first)")
