@@ -8,7 +8,7 @@ The server is the real command in its own process; its memory is read from
 bounded in count and time, all to 127.0.0.1:
 
 1. pictures: 8 concurrent uploads of the worst cheap picture found by the probe round, a
-   6300x6300 RGBA PNG (transparent background, black strokes, optimized: ~160 KB, under the
+   6300x6300 RGBA PNG (transparent background, black strokes, optimized: ~175 KB, under the
    40-megapixel limit). Peak and settled RSS growth, statuses, seconds.
 2. unfinished: 200 connections that declare an 8 MiB body and send all but one byte, then
    wait (at most --hold seconds). Peak RSS growth, and how many the server cut off (408,

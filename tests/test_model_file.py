@@ -9,6 +9,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from mnist_pipeline.inference import load_keras_model
 from mnist_pipeline.model import build_network, export_model, renumber_shared_objects, save_model
 from mnist_pipeline.params import params_from_dict
@@ -42,6 +44,7 @@ save_model(export_model(build_network(params_from_dict({TINY!r}).model), 4), sys
 """
 
 
+@pytest.mark.slow  # two processes importing TensorFlow: ~40 s
 def test_two_processes_saving_equal_weights_write_identical_bytes(tmp_path):
     """Keras writes each shared object's id() (a memory address) into config.json: two
     processes, two addresses. save_model renumbers them, so the bytes are equal."""

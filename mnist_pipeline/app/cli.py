@@ -232,8 +232,11 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
 
     Refused besides what :func:`fileio.check_writable` refuses: ``output`` is one of the
     input files, by the same or another path, a symbolic or a hard link; or it has a
-    picture's suffix inside an input directory, where it would be read as a picture.
+    picture's suffix inside an input directory, where it would be read as a picture. A
+    device or FIFO (``-o /dev/stdout``) is written to, never replaced: not checked.
     """
+    if output.exists() and not output.is_file():
+        inputs = []
     for source in inputs:
         if source.is_dir():
             if output.suffix.lower() in predict.IMAGE_SUFFIXES and \
