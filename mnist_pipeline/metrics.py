@@ -4,7 +4,9 @@
 holds (a handful of columns in ``dvc metrics show`` and ``dvc exp show``);
 :func:`per_class_metrics` gives the per-digit table that ``plots/per_class.csv`` holds, which
 ``dvc plots show/diff`` draws as bar charts (errors per digit: at 99% accuracy, counts show
-differences that precision, recall and F1 bars on a 0..1 axis hide).
+differences that precision, recall and F1 bars on a 0..1 axis hide);
+:func:`expected_calibration_error` and :func:`reliability_table` say whether the
+probabilities mean what they say (``ece`` in metrics/evaluate.json, plots/calibration.csv).
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Two models, one set of weights:
   ``mnist-pipeline predict``) feeds pixels and needs to know nothing about normalization.
 
 With ``model.test_time_shifts`` the exported model also averages the network over one-pixel
-shifts of the digit (test-time augmentation), built from layers as well.
+shifts of the digit (test-time augmentation), built from layers as well; and it divides the
+network's logits by the calibration temperature that the train stage fits after training
+(:mod:`mnist_pipeline.calibration`), so that its probabilities mean what they say.
 
 Evaluate, predict and serve load and run the saved model through
 :mod:`mnist_pipeline.inference`, so they cannot disagree. The saved model uses built-in layers
