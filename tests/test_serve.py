@@ -575,6 +575,17 @@ def test_uploads_beyond_the_turns_wait_then_are_told_the_server_is_busy() -> Non
     assert answers[3]["status"] == 200
 
 
+def test_refusals_before_the_application_answer_tf_serving_in_its_shape(
+        client: TestClient) -> None:
+    over = b"\0" * (serve.MAX_REQUEST_BYTES + 1)
+    response = client.post(f"/v1/models/{serve.TF_SERVING_NAME}:predict", content=over,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
+    assert response.headers["connection"] == "close"
+    assert_refused(client.post("/predict", content=over,
+                               headers={"content-type": "application/json"}), 413, "over the")
+
+
 def test_the_json_structure_is_counted_before_parsing() -> None:
     hostile = b'{"pixels": [' + b"[[]]," * 1_000_000 + b"[[]]]}"  # 5 MB
     start = time.perf_counter()

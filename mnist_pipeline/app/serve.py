@@ -22,6 +22,12 @@ the second only.
 
 Requests that arrive together share one model call (:class:`ModelBatcher`): while the model
 runs on one batch, the next requests queue, and the next call takes all of them.
+
+What any client may cost is bounded, whatever it sends: bodies by :class:`GuardRequests`
+(size, a deadline for the whole body, a few at a time), connections by uvicorn's
+``limit_concurrency`` (:data:`MAX_CONNECTIONS`), decoded pictures by one
+:class:`digit_image.DecodeBudget` shared by all requests, and JSON parsing by counting the
+body's structure first (:func:`json_field`).
 """
 
 from __future__ import annotations
