@@ -39,7 +39,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
 
 # What the README's `dvc exp show` leaves out: the time, dependency hashes (names with a
 # slash), the training-set numbers and dvclive's step.
-README_EXP_SHOW_DROP = r"Created|.*/|train\.(loss|accuracy)$|step"
+README_EXP_SHOW_DROP = r"Created|.*/|(eval\.|train\.)?loss$|train\.accuracy$|step|onnx_.*|temperature"
 
 
 def readme_commands(section: str) -> list[str]:
