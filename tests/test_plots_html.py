@@ -35,10 +35,11 @@ from mnist_pipeline import plots_page
 TEMPLATE = PROJECT / "dvc_plots_template.html"
 NODE_MODULES = PROJECT / "node_modules"
 DVC_YAML = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
-# 5 top-level definitions (Loss, Accuracy, normalized confusion, precision, F1) and one chart
-# per file of the stages' plot data: 3 class counts, 4 dvclive TSVs, per_class.csv (recall),
-# predictions.csv (confusion counts).
-VEGA_PLOTS = 5 + 3 + 4 + 1 + 1
+# 6 top-level definitions (Loss, Accuracy, normalized confusion, reliability diagram,
+# robustness, false positives) and one chart per file of the stages' plot data: 3 class
+# counts, 4 dvclive TSVs, per_class.csv, predictions.csv (confusion counts), calibration.csv
+# (digits per confidence bin), robustness.csv (mean accuracy).
+VEGA_PLOTS = 6 + 3 + 4 + 1 + 1 + 1 + 1
 
 
 def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
@@ -59,8 +60,20 @@ def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
                   "confidence": rng.uniform(0.5, 1, 200).round(4)}).to_csv(
         repo / "plots/predictions.csv", index=False)
     recall = np.clip(0.97 - shift + rng.normal(0, 0.01, 10), 0, 1).round(4)
+    errors = np.rint(20 * (1 - recall)).astype(int)
     pd.DataFrame({"digit": range(10), "precision": recall[::-1], "recall": recall,
-                  "f1": recall, "support": 20}).to_csv(repo / "plots/per_class.csv", index=False)
+                  "f1": recall, "support": 20, "errors": errors,
+                  "false_positives": errors[::-1]}).to_csv(repo / "plots/per_class.csv",
+                                                           index=False)
+    pd.DataFrame({"bin": [0.8, 0.933333, 1.0], "confidence": [0.75, 0.91, 0.99 - shift / 10],
+                  "accuracy": [0.5, 0.9, 1.0], "count": [4, 20, 176]}).to_csv(
+        repo / "plots/calibration.csv", index=False)
+    levels = np.arange(5)
+    pd.DataFrame({"level": levels, **{name: (0.99 - shift - 0.05 * levels * (i + 1)).round(4)
+                                      for i, name in enumerate(
+                                          ["rotation", "shift", "zoom_out", "zoom_in",
+                                           "thicker", "noise", "mean"])}}).to_csv(
+        repo / "plots/robustness.csv", index=False)
     (repo / "plots/class_counts").mkdir(exist_ok=True)
     for split, count in (("train", 350), ("val", 50), ("test", 100)):
         pd.DataFrame({"digit": range(10), "count": count}).to_csv(
