@@ -92,14 +92,17 @@ def check_model_file(path: str | Path) -> ModelKind:
     return kind
 
 
-def load(path: str | Path) -> Classifier:
+def load(path: str | Path, threads: int | None = None) -> Classifier:
     """Open the model file at ``path`` (``.onnx`` or ``.keras``) and check its contract.
 
-    Raises :class:`ModelError` with a one-line message naming ``path``.
+    ``threads``: onnxruntime's threads per model call (default: one per core). A server
+    that runs the model beside its own event loop wants 1 (``serve`` passes it); TensorFlow's
+    threads are process-wide and left as they are. Raises :class:`ModelError` with a
+    one-line message naming ``path``.
     """
     path = Path(path)
     if check_model_file(path) == "onnx":
-        return _load_onnx(path)
+        return _load_onnx(path, threads)
     return from_keras_model(load_keras_model(path), path)
 
 
@@ -113,7 +116,7 @@ def from_keras_model(model: Any, path: Path | None = None) -> Classifier:
 # ONNX: onnxruntime only
 
 
-def _load_onnx(path: Path) -> Classifier:
+def _load_onnx(path: Path, threads: int | None) -> Classifier:
     try:
         import onnxruntime
     except ImportError:  # the base install has it; a hand-made environment may not
@@ -124,6 +127,8 @@ def _load_onnx(path: Path) -> Classifier:
     # Idle worker threads sleep instead of spinning: on a few shared cores (serve's event
     # loop, other processes) spinning burns the CPU the rest needs (benchmarks/README.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
     try:
         session = onnxruntime.InferenceSession(str(path), options,
                                                providers=["CPUExecutionProvider"])

@@ -350,7 +350,7 @@ class SlowModel:
     def __call__(self, pixels, training=False):
         with self.lock:
             self.calls += 1
-        time.sleep(0.1)  # long enough for all requests to queue, even on a busy machine
+        time.sleep(0.25)  # long enough for all requests to queue, even on a busy machine
         # Each image's "probabilities" peak at its first pixel, so answers can be matched.
         probabilities = np.full((len(pixels), 10), 0.01, np.float32)
         probabilities[np.arange(len(pixels)), pixels[:, 0, 0].astype(int) % 10] = 0.91
@@ -379,7 +379,9 @@ def test_requests_that_arrive_together_share_a_model_call(max_model_batch: int) 
     if max_model_batch == 1:
         assert model.calls == 24
     else:
-        assert model.calls <= 3  # the first request alone, then the rest while it ran
+        # the first request alone, then the rest while it ran, in at most 16 bodies at a time
+        # (MAX_BODIES); one call more where a loaded machine parsed late
+        assert model.calls <= 4
     assert app.state.batcher.images == 24 and app.state.batcher.model_calls == model.calls
 
 
@@ -441,7 +443,8 @@ def test_create_app_loads_a_model_file_once(small_model: SmallModel, monkeypatch
     path = small_model.onnx_path if kind == "onnx" else small_model.path
     loads = []
     real_load = inference.load
-    monkeypatch.setattr(inference, "load", lambda path: loads.append(path) or real_load(path))
+    monkeypatch.setattr(inference, "load", lambda path, threads=None: loads.append(path)
+                        or real_load(path, threads))
     with TestClient(serve.create_app(path)) as test_client:
         for digit, label in zip(small_model.digits[:3], small_model.predicted, strict=False):
             response = post_json(test_client, {"pixels": digit.tolist()})

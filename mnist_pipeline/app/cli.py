@@ -181,10 +181,11 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_classifier(model: Path | None) -> inference.Classifier | None:
+def load_classifier(model: Path | None, threads: int | None = None
+                    ) -> inference.Classifier | None:
     """The model named by ``--model`` (or the default one), or None after one error line."""
     try:
-        return inference.load(model or inference.default_model_path())
+        return inference.load(model or inference.default_model_path(), threads)
     except inference.ModelError as error:
         report(str(error))
         return None
@@ -298,10 +299,11 @@ def discard_stdout() -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model once and serve it until interrupted; returns the exit status."""
-    classifier = load_classifier(args.model)
+    from mnist_pipeline.app import serve  # here: FastAPI is needed by this command only
+
+    classifier = load_classifier(args.model, serve.MODEL_THREADS)
     if classifier is None:
         return EXIT_NO_MODEL
-    from mnist_pipeline.app import serve  # here: FastAPI is needed by this command only
 
     timeout = {} if args.body_timeout is None else {"body_timeout": args.body_timeout}
     serve.run(classifier, args.host, args.port, **timeout)

@@ -78,6 +78,10 @@ DECODE_BUDGET_BYTES = 320 * 1024 * 1024
 # Digits per JSON request, and per model call when requests are batched together.
 MAX_BATCH_IMAGES = 256
 MAX_MODEL_BATCH = 512
+# onnxruntime threads per model call: the batcher runs one call at a time in one worker
+# thread, beside the event loop that reads and parses requests; one thread is the most
+# images per CPU-second, and leaves the other cores to the rest (benchmarks/README.md).
+MODEL_THREADS = 1
 PROBABILITY_DECIMALS = 6
 # The model name in TensorFlow Serving's REST routes (/v1/models/<name>:predict).
 TF_SERVING_NAME = "mnist"
@@ -519,7 +523,8 @@ def create_app(model: str | Path | inference.Classifier, *,
     ``body_timeout`` and ``max_bodies``, :class:`GuardRequests`; ``decode_budget_bytes``,
     the pixels that pictures decoded at once may hold (:class:`digit_image.DecodeBudget`).
     """
-    classifier = model if isinstance(model, inference.Classifier) else inference.load(model)
+    classifier = (model if isinstance(model, inference.Classifier)
+                  else inference.load(model, MODEL_THREADS))
     model_name = str(classifier.path) if classifier.path else classifier.kind
     batcher = ModelBatcher(classifier.run_batch, max_model_batch, window_seconds)
 
