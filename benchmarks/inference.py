@@ -30,6 +30,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+import serve_hostile
 import serve_latency
 
 from mnist_pipeline import paths
@@ -95,10 +96,7 @@ def images_per_second(model: Path, pixels: np.ndarray) -> dict[str, float]:
 
 
 def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit(f"no VmRSS for process {pid}")
+    return serve_hostile.rss_bytes(pid) / 2**20
 
 
 def serve_run(model: Path, seconds: float) -> dict:

@@ -38,14 +38,9 @@ from pathlib import Path
 
 import common
 import numpy as np
+import serve_latency
 
 MIB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def small_onnx_model(folder: Path) -> Path:
@@ -96,22 +91,9 @@ class RssSampler:
 
 
 def start_server(model: Path, port: int, log: io.TextIOBase) -> subprocess.Popen:
-    import httpx2
-
-    process = subprocess.Popen(
+    return serve_latency.start_server(
         [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
-         "--port", str(port)], cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}")
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx2.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the server did not answer /health within 120 s")
+         "--port", str(port)], port, log)
 
 
 def worst_png(side: int = 6300) -> bytes:
@@ -297,7 +279,7 @@ def main() -> None:
         log_path = Path(folder) / "server.log"
         with log_path.open("w") as log:
             for attack in attacks:  # a fresh server per attack: growth is measured from idle
-                port = free_port()
+                port = serve_latency.free_port()
                 process = start_server(model, port, log)
                 try:
                     results["attacks"].setdefault("idle_rss_mb", {})[attack] = round(

@@ -67,11 +67,12 @@ def model_file(requested: Path | None, folder: Path) -> tuple[Path, str]:
     return target, "params.yaml's network, untrained"
 
 
-def start_server(command: list[str], port: int) -> subprocess.Popen:
+def start_server(command: list[str], port: int, log=subprocess.DEVNULL) -> subprocess.Popen:
+    """Run ``command`` (a server on ``port``), its output to ``log``; return it once /health
+    answers."""
     import httpx2
 
-    process = subprocess.Popen(command, cwd=common.ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
