@@ -47,8 +47,12 @@ def non_digits(count: int, seed: int = SEED) -> dict[str, np.ndarray]:
         ImageDraw.Draw(picture).text((30, 10), character, fill=255, font=font)
         return normalize_digit(np.asarray(picture, np.float32), "never")
 
+    def noise_picture() -> np.ndarray:  # a 28x28 noise PNG as an upload: cropped, fitted
+        return normalize_digit(rng.uniform(0, 255, (28, 28)).astype(np.float32), "never")
+
     return {
         "uniform noise": rng.uniform(0, 255, (count, 28, 28)).astype(np.float32),
+        "noise picture": np.stack([noise_picture() for _ in range(count)]),
         "blank": np.zeros((count, 28, 28), np.float32),
         "gray page": np.broadcast_to(rng.uniform(20, 255, (count, 1, 1)),
                                      (count, 28, 28)).astype(np.float32),

@@ -1,14 +1,17 @@
 """Is this answer worth trusting? "Not a digit" and "unsure" from pixels and probabilities.
 
-numpy only: ``mnist-pipeline predict`` and ``serve`` use it without TensorFlow.
+numpy (and SciPy's labelling, imported when called): ``mnist-pipeline predict`` and ``serve``
+use it without TensorFlow.
 
 A classifier of ten digits answers a digit for anything; the saved model calls uniform noise
 an "8" with 99.8% (before calibration). :func:`uncertain` flags an answer when
 
 - the input does not look like an MNIST-style digit (:func:`looks_like_a_digit`): blank
   (less than ``MIN_INK`` of ink), more than ``MAX_LIT_SHARE`` of its pixels bright (a digit
-  is thin strokes on black), or more than ``MAX_FRAME_SHARE`` of its ink in the outer
-  ``FRAME_PIXELS`` rows and columns (MNIST fits every digit in the central 20x20 box); or
+  is thin strokes on black), more than ``MAX_FRAME_SHARE`` of its ink in the outer
+  ``FRAME_PIXELS`` rows and columns (MNIST fits every digit in the central 20x20 box), or more
+  than ``MAX_MARKS`` separate bright marks (a digit is one to a few strokes; a noisy picture,
+  once cropped and fitted into 20x20, is dozens of specks); or
 - the model is unsure: its top probability is below ``MIN_CONFIDENCE``. The model is
   calibrated (:mod:`mnist_pipeline.calibration`), so that probability is the share of such
   answers that are right, and the threshold means the same for any trained model.
@@ -34,6 +37,10 @@ MAX_LIT_SHARE = 0.40
 # Share of the ink in the outer frame: digits at most 8%, noise 24% or more, a gray page 27%.
 FRAME_PIXELS = 2
 MAX_FRAME_SHARE = 0.15
+# Separate marks: 8-connected groups of bright pixels. Digits: at most 7 (1 of the 60,000
+# MNIST training digits; 4 of the 5,000 bundled), a 28x28 noise picture made MNIST-style: 16
+# or more (benchmarks/README.md).
+MAX_MARKS = 8
 # Top probability below which the model is unsure (calibrated: about that share is right):
 # the largest of 0.3, 0.4, ..., 0.9 that flags at most 1.5% of the validation digits, a margin
 # under the 2% aimed at (0.8 flagged 2.0% of `make sample`'s 250).
@@ -54,7 +61,21 @@ def pixel_features(pixels: np.ndarray) -> dict[str, np.ndarray]:
     np.divide(total - inner, total, out=frame, where=total > 0)
     np.clip(frame, 0.0, 1.0, out=frame)  # float round-off: no -0.0 for an empty frame
     return {"ink": total, "lit_share": (pixels > BRIGHT_PIXEL).mean(axis=(1, 2)),
-            "frame_share": frame}
+            "frame_share": frame, "marks": bright_marks(pixels)}
+
+
+def bright_marks(pixels: np.ndarray) -> np.ndarray:
+    """Per image of ``pixels`` (N, 28, 28): how many separate groups of bright pixels
+    (above ``BRIGHT_PIXEL``, touching sideways or diagonally) it holds. float64 (N,)."""
+    from scipy import ndimage  # here: importing this module stays cheap
+
+    # One labelling of the whole stack; the structure joins no two images. Labels are
+    # numbered in scan order, so image i holds those above the highest one before it.
+    within_an_image = np.zeros((3, 3, 3), dtype=bool)
+    within_an_image[1] = True
+    labels, _count = ndimage.label(pixels > BRIGHT_PIXEL, structure=within_an_image)
+    highest = np.maximum.accumulate(labels.max(axis=(1, 2), initial=0))
+    return np.diff(highest, prepend=0).astype(np.float64)
 
 
 def looks_like_a_digit(pixels: np.ndarray) -> np.ndarray:
@@ -62,7 +83,7 @@ def looks_like_a_digit(pixels: np.ndarray) -> np.ndarray:
     pixel statistics of an MNIST-style digit (see the module's docstring)."""
     features = pixel_features(pixels)
     return ((features["ink"] >= MIN_INK) & (features["lit_share"] <= MAX_LIT_SHARE)
-            & (features["frame_share"] <= MAX_FRAME_SHARE))
+            & (features["frame_share"] <= MAX_FRAME_SHARE) & (features["marks"] <= MAX_MARKS))
 
 
 def uncertain(pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:

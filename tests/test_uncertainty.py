@@ -94,3 +94,20 @@ def test_serve_answers_uncertain(small_model):
     assert [answer["uncertain"] for answer in answers] == [
         answer["confidence"] < uncertainty.MIN_CONFIDENCE for answer in answers]
     assert "uncertain" in schema["components"]["schemas"]["Prediction"]["properties"]
+
+
+def test_a_noisy_picture_made_mnist_style_is_many_marks_not_a_digit(sample_digits):
+    """Uniform noise uploaded as a picture is cropped and fitted into 20x20 like a digit:
+    its bright and frame shares then look like a digit's, its dozens of specks do not."""
+    from mnist_pipeline.app.digit_image import normalize_digit
+
+    rng = np.random.default_rng(3)
+    noise = np.stack([normalize_digit(rng.uniform(0, 255, (28, 28)).astype(np.float32),
+                                      "never") for _ in range(20)])
+    features = uncertainty.pixel_features(noise)
+    assert (features["lit_share"] <= uncertainty.MAX_LIT_SHARE).all()
+    assert (features["marks"] > uncertainty.MAX_MARKS).all()
+    assert not uncertainty.looks_like_a_digit(noise).any()
+    digits = sample_digits[0].astype(np.float32)
+    assert uncertainty.pixel_features(digits)["marks"].max() <= uncertainty.MAX_MARKS
+    np.testing.assert_array_equal(uncertainty.bright_marks(np.zeros((0, 28, 28))), [])
