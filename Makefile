@@ -49,6 +49,13 @@ repro: install
 sample: install
 	dvc exp run $(SAMPLE_PARAMS)
 
+# Fashion-MNIST with the recipe measured on it (recipes/fashion-mnist.yaml, read as SAMPLE_RECIPE
+# is); offline where Debian's dataset-fashion-mnist is installed.
+.PHONY: fashion
+fashion: install
+	dvc exp run $(shell sed -n -e 's/\#.*//' -e 's/[[:space:]]//g' \
+		-e 's/^\([A-Za-z0-9_.]*\):\(..*\)$$/-S \1=\2/p' recipes/fashion-mnist.yaml)
+
 # Commit the current run on the current branch (main, the first time): what `dvc metrics diff
 # main`, `dvc params diff main` and `dvc plots diff main` compare against later.
 BASELINE_FILES := params.yaml dvc.lock metrics plots dvclive data/.gitignore models/.gitignore
