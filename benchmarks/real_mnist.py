@@ -160,6 +160,16 @@ def plain_accuracy(run: dict) -> float:
     return by_shifts["0"] if by_shifts else run["test_accuracy"]
 
 
+def cpu_s_to(run: dict, target: float | None) -> float | None:
+    """Process-CPU seconds of training until the held-out accuracy (fit's val accuracy, plain)
+    first reached ``target``; None where not reached, or where val was not the held-out."""
+    if target is None or run.get("val_size") != run.get("test_size"):
+        return None
+    hit = next((row for row in run.get("epochs", [])
+                if row.get("val_accuracy", 0.0) >= target), None)
+    return hit and hit["cpu_s"]
+
+
 def summarize(runs: list[dict], baseline: str | None = None) -> list[dict]:
     def spread(values):
         values = list(values)
@@ -177,7 +187,7 @@ def summarize(runs: list[dict], baseline: str | None = None) -> list[dict]:
     for label in labels:
         mine = [run for run in runs if run["label"] == label]
         cpu = statistics.mean(run["train_cpu_s"] for run in mine)
-        to_ref = [run.get("cpu_s_to_reference_accuracy") for run in mine]
+        to_ref = [cpu_s_to(run, ref_by_split.get(split_id(run)[:-1])) for run in mine]
         rows.append({
             "label": label, "runs": len(mine), "weights": mine[-1].get("weights"),
             "epochs": statistics.mean(run["epochs_run"] for run in mine),
@@ -260,8 +270,6 @@ def main() -> None:
     params = common.base_params(overrides)
     images, labels = (load_mnist_train(args.data) if args.dataset == "mnist"
                       else load_sample_digits())
-    reference = {split_id(r)[:-1]: r["test_accuracy"] for r in results["runs"]
-                 if r["label"] == "reference"}
     for split, held_out, seed, val_seed in planned_runs(args, labels):
         run_params = common.apply_overrides(params, [f"seed={seed}"])
         selects = run_params.train.early_stopping_patience and not args.reference
@@ -277,10 +285,6 @@ def main() -> None:
                                                                              None)
         run = {"label": label, "overrides": [] if args.reference else overrides, **split,
                "seed": seed}
-        # Val accuracy is the held-out one only without early stopping (see the docstring).
-        target = reference.get(split_id(run)[:-1])
-        hit = (time_to_accuracy.first_reaching(epochs, target)
-               if target is not None and splits["val"] is splits["test"] else None)
         run.update({
             "train_size": len(splits["train"][1]), "val_size": len(splits["val"][1]),
             "test_size": len(splits["test"][1]),
@@ -289,8 +293,6 @@ def main() -> None:
             "run_wall_s": time.perf_counter() - started_wall,
             "run_cpu_s": time.process_time() - started_cpu,
             "final_train_accuracy": epochs[-1].get("accuracy"),
-            "cpu_s_to_reference_accuracy": hit and hit["cpu_s"],
-            "epoch_to_reference_accuracy": hit and hit["epoch"],
             # the same weights saved with each model.test_time_shifts (0 = plain)
             "test_accuracy_by_test_time_shifts": by_shifts and {
                 str(shifts): value for shifts, value in by_shifts.items()},
