@@ -112,8 +112,9 @@ def describe_failures(file_name: str, dataset: Dataset, failures: list[str]) -> 
 def verify(raw_file: RawFile, candidate: Candidate) -> None:
     """Raise SourceError unless the candidate is exactly the published file.
 
-    The sha256 of the decompressed content decides where it is known. Where it is not
-    (mnist train-images), the original .gz's MD5 or a verified archive vouches instead.
+    The sha256 of the decompressed content decides where it is known (every file of the
+    three datasets); where a dataset lists none, the original .gz's MD5 or a verified
+    archive vouches instead.
     Then the IDX structure must hold ``raw_file.count`` 28x28 images or 0..9 labels.
     """
     origin = candidate.origin

@@ -101,7 +101,7 @@ class PreprocessParams:
 @dataclass(frozen=True)
 class ModelParams:
     architecture: Architecture = "convnet"
-    conv_filters: tuple[int, ...] = (32, 64)
+    conv_filters: tuple[int, ...] = (32, 64, 128)
     convs_per_block: int = 1
     dense_units: int = 128
     dropout_rate: float = 0.3
@@ -143,7 +143,7 @@ class AugmentationParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 20
+    epochs: int = 14
     batch_size: int = 128
     optimizer: OptimizerName = "adam"
     learning_rate: float = 0.002
@@ -152,7 +152,7 @@ class TrainParams:
     lr_cycles: int = 2
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
-    early_stopping_patience: int = 5
+    early_stopping_patience: int = 0
     # Exponential moving average of the weights (Polyak averaging), updated every step with
     # this momentum; validation, early stopping and the saved model use the average. 0 = off.
     ema_momentum: float = 0.99

@@ -44,7 +44,7 @@ def test_valid_params_write_the_same_marker_every_time(workspace):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (("epochs: 20", 'epochs: "10"'), "train.epochs: expected an integer, got '10'"),
+    (("epochs: 14", 'epochs: "10"'), "train.epochs: expected an integer, got '10'"),
     (("train:", "trian:"), "trian"),
     (("figure_dpi: 100", "figure_dpi: -1"), "plot.figure_dpi"),
 ])

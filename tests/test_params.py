@@ -117,7 +117,7 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("train.epochs", 0, r"^train.epochs: 0 is out of range"),
         ("train.batch_size", 0, r"^train.batch_size: 0 is out of range"),
         ("train.learning_rate", 0, r"^train.learning_rate: 0.0 is out of range; allowed: > 0"),
-        ("train.warmup_epochs", 20, r"^train.warmup_epochs: 20 is out of range; allowed: 0..19"),
+        ("train.warmup_epochs", 14, r"^train.warmup_epochs: 14 is out of range; allowed: 0..13"),
         ("train.label_smoothing", 1.0, r"^train.label_smoothing: 1.0 is out of range"),
         ("train.early_stopping_patience", -2, r"^train.early_stopping_patience: -2"),
         ("train.augmentation.rotation_degrees", 200, r"^train.augmentation.rotation_degrees: "),
@@ -203,6 +203,28 @@ def test_code_defaults_match_params_yaml():
 
 
 SAMPLE_RECIPE = ROOT / "recipes" / "sample.yaml"
+FASHION_RECIPE = ROOT / "recipes" / "fashion-mnist.yaml"
+
+
+def with_recipe(path: Path) -> Params:
+    """params.yaml with the recipe file's `key: value` overrides, validated."""
+    recipe = yaml.safe_load(path.read_text())
+    raw = copy.deepcopy(REAL_PARAMS)
+    for key, value in recipe.items():
+        *parents, leaf = key.split(".")
+        section = raw
+        for name in parents:
+            section = section[name]  # KeyError: a key params.yaml does not have
+        assert leaf in section, key
+        section[leaf] = value
+    return params_from_dict(raw)
+
+
+def test_the_fashion_recipe_is_valid_overrides_of_params_yaml():
+    """recipes/fashion-mnist.yaml (`make fashion`): the clothes keep a recipe of their own."""
+    params = with_recipe(FASHION_RECIPE)
+    assert params.data.dataset == "fashion-mnist"
+    assert params.model != Params().model or params.train != Params().train
 
 
 def test_the_sample_recipe_is_valid_overrides_of_params_yaml():
