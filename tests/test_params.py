@@ -229,16 +229,7 @@ def test_the_fashion_recipe_is_valid_overrides_of_params_yaml():
 
 def test_the_sample_recipe_is_valid_overrides_of_params_yaml():
     """recipes/sample.yaml, `make sample`'s one home: dotted keys of params.yaml, valid."""
-    recipe = yaml.safe_load(SAMPLE_RECIPE.read_text())
-    raw = copy.deepcopy(REAL_PARAMS)
-    for key, value in recipe.items():
-        *parents, leaf = key.split(".")
-        section = raw
-        for name in parents:
-            section = section[name]  # KeyError: a key params.yaml does not have
-        assert leaf in section, key
-        section[leaf] = value
-    params = params_from_dict(raw)
+    params = with_recipe(SAMPLE_RECIPE)
     assert params.data.dataset == "mnist-sample"
     assert params.train.early_stopping_patience == 0  # its val split is too small to stop on
 
