@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 SAMPLE_RECIPE = ROOT / "recipes" / "sample.yaml"  # what `make sample` runs
+RECIPES = {"mnist-sample": SAMPLE_RECIPE,  # each dataset's overrides of params.yaml
+           "fashion-mnist": ROOT / "recipes" / "fashion-mnist.yaml"}  # `make fashion`
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # mnist_pipeline and stages/ when run from anywhere
@@ -34,8 +36,8 @@ DATASETS = ("mnist-sample", "fashion-mnist")
 
 
 def sample_overrides(recipe: Path = SAMPLE_RECIPE) -> list[str]:
-    """The ``key=value`` overrides of ``make sample`` (recipes/sample.yaml, as the Makefile
-    passes them to ``dvc exp run -S``)."""
+    """The ``key=value`` overrides of a recipe file, by default ``make sample``'s
+    (recipes/sample.yaml), as the Makefile passes them to ``dvc exp run -S``."""
     import yaml
 
     entries = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}

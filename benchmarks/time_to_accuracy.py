@@ -5,8 +5,9 @@ Keras "simple MNIST convnet" (https://keras.io/examples/vision/mnist_convnet/), 
     .venv/bin/python benchmarks/time_to_accuracy.py --dataset mnist-sample
     .venv/bin/python benchmarks/time_to_accuracy.py --dataset fashion-mnist --max-minutes 6
 
-mnist-sample applies the `make sample` overrides (recipes/sample.yaml) unless
---no-sample-params; -S key=value adds more (e.g. -S train.epochs=5). The target defaults to
+Each dataset gets its recipe, as `make sample` and `make fashion` run it (recipes/sample.yaml,
+recipes/fashion-mnist.yaml), unless --no-recipe (params.yaml as is); -S key=value adds more
+(e.g. -S train.epochs=5). The target defaults to
 the reference's final validation accuracy.
 Writes benchmarks/results/time_to_accuracy-<dataset>.json.
 """
@@ -94,8 +95,8 @@ def first_reaching(epochs, target):
 def main() -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", choices=common.DATASETS, default="mnist-sample")
-    parser.add_argument("--no-sample-params", action="store_true",
-                        help="mnist-sample: do not apply recipes/sample.yaml")
+    parser.add_argument("--no-recipe", action="store_true",
+                        help="do not apply the dataset's recipe (recipes/*.yaml)")
     parser.add_argument("--epochs", type=int, help="our epochs (same as -S train.epochs=N)")
     parser.add_argument("--reference-epochs", type=int, default=15)
     parser.add_argument("--target", type=float,
@@ -108,8 +109,8 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = []
-    if args.dataset == "mnist-sample" and not args.no_sample_params:
-        overrides += common.sample_overrides()
+    if not args.no_recipe:
+        overrides += common.sample_overrides(common.RECIPES[args.dataset])
     overrides += [f"data.dataset={args.dataset}", *args.overrides]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
