@@ -160,14 +160,15 @@ def plain_accuracy(run: dict) -> float:
     return by_shifts["0"] if by_shifts else run["test_accuracy"]
 
 
-def cpu_s_to(run: dict, target: float | None) -> float | None:
-    """Process-CPU seconds of training until the held-out accuracy (fit's val accuracy, plain)
-    first reached ``target``; None where not reached, or where val was not the held-out."""
+def seconds_to(run: dict, target: float | None, clock: str = "cpu_s") -> float | None:
+    """Process-CPU (``clock="cpu_s"``) or wall (``"wall_s"``) seconds of training until the
+    held-out accuracy (fit's val accuracy, plain) first reached ``target``; None where not
+    reached, or where val was not the held-out."""
     if target is None or run.get("val_size") != run.get("test_size"):
         return None
     hit = next((row for row in run.get("epochs", [])
                 if row.get("val_accuracy", 0.0) >= target), None)
-    return hit and hit["cpu_s"]
+    return hit and hit[clock]
 
 
 def summarize(runs: list[dict], baseline: str | None = None) -> list[dict]:
@@ -187,7 +188,10 @@ def summarize(runs: list[dict], baseline: str | None = None) -> list[dict]:
     for label in labels:
         mine = [run for run in runs if run["label"] == label]
         cpu = statistics.mean(run["train_cpu_s"] for run in mine)
-        to_ref = [cpu_s_to(run, ref_by_split.get(split_id(run)[:-1])) for run in mine]
+        targets = [ref_by_split.get(split_id(run)[:-1]) for run in mine]
+        pairs = list(zip(mine, targets, strict=True))
+        to_ref = [seconds_to(run, target) for run, target in pairs]
+        wall_to_ref = [seconds_to(run, target, "wall_s") for run, target in pairs]
         rows.append({
             "label": label, "runs": len(mine), "weights": mine[-1].get("weights"),
             "epochs": statistics.mean(run["epochs_run"] for run in mine),
@@ -203,6 +207,8 @@ def summarize(runs: list[dict], baseline: str | None = None) -> list[dict]:
             "train_wall_s": statistics.mean(run["train_wall_s"] for run in mine),
             "cpu_vs_reference": ref_cpu and cpu / ref_cpu,
             "cpu_s_to_reference_accuracy": None if None in to_ref else statistics.mean(to_ref),
+            "wall_s_to_reference_accuracy": (None if None in wall_to_ref
+                                             else statistics.mean(wall_to_ref)),
             "overrides": mine[-1]["overrides"],
         })
     return rows
@@ -220,12 +226,14 @@ def print_summary(runs: list[dict], baseline: str | None = None) -> None:
     common.print_table(
         ["recipe", "weights", "runs", "epochs", "train CPU s", "train wall s", "CPU / ref",
          "held-out % as saved", "plain %", "reference % (same splits)",
-         f"vs {base} (same runs), points", "CPU s to ref. accuracy"],
+         f"vs {base} (same runs), points", "CPU s to ref. accuracy",
+         "wall s to ref. accuracy"],
         [[row["label"], row["weights"], row["runs"], f"{row['epochs']:.1f}", row["train_cpu_s"],
           row["train_wall_s"], row["cpu_vs_reference"] and f"{row['cpu_vs_reference']:.2f}",
           pm(row["accuracy"]), pm(row["plain_accuracy"]), pm(row["reference_same_splits"]),
           row["vs_baseline"] and f"{pm(row['vs_baseline'])} ({row['vs_baseline_runs']})",
-          row["cpu_s_to_reference_accuracy"]] for row in rows])
+          row["cpu_s_to_reference_accuracy"], row["wall_s_to_reference_accuracy"]]
+         for row in rows])
     for row in rows:
         print(f"  {row['label']}: {' '.join(row['overrides']) or '(as measured)'}")
 
