@@ -50,7 +50,7 @@ def main() -> None:
     from mnist_pipeline.preprocess import stratified_split
     from stages.train import fit_calibration
 
-    overrides = (common.sample_overrides() if args.sample else []) + args.overrides
+    overrides = (common.recipe_overrides() if args.sample else []) + args.overrides
     params = common.base_params(overrides)
     images, labels = real_mnist.load_mnist_train(args.data)  # uint8 (60000, 28, 28)
     if args.sample:

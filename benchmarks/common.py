@@ -35,7 +35,7 @@ from mnist_pipeline.params import Params, as_dict, load_params, params_from_dict
 DATASETS = ("mnist-sample", "fashion-mnist")
 
 
-def sample_overrides(recipe: Path = SAMPLE_RECIPE) -> list[str]:
+def recipe_overrides(recipe: Path = SAMPLE_RECIPE) -> list[str]:
     """The ``key=value`` overrides of a recipe file, by default ``make sample``'s
     (recipes/sample.yaml), as the Makefile passes them to ``dvc exp run -S``."""
     import yaml

@@ -273,7 +273,7 @@ def main() -> None:
 
     overrides = [f"data.dataset={args.dataset}"]
     if args.dataset == "mnist-sample" and not args.no_sample_recipe:
-        overrides = common.sample_overrides()
+        overrides = common.recipe_overrides()
     overrides += args.overrides
     params = common.base_params(overrides)
     images, labels = (load_mnist_train(args.data) if args.dataset == "mnist"

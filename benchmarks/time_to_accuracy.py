@@ -7,8 +7,7 @@ Keras "simple MNIST convnet" (https://keras.io/examples/vision/mnist_convnet/), 
 
 Each dataset gets its recipe, as `make sample` and `make fashion` run it (recipes/sample.yaml,
 recipes/fashion-mnist.yaml), unless --no-recipe (params.yaml as is); -S key=value adds more
-(e.g. -S train.epochs=5). The target defaults to
-the reference's final validation accuracy.
+(e.g. -S train.epochs=5). The target defaults to the reference's final validation accuracy.
 Writes benchmarks/results/time_to_accuracy-<dataset>.json.
 """
 
@@ -110,7 +109,7 @@ def main() -> None:
 
     overrides = []
     if not args.no_recipe:
-        overrides += common.sample_overrides(common.RECIPES[args.dataset])
+        overrides += common.recipe_overrides(common.RECIPES[args.dataset])
     overrides += [f"data.dataset={args.dataset}", *args.overrides]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
