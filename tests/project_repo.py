@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -19,14 +20,31 @@ from mnist_pipeline import plots_page
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with the venv's python/dvc first on PATH, as `make` does."""
+# No command of a test takes this long; past it the test fails instead of hanging the suite.
+COMMAND_TIMEOUT_SECONDS = 900
+
+
+def run(command: list[str], cwd: Path, check: bool = True,
+        detaches: bool = False) -> subprocess.CompletedProcess:
+    """Run a command with the venv's python/dvc first on PATH, as `make` does.
+
+    ``detaches``: the command leaves processes running (`dvc queue start`'s workers), which
+    would hold captured pipes open until they exit; its output goes through a file instead."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
                GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
                TF_CPP_MIN_LOG_LEVEL="2", DVC_NO_ANALYTICS="1")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if detaches:
+        with tempfile.TemporaryFile("w+") as output:
+            result = subprocess.run(command, cwd=cwd, env=env, stdout=output,
+                                    stderr=subprocess.STDOUT, text=True,
+                                    timeout=COMMAND_TIMEOUT_SECONDS)
+            output.seek(0)
+            result.stdout, result.stderr = output.read(), ""
+    else:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=COMMAND_TIMEOUT_SECONDS)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
@@ -34,8 +52,9 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     return result
 
 
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
+def dvc(*args: str, cwd: Path, check: bool = True,
+        detaches: bool = False) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check, detaches=detaches)
 
 
 def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
