@@ -9,11 +9,10 @@ export PATH := $(BIN):$(PATH)
 # Quieter TensorFlow start-up logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-# `make sample`'s settings for the 5,000 bundled digits live in recipes/sample.yaml (one home,
-# also read by benchmarks/ and tests/): each `key: value` line becomes `-S key=value`.
-SAMPLE_RECIPE := recipes/sample.yaml
-SAMPLE_PARAMS := $(shell sed -n -e 's/\#.*//' -e 's/[[:space:]]//g' \
-	-e 's/^\([A-Za-z0-9_.]*\):\(..*\)$$/-S \1=\2/p' $(SAMPLE_RECIPE))
+# A recipe file's overrides of params.yaml as `dvc exp run` options: each `key: value` line of
+# recipes/<name>.yaml (one home, also read by benchmarks/ and tests/) becomes `-S key=value`.
+recipe_params = $(shell sed -n -e 's/\#.*//' -e 's/[[:space:]]//g' \
+	-e 's/^\([A-Za-z0-9_.]*\):\(..*\)$$/-S \1=\2/p' $(1))
 
 INSTALLED := $(VENV)/.installed
 # Local copies of vega, vega-lite and vega-embed for `dvc plots show` offline (not committed).
@@ -47,14 +46,13 @@ repro: install
 	dvc repro
 
 sample: install
-	dvc exp run $(SAMPLE_PARAMS)
+	dvc exp run $(call recipe_params,recipes/sample.yaml)
 
-# Fashion-MNIST with the recipe measured on it (recipes/fashion-mnist.yaml, read as SAMPLE_RECIPE
-# is); offline where Debian's dataset-fashion-mnist is installed.
+# Fashion-MNIST with the recipe measured on it (recipes/fashion-mnist.yaml); offline where
+# Debian's dataset-fashion-mnist is installed.
 .PHONY: fashion
 fashion: install
-	dvc exp run $(shell sed -n -e 's/\#.*//' -e 's/[[:space:]]//g' \
-		-e 's/^\([A-Za-z0-9_.]*\):\(..*\)$$/-S \1=\2/p' recipes/fashion-mnist.yaml)
+	dvc exp run $(call recipe_params,recipes/fashion-mnist.yaml)
 
 # Commit the current run on the current branch (main, the first time): what `dvc metrics diff
 # main`, `dvc params diff main` and `dvc plots diff main` compare against later.
