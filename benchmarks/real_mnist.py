@@ -57,6 +57,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+import time_to_accuracy
 
 DEFAULT_DATA = Path(os.environ.get("MNIST_TRAIN_DIR", "/work/shared/mnist-train"))
 RESULTS = {"mnist": "real_mnist", "mnist-sample": "sample_recipes"}
@@ -166,8 +167,7 @@ def seconds_to(run: dict, target: float | None, clock: str = "cpu_s") -> float |
     reached, or where val was not the held-out."""
     if target is None or run.get("val_size") != run.get("test_size"):
         return None
-    hit = next((row for row in run.get("epochs", [])
-                if row.get("val_accuracy", 0.0) >= target), None)
+    hit = time_to_accuracy.first_reaching(run.get("epochs", []), target)
     return hit and hit[clock]
 
 
@@ -268,8 +268,6 @@ def main() -> None:
     label = "reference" if args.reference else args.label
     if not label:
         parser.error("--label NAME (or --reference) is needed to train")
-
-    import time_to_accuracy
 
     overrides = [f"data.dataset={args.dataset}"]
     if args.dataset == "mnist-sample" and not args.no_sample_recipe:
