@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/calibration.py             # params.yaml (the default recipe)
     .venv/bin/python benchmarks/calibration.py --sample    # `make sample` (recipes/sample.yaml)
+    .venv/bin/python benchmarks/calibration.py --smoke     # seconds: checks it runs
 
 Default recipe: the 60,000 MNIST training digits of ``--data`` (as benchmarks/real_mnist.py:
 /work/shared/mnist-train or $MNIST_TRAIN_DIR); a stratified 6,000 (seed 0) are held out as
@@ -13,7 +14,8 @@ MNIST training digits that are not among the 5,000 (pixel-exact), none of them t
 The network is trained as the train stage trains it, the temperature fitted as it fits it
 (``stages.train.fit_calibration``), and both models (temperature 1, and fitted) scored as the
 evaluate stage scores them: accuracy, mean confidence, ECE (15 bins), NLL.
-Writes benchmarks/results/calibration-<recipe>.json.
+Writes benchmarks/results/calibration-<recipe>.json. ``--smoke``: the default protocol on
+768 of the bundled digits (128 held out) with a tiny network.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ def held_out_digits(images, labels, count, seed=0):
     return chosen, rest
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--sample", action="store_true", help="the `make sample` recipe")
     parser.add_argument("--data", type=Path, default=real_mnist.DEFAULT_DATA)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        common.start_smoke()
+        args.sample = False
 
     from mnist_pipeline import inference, training
     from mnist_pipeline.metrics import expected_calibration_error
@@ -51,8 +56,12 @@ def main() -> None:
     from stages.train import fit_calibration
 
     overrides = (common.recipe_overrides() if args.sample else []) + args.overrides
+    overrides += common.SMOKE_OVERRIDES if args.smoke else []
     params = common.base_params(overrides)
-    images, labels = real_mnist.load_mnist_train(args.data)  # uint8 (60000, 28, 28)
+    if args.smoke:
+        images, labels = (array[:768] for array in real_mnist.load_sample_digits())
+    else:
+        images, labels = real_mnist.load_mnist_train(args.data)  # uint8 (60000, 28, 28)
     if args.sample:
         splits = common.load_splits("mnist-sample", params)
         sample = {image.tobytes() for image in real_mnist.load_sample_digits()[0]}
@@ -61,7 +70,7 @@ def main() -> None:
         judges = {"test split": (to_pixels(splits["test"][0]), splits["test"][1]),
                   "held-out MNIST": (images[chosen].astype(np.float32), labels[chosen])}
     else:
-        judged, rest = held_out_digits(images, labels, HELD_OUT)
+        judged, rest = held_out_digits(images, labels, 128 if args.smoke else HELD_OUT)
         train, val = stratified_split(labels[rest], params.preprocess.val_fraction, params.seed)
         prepared = (images / 255.0).astype(np.float32)
         splits = {"train": (prepared[rest][train], labels[rest][train]),

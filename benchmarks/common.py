@@ -1,8 +1,11 @@
-"""Shared helpers of the benchmark scripts: data, params overrides, timing, tables, JSON.
+"""Shared helpers of the benchmark scripts: data, params overrides, timing, tables, JSON,
+and the smoke mode.
 
 Run the scripts from the repository root with the venv's python, e.g.
 ``.venv/bin/python benchmarks/time_to_accuracy.py``; they import the project's own code
-(``mnist_pipeline``) so that what is measured is what the pipeline runs.
+(``mnist_pipeline``) so that what is measured is what the pipeline runs. Every script takes
+``--smoke``: the same code on a few hundred bundled digits and a tiny network, in seconds,
+writing its JSON to a temporary folder (tests/test_benchmarks_smoke.py runs them all).
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from mnist_pipeline import idx, preprocess  # noqa: E402
 from mnist_pipeline.params import Params, as_dict, load_params, params_from_dict  # noqa: E402
 
 DATASETS = ("mnist-sample", "fashion-mnist")
+# --smoke: a network that trains in a second; the scripts add them after every other override.
+SMOKE_OVERRIDES = ["model.conv_filters=[8]", "model.dense_units=16", "train.epochs=2",
+                   "train.warmup_epochs=0", "train.early_stopping_patience=0",
+                   "train.ema_momentum=0"]
+SMOKE_SIZES = {"train": 512, "val": 128, "test": 128}
 
 
 def recipe_overrides(recipe: Path = SAMPLE_RECIPE) -> list[str]:
@@ -52,7 +60,31 @@ def argument_parser(doc: str | None) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
+    add_smoke(parser)
     return parser
+
+
+def add_smoke(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds on tiny data: checks that the script runs, measures "
+                             "nothing; results go to a temporary folder")
+
+
+def start_smoke() -> None:
+    """Send this run's results to $BENCHMARK_RESULTS_DIR, or a new temporary folder: a smoke
+    run never touches benchmarks/results."""
+    if not os.environ.get("BENCHMARK_RESULTS_DIR"):
+        os.environ["BENCHMARK_RESULTS_DIR"] = tempfile.mkdtemp(prefix="bench-smoke-")
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("BENCHMARK_RESULTS_DIR") or RESULTS_DIR)
+
+
+def smoke_subset(splits: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """The first SMOKE_SIZES digits of each split."""
+    return {name: tuple(array[:SMOKE_SIZES[name]] for array in split)
+            for name, split in splits.items()}
 
 
 def apply_overrides(params: Params, overrides: list[str]) -> Params:
@@ -95,6 +127,16 @@ def load_splits(dataset: str, params: Params) -> dict[str, tuple[Any, Any]]:
     else:
         raise SystemExit(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     return preprocess.prepare_splits(raw, params.preprocess, params.seed)
+
+
+def untrained_model(folder: Path, params: Params, name: str = "model.keras") -> Path:
+    """``params``' network, untrained, saved as the train stage saves its model (scaling and
+    test-time shifts inside) into ``folder``: speed and memory do not depend on the weights."""
+    from mnist_pipeline.model import build_network, export_model
+
+    target = folder / name
+    export_model(build_network(params.model), params.model.test_time_shifts).save(target)
+    return target
 
 
 def epoch_timer():
@@ -144,7 +186,7 @@ def machine() -> dict[str, Any]:
 
 def load_runs(name: str) -> dict[str, Any]:
     """benchmarks/results/<name>.json of a script whose runs accumulate ({"runs": [...]})."""
-    path = RESULTS_DIR / f"{name}.json"
+    path = results_dir() / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else {"runs": []}
 
 
@@ -162,10 +204,11 @@ def save_run(name: str, results: dict[str, Any], run: dict[str, Any],
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
     return path
 
 

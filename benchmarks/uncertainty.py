@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/uncertainty.py                     # after `make sample`
     .venv/bin/python benchmarks/uncertainty.py --model models/model.keras --prepared data/prepared
+    .venv/bin/python benchmarks/uncertainty.py --smoke   # seconds: an untrained tiny model
 
 Scores the trained model on the validation and test splits (data/prepared) and on generated
 non-digits: uniform noise, blank (black) pages, uniformly gray pages, scribbles (random
@@ -16,6 +17,7 @@ Writes benchmarks/results/uncertainty.json.
 from __future__ import annotations
 
 import string
+import tempfile
 from pathlib import Path
 
 import common
@@ -61,12 +63,28 @@ def non_digits(count: int, seed: int = SEED) -> dict[str, np.ndarray]:
     }
 
 
-def main() -> None:
+def smoke_inputs(folder: Path) -> tuple[Path, Path]:
+    """An untrained tiny model and prepared val/test arrays of the bundled digits, in ``folder``."""
+    params = common.base_params(common.SMOKE_OVERRIDES)
+    splits = common.smoke_subset(common.load_splits("mnist-sample", params))
+    prepared = folder / "prepared"
+    prepared.mkdir()
+    for split in ("val", "test"):
+        np.save(prepared / f"{split}_images.npy", splits[split][0])
+        np.save(prepared / f"{split}_labels.npy", splits[split][1])
+    return common.untrained_model(folder, params), prepared
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--model", type=Path, default=Path("models/model.keras"))
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     parser.add_argument("--count", type=int, default=500, help="inputs per generated kind")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        common.start_smoke()
+        args.count = 8
+        args.model, args.prepared = smoke_inputs(Path(tempfile.mkdtemp(prefix="bench-smoke-")))
 
     from mnist_pipeline import inference, uncertainty
     from mnist_pipeline.model import to_pixels
@@ -105,7 +123,8 @@ def main() -> None:
         if labels is not None:
             right = probabilities.argmax(axis=1) == labels
             entry["accuracy"] = round(float(right.mean()), 4)
-            entry["accuracy_of_unflagged"] = round(float(right[~flagged].mean()), 4)
+            entry["accuracy_of_unflagged"] = (round(float(right[~flagged].mean()), 4)
+                                              if (~flagged).any() else None)
             entry["errors_flagged"] = f"{int((~right & flagged).sum())} of {int((~right).sum())}"
         results[name] = entry
         rows.append([name, len(pixels), f"{entry['flagged']:.1%}", f"{entry['not_a_digit']:.1%}",

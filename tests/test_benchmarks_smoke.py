@@ -1,0 +1,88 @@
+"""Every benchmark script in its smoke mode (``--smoke``): the same code as a measurement, on a
+few hundred of the bundled digits and a tiny network, so that a script whose imports or calls
+went stale fails here instead of on the day someone measures. Nothing is measured, and the
+results go to a temporary folder, never to benchmarks/results.
+
+The scripts run in this process (one TensorFlow import for all), through their ``main(argv)``;
+inference.py starts its own `mnist-pipeline predict` and `serve` processes, as it does by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    """The folder the scripts write their JSON to; benchmarks/ importable as the scripts run."""
+    monkeypatch.setenv("BENCHMARK_RESULTS_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return tmp_path
+
+
+def script(name: str):
+    return importlib.import_module(name)
+
+
+def written(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def test_time_to_accuracy(results: Path) -> None:
+    script("time_to_accuracy").main(["--smoke"])
+    runs = written(results, "time_to_accuracy-mnist-sample")["runs"]
+    assert set(runs) == {"reference", "ours"}
+    assert set(runs["ours"]["test_accuracy_by_test_time_shifts"]) == {"0", "4", "8"}
+
+
+def test_real_mnist_runs_accumulate_and_the_table_prints(results: Path, capsys) -> None:
+    real_mnist = script("real_mnist")
+    real_mnist.main(["--smoke", "--reference"])
+    real_mnist.main(["--smoke"])
+    runs = written(results, "sample_recipes")["runs"]
+    assert [run["label"] for run in runs] == ["reference", "smoke"]
+    real_mnist.main(["--smoke", "--table"])
+    assert "| smoke |" in capsys.readouterr().out
+
+
+def test_calibration(results: Path) -> None:
+    script("calibration").main(["--smoke"])
+    measured = written(results, "calibration-default")
+    assert measured["temperature"] > 0
+    assert len(measured["results"]) == 2  # T = 1 and the fitted T, on the held-out digits
+
+
+def test_uncertainty(results: Path) -> None:
+    script("uncertainty").main(["--smoke"])
+    kinds = written(results, "uncertainty")["kinds"]
+    assert {"val digits", "test digits", "blank", "letters"} <= set(kinds)
+    assert kinds["blank"]["not_a_digit"] == 1.0
+
+
+@pytest.mark.slow  # a `predict` process and a server for each kind: TensorFlow's import twice
+def test_inference_onnx_and_keras_in_processes_and_servers(results: Path) -> None:
+    script("inference").main(["--smoke"])
+    measured = written(results, "inference")
+    assert set(measured["images_per_s"]) == {"onnx", "keras"}
+    assert all(run["requests_per_s"] > 0 for kind in ("onnx", "keras")
+               for run in measured["serve"][kind]["throughput"])
+
+
+# Scripts whose smoke runs live with their own tests (serving, hostile traffic, pen-drawn
+# digits); the shared modules are not scripts.
+ELSEWHERE = {"serve_latency.py", "serve_hostile.py", "drawn_recipes.py"}
+SHARED = {"common.py", "harness.py"}
+
+
+def test_every_other_script_is_run_here() -> None:
+    """A new script gets a smoke mode and a test in this file."""
+    scripts = {path.stem for path in BENCHMARKS.glob("*.py")
+               if path.name not in ELSEWHERE | SHARED}
+    tested = {name for name in scripts if f'script("{name}")' in Path(__file__).read_text()}
+    assert scripts == tested, f"not run by a smoke test: {sorted(scripts - tested)}"
