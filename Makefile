@@ -77,13 +77,20 @@ exps:
 
 # Review (README, "Review: report, gate, CI"): the workspace, or REV, against BASE. Run after
 # `make install` (like baseline, these do not install: CI installs in a step of its own).
+# A branch name may hold quotes, `;`, `>` or `$(...)`: BASE and REV reach the commands as data.
+# make never expands them (`$(value ...)`, and unexported: make expands what it exports), the
+# recipes get them as environment variables and pass them on quoted, and the modules verify
+# them as commits. A failing gate exits 1; make then reports the recipe's failure and exits 2.
 BASE ?= main
 REV ?=
+unexport BASE REV
+report gate: export REVIEW_BASE = $(value BASE)
+report gate: export REVIEW_REV = $(value REV)
 report:
-	python -m mnist_pipeline.report --base '$(BASE)' $(if $(REV),--rev '$(REV)')
+	python -m mnist_pipeline.report --base="$$REVIEW_BASE" $${REVIEW_REV:+--rev="$$REVIEW_REV"}
 
 gate:
-	python -m mnist_pipeline.gate --base '$(BASE)'
+	python -m mnist_pipeline.gate --base="$$REVIEW_BASE"
 
 # PLOTS_HTML_REQUIRED=1: a missing Chromium or node_modules fails the browser test, not skips it.
 test: install

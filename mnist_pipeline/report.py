@@ -6,37 +6,46 @@ beside it, for a pull request comment (CML) or any Markdown viewer, and ``report
 the same text without the pictures, for a CI job summary (which cannot show local images):
 
 - the gate's verdict (:mod:`mnist_pipeline.gate`: stale results, worse test metrics);
-- the params that changed (``dvc params diff <base> [<rev>] --json``);
-- the headline metrics side by side with the change (``dvc metrics diff ... --all --json``),
-  every other metric under a fold;
-- PNG charts of both revisions: training curves (loss, accuracy), errors per digit and the
-  normalized confusion matrix, rendered from DVC's own vega-lite specs
-  (``dvc plots diff ... --json``: the charts of ``dvc plots show``, defined once in dvc.yaml)
+- the params that changed (``dvc params diff``);
+- the test metrics of every source (the dataset, the pen-drawn digits) side by side with the
+  change (``dvc metrics diff --all``), the validation accuracy and the data, every other
+  metric under a fold;
+- PNG charts of both revisions: training curves (loss, accuracy), errors per digit of each
+  source and the normalized confusion matrix, rendered from DVC's own vega-lite specs
+  (``dvc plots diff --json``: the charts of ``dvc plots show``, defined once in dvc.yaml)
   by vl-convert, which bundles vega and its fonts: no browser, no network, no CDN;
 - the plot stage's most confidently wrong test digits of each revision.
 
 Both sides come from git (metrics and plots are ``cache: false``): a clone needs no
-``dvc pull`` for the base. Run from the repository root with the venv's DVC.
+``dvc pull`` for the base. DVC and git run through :mod:`mnist_pipeline.dvc_cli`, revisions
+verified as commits first. The out folder holds only what the report wrote (listed in its
+``.report-files``): a folder with other files, or one that is or holds an output dvc.yaml
+declares, is refused, and only the report's own files are replaced. Run from the repository
+root with the venv's DVC. Exit status: 0 written, 1 refused or failed, 2 a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_pipeline import fileio, gate, paths
+from mnist_pipeline import dvc_cli, fileio, gate, paths
 
 OUT_DIR = Path("report")
 REPORT_FILE = "report.md"
 SUMMARY_FILE = "summary.md"
-WORKSPACE = "workspace"  # DVC's name for the working tree in diffs
+MANIFEST_FILE = ".report-files"  # the names the last report wrote, one a line
+WORKSPACE = dvc_cli.WORKSPACE
+# Per-source plot files: plots/per_class/<source>.csv (digit,errors,false_positives,...).
+# Defined here from paths.PLOTS_DIR until paths.py names them.
+PER_CLASS_DIR = paths.PLOTS_DIR / "per_class"
 
 
 @dataclass(frozen=True)
@@ -47,25 +56,25 @@ class Chart:
     file: str
 
 
-# Training curves, errors per digit, normalized confusion matrix: what a reviewer reads first.
-CHARTS = (
-    Chart("Loss", "loss.png"),
-    Chart("Accuracy", "accuracy.png"),
-    Chart(str(paths.PER_CLASS_FILE), "errors_per_digit.png"),
-    Chart("Confusion matrix, normalized", "confusion_normalized.png"),
-)
+# Training curves, errors per digit (one chart per source, found in DVC's output), normalized
+# confusion matrix: what a reviewer reads first.
+CURVES = (Chart("Loss", "loss.png"), Chart("Accuracy", "accuracy.png"))
+CONFUSION = Chart("Confusion matrix, normalized", "confusion_normalized.png")
 GALLERY = str(paths.PLOT_IMAGES_DIR / "misclassified.png")
 
-# Headline rows, in this order; every other metric goes under the fold.
+# Test metrics of each source, in this order, then the headline rows of other files; every
+# other metric goes under the fold.
+SOURCE_ROWS = (("accuracy", "test accuracy"), ("errors", "test errors"),
+               ("ece", "test ECE (calibration error)"))
 HEADLINE = (
-    (gate.EVALUATE_FILE, "accuracy", "test accuracy"),
-    (gate.EVALUATE_FILE, "errors", "test errors"),
-    (gate.EVALUATE_FILE, "macro_f1", "test macro F1"),
-    (gate.EVALUATE_FILE, "loss", "test loss"),
     (str(paths.TRAINING_METRICS), "eval.accuracy", "validation accuracy (last epoch)"),
-    (gate.DATA_FILE, "test.size", "test digits"),
-    (gate.DATA_FILE, "dataset", "dataset"),
+    (str(paths.DATA_METRICS), "test.size", "test digits"),
+    (str(paths.DATA_METRICS), "dataset", "dataset"),
 )
+
+
+class OutDirError(ValueError):
+    """An out folder the report must not write into."""
 
 
 def format_value(value: object) -> str:
@@ -82,11 +91,14 @@ def format_change(old: object, new: object) -> str:
     numbers = (int, float)
     if old is None or new is None:
         return ""
-    if not (isinstance(old, numbers) and isinstance(new, numbers)) or isinstance(old, bool):
+    if (not (isinstance(old, numbers) and isinstance(new, numbers))
+            or isinstance(old, bool) or isinstance(new, bool)):
         return "" if old == new else "changed"
     change = new - old
     if isinstance(change, int):
         return f"{change:+d}" if change else "0"
+    if not math.isfinite(change):  # NaN or Infinity on a side: the gate calls it invalid
+        return ""
     return f"{change:+.4g}" if abs(change) > 1e-12 else "0"
 
 
@@ -103,9 +115,14 @@ def params_table(diff: dict, base: str, target: str) -> str:
     return "\n".join(lines)
 
 
+def sources(diff: dict) -> list[str]:
+    """The test sources of either side of a metrics diff, the base's first."""
+    return list(dict.fromkeys([*gate.by_source(diff, "old"), *gate.by_source(diff, "new")]))
+
+
 def metrics_tables(diff: dict, base: str, target: str) -> tuple[str, str]:
-    """``dvc metrics diff --all --json`` output as two Markdown tables: the headline metrics
-    and every other one (empty string when there is none)."""
+    """``dvc metrics diff --all --json`` output as two Markdown tables: the test metrics of
+    every source with the headline rows, and every other metric (empty string when none)."""
     header = [f"| metric | {_cell(base)} | {_cell(target)} | change |",
               "| --- | ---: | ---: | ---: |"]
 
@@ -114,23 +131,39 @@ def metrics_tables(diff: dict, base: str, target: str) -> tuple[str, str]:
         return (f"| {label} | {format_value(old)} | {format_value(new)} | "
                 f"{format_change(old, new)} |")
 
-    headline = [row(label, diff[file][key]) for file, key, label in HEADLINE
-                if key in diff.get(file, {})]
-    shown = {(file, key) for file, key, _ in HEADLINE}
-    others = [row(f"`{file}`: `{key}`", entry) for file in sorted(diff)
-              for key, entry in sorted(diff[file].items()) if (file, key) not in shown]
+    evaluate = diff.get(gate.EVALUATE_FILE, {})
+    shown = [(gate.EVALUATE_FILE, f"{source}.{key}", f"`{_cell(source)}` {label}")
+             for source in sources(diff) for key, label in SOURCE_ROWS
+             if f"{source}.{key}" in evaluate]
+    shown += [(file, key, label) for file, key, label in HEADLINE if key in diff.get(file, {})]
+    headline = [row(label, diff[file][key]) for file, key, label in shown]
+    done = {(file, key) for file, key, _ in shown}
+    others = [row(f"`{_cell(file)}`: `{_cell(key)}`", entry) for file in sorted(diff)
+              for key, entry in sorted(diff[file].items()) if (file, key) not in done]
     main = "\n".join(header + headline) if headline else "No metrics found on either side."
     return main, "\n".join(header + others) if others else ""
 
 
-def render_charts(plots: dict, out_dir: Path, base: str, target: str) -> list[str]:
-    """Markdown for the charts of ``dvc plots diff --json`` output, their PNGs written to
-    ``out_dir``: CHARTS from the vega-lite specs, the gallery images copied per revision."""
+def charts(plots: dict) -> list[Chart]:
+    """The charts to draw: the curves, errors per digit of each source DVC has a plot of
+    (either side), the normalized confusion matrix."""
+    per_source = sorted(plot_id for plot_id in plots.get("data", {})
+                        if Path(plot_id).parent == PER_CLASS_DIR and plot_id.endswith(".csv"))
+    return [*CURVES, *(Chart(plot_id, f"errors_per_digit_{_safe(Path(plot_id).stem)}.png")
+                       for plot_id in per_source), CONFUSION]
+
+
+def render_charts(plots: dict, out: Writer, base: str, target: str) -> list[str]:
+    """Markdown for the charts of ``dvc plots diff --json`` output, their PNGs written by
+    ``out``: the charts from the vega-lite specs, the gallery images copied per revision."""
     import vl_convert  # only here: the rest of the report needs no renderer
 
     data = plots.get("data", {})
     lines = ["### Training curves, errors per digit, confusion matrix", ""]
-    for chart in CHARTS:
+    drawn = charts(plots)
+    if len(drawn) == len(CURVES) + 1:
+        lines.append(f"`{PER_CLASS_DIR}/<source>.csv`: no errors per digit on either side.")
+    for chart in drawn:
         specs = [entry for entry in data.get(chart.plot_id, []) if entry.get("type") == "vega"]
         if not specs:
             lines.append(f"`{chart.plot_id}`: no data on either side.")
@@ -141,15 +174,18 @@ def render_charts(plots: dict, out_dir: Path, base: str, target: str) -> list[st
         except (ValueError, RuntimeError) as error:  # vl-convert raises ValueError on bad specs
             lines.append(f"`{chart.plot_id}`: not drawn ({error}).")
             continue
-        fileio.write_bytes(out_dir / chart.file, png)
-        lines.append(f"![{_alt(_title(spec, chart.plot_id))}]({chart.file})")
+        out.write_bytes(chart.file, png)
+        title = _title(spec, chart.plot_id)
+        if Path(chart.plot_id).parent == PER_CLASS_DIR and chart.plot_id not in title:
+            title += f" ({Path(chart.plot_id).stem})"  # one title for the folder's charts
+        lines.append(f"![{_alt(title)}]({chart.file})")
     lines += ["", "### Most confidently wrong test digits", ""]
     images = {}
     for entry in data.get(GALLERY, []):
         if entry.get("type") == "image" and entry.get("revisions"):
             revision = entry["revisions"][0]
             name = f"misclassified_{_safe(revision)}.png"
-            shutil.copyfile(entry["url"], out_dir / name)
+            out.copy(Path(entry["url"]), name)
             images[revision] = name
     if not images:
         lines.append(f"`{GALLERY}`: on neither side.")
@@ -165,46 +201,49 @@ def render_charts(plots: dict, out_dir: Path, base: str, target: str) -> list[st
 def describe_revision(rev: str | None) -> str:
     """``workspace (HEAD 1a2b3c4, uncommitted changes)`` or ``main (5d6e7f8)``."""
     if rev:
-        return f"`{rev}` (`{_git('rev-parse', '--short', rev) or 'unknown revision'}`)"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    head = _git("rev-parse", "--short", "HEAD") or "no commit"
+        short = dvc_cli.git("rev-parse", "--short", "--verify", "--end-of-options",
+                            f"{rev}^{{commit}}")
+        return f"`{_code(rev)}` (`{short or 'unknown revision'}`)"
+    dirty = dvc_cli.git("status", "--porcelain", "--untracked-files=no")
+    head = dvc_cli.git("rev-parse", "--short", "HEAD") or "no commit"
     return f"the workspace (HEAD `{head}`{', with uncommitted changes' if dirty else ''})"
 
 
-def build_report(base: str, rev: str | None, out_dir: Path) -> tuple[list[str], list[str]]:
-    """Query DVC and git, write the PNGs to ``out_dir``; the Markdown lines of the text and of
-    the pictures."""
+def build_report(base: str, rev: str | None, out: Writer) -> tuple[list[str], list[str]]:
+    """Query DVC and git, write the PNGs through ``out``; the Markdown lines of the text and
+    of the pictures. ``base`` and ``rev`` must be verified commits."""
     target = rev or WORKSPACE
-    revisions = [base, *([rev] if rev else [])]
     if rev:  # a committed revision: no `dvc status` to check, only its metrics
-        metrics = gate.metrics_diff(base, rev)
-        failures = gate.reasons(metrics, base, target=f"`{rev}`")
+        metrics = dvc_cli.metrics_diff(base, rev)
+        verdict = gate.compare(metrics, base, target=f"`{rev}`")
     else:
-        failures, metrics = gate.check_workspace(base)
-    params = gate.dvc_json("params", "diff", *revisions)
+        verdict, metrics = gate.check_workspace(base)
+    params = dvc_cli.params_diff(base, rev)
     headline, others = metrics_tables(metrics, base, target)
     with tempfile.TemporaryDirectory() as images:  # DVC copies each revision's images there
-        plots = gate.dvc_json("plots", "diff", *revisions, "-o", images)
-        charts = render_charts(plots, out_dir, base, target)
+        plots = dvc_cli.plots_diff(base, rev, images)
+        pictures = render_charts(plots, out, base, target)
 
-    if failures:
-        verdict = ["**Gate: fails** (`make gate`):", ""] + [f"- {_cell(line)}"
-                                                             for line in failures]
+    if verdict.failures:
+        verdict_lines = ["**Gate: fails** (`make gate`):", ""] + [
+            f"- {_cell(line)}" for line in verdict.failures + verdict.notes]
     else:
-        verdict = [f"**Gate: passes** (`make gate`: {gate.summary(metrics, base)})."]
+        verdict_lines = [f"**Gate: passes** (`make gate`: {_cell(gate.summary(metrics, base))})."]
+        if verdict.notes:
+            verdict_lines += [""] + [f"- {_cell(line)}" for line in verdict.notes]
     lines = [
-        f"## Model report: {target} against {base}",
+        f"## Model report: {_cell(target)} against {_cell(base)}",
         "",
         f"Compared: {describe_revision(rev)} against {describe_revision(base)}; written by "
         f"`make report` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
-        *verdict,
+        *verdict_lines,
         "",
         "### Params that changed",
         "",
         params_table(params, base, target),
         "",
-        "### Headline metrics",
+        "### Test metrics of each source, and the data",
         "",
         headline,
         "",
@@ -212,20 +251,83 @@ def build_report(base: str, rev: str | None, out_dir: Path) -> tuple[list[str], 
     if others:
         lines += ["<details><summary>Every other metric</summary>", "", others, "",
                   "</details>", ""]
-    return lines, charts
+    return lines, pictures
+
+
+class Writer:
+    """Writes the report's files into its out folder and lists them in MANIFEST_FILE.
+
+    Refuses (OutDirError) a path that is not a folder, a folder that is, holds or lies inside
+    an output dvc.yaml declares, and a folder holding anything the last report did not write;
+    deletes only the files its manifest lists."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir, self.written, self.stale = out_dir, [], []
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutDirError(f"--out {out_dir} is not a folder")
+        where = out_dir.resolve()
+        for output in dvc_cli.declared_outputs():
+            declared = output.resolve()
+            relation = ("is" if where == declared else "lies in" if declared in where.parents
+                        else "holds" if where in declared.parents else "")
+            if relation:
+                raise OutDirError(f"--out {out_dir} {relation} {output}, an output of the "
+                                  "pipeline (dvc.yaml): choose another folder")
+        if not out_dir.exists():
+            return
+        manifest = out_dir / MANIFEST_FILE
+        listed = set(manifest.read_text().splitlines()) if manifest.is_file() else set()
+        foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name != MANIFEST_FILE
+                         and (entry.name not in listed or not entry.is_file()
+                              or entry.is_symlink()))
+        if foreign:
+            named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                              if len(foreign) > 3 else "")
+            raise OutDirError(f"--out {out_dir} holds files the report did not write ({named}):"
+                              " choose a new or empty folder")
+        self.stale = [entry for entry in out_dir.iterdir() if entry.name in listed]
+
+    def clear(self) -> None:
+        """Delete the files of the last report (only those its manifest lists)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.stale:
+            entry.unlink(missing_ok=True)
+        self._save()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._add(name)
+        fileio.write_bytes(self.out_dir / name, data)
+
+    def write_text(self, name: str, text: str) -> None:
+        self._add(name)
+        fileio.write_text(self.out_dir / name, text)
+
+    def copy(self, source: Path, name: str) -> None:
+        self._add(name)
+        shutil.copyfile(source, self.out_dir / name)
+
+    def _add(self, name: str) -> None:
+        # Listed before it is written: a report cut short still owns what it left behind.
+        if name not in self.written:
+            self.written.append(name)
+            self._save()
+
+    def _save(self) -> None:
+        fileio.write_text(self.out_dir / MANIFEST_FILE, "".join(f"{name}\n"
+                                                                for name in self.written))
 
 
 def write_report(base: str = "main", rev: str | None = None, out_dir: Path = OUT_DIR) -> Path:
     """Write ``out_dir/report.md``, its PNGs and ``summary.md`` (replacing an earlier report);
-    the report's path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.png"), out_dir / REPORT_FILE, out_dir / SUMMARY_FILE]:
-        stale.unlink(missing_ok=True)
-    text, charts = build_report(base, rev, out_dir)
-    fileio.write_text(out_dir / REPORT_FILE, "\n".join(text + charts) + "\n")
+    the report's path. RevisionError, OutDirError before anything is written."""
+    dvc_cli.revisions(base, rev)
+    out = Writer(out_dir)
+    out.clear()
+    text, pictures = build_report(base, rev, out)
+    out.write_text(REPORT_FILE, "\n".join(text + pictures) + "\n")
     note = ["### Charts", "", f"Not shown here: the PNGs beside `{out_dir / REPORT_FILE}` "
             "(in CI, the run's `model-report` artifact)."]
-    fileio.write_text(out_dir / SUMMARY_FILE, "\n".join(text + note) + "\n")
+    out.write_text(SUMMARY_FILE, "\n".join(text + note) + "\n")
     return out_dir / REPORT_FILE
 
 
@@ -240,7 +342,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         path = write_report(args.base, args.rev or None, args.out)
-    except gate.DvcError as error:
+    except dvc_cli.RevisionError as error:
+        sys.exit(f"report: invalid: {error}")
+    except OutDirError as error:
+        sys.exit(f"report: refused: {error}")
+    except dvc_cli.DvcError as error:
         sys.exit(f"report: {error}")
     except ModuleNotFoundError as error:  # vl-convert-python: in the pipeline extra
         sys.exit(f"report: {error.name} is not installed: run `make install`")
@@ -254,14 +360,14 @@ def _title(spec: dict, fallback: str) -> str:
     return title if isinstance(title, str) and title else fallback
 
 
-def _git(*args: str) -> str:
-    result = subprocess.run(["git", *args], capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else ""
-
-
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    """Text safe inside inline code."""
+    return text.replace("`", "'")
 
 
 def _alt(text: str) -> str:
@@ -269,7 +375,8 @@ def _alt(text: str) -> str:
 
 
 def _safe(revision: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", revision)
+    """A revision or source name as part of a file name: no separators, no leading dot."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", revision).lstrip(".") or "_"
 
 
 if __name__ == "__main__":
