@@ -8,15 +8,21 @@ so they cannot disagree. The contract of every model file of this project:
 
 The scaling, the test-time shifts and the calibration are layers inside the model, so a
 caller feeds pixels and needs to know nothing else. :func:`load` checks the contract when it
-opens the file. TensorFlow is imported only for a ``.keras`` file: with an ONNX model
-nothing here needs more than numpy and onnxruntime (``pip install mnist-pipeline``).
+opens the file, and every answer is checked to be finite: a model that answers NaN or
+infinity is broken (:class:`ModelOutputError`), never an answer. TensorFlow is imported only
+for a ``.keras`` file, and only after the file's zip members are bounded
+(:func:`check_keras_archive`): with an ONNX model nothing here needs more than numpy and
+onnxruntime (``pip install mnist-pipeline``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +38,26 @@ SUFFIXES: dict[str, ModelKind] = {".onnx": "onnx", ".keras": "keras"}
 # Digits per model call: a few MB of activations at a time, whatever N is.
 DEFAULT_BATCH_SIZE = 256
 
+# A .keras file is a zip whose members Keras reads whole into memory (config.json is parsed
+# into Python objects), trusting the sizes the zip declares. These bound what it may make
+# Keras read, checked from the zip's central directory before Keras is imported:
+MAX_KERAS_BYTES = 1 << 30  # all members inflated: far more than a model of this contract needs
+MAX_KERAS_JSON_BYTES = 16 << 20  # a .json member (config, metadata): parsed whole
+# Keras stores its members uncompressed; a member larger than the floor that inflates to
+# more than this many times what it stores is a decompression bomb, not a model.
+MAX_INFLATION = 100
+INFLATION_FLOOR = 1 << 20
+_READ_BYTES = 1 << 20  # members are read this much at a time when their CRCs are checked
+
 
 class ModelError(ValueError):
     """A model file that is missing, unreadable or of another contract; names the file."""
+
+
+class ModelOutputError(ModelError):
+    """The model answered NaN or infinite probabilities: it is broken, and that is no answer.
+
+    Raised by :meth:`Classifier.probabilities`; the message is one line, naming the file."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +79,21 @@ class Classifier:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
         batches = [self.run_batch(pixels[start:start + batch_size])
                    for start in range(0, len(pixels), batch_size)]
-        return np.concatenate(batches).astype(np.float32, copy=False)
+        probabilities = np.concatenate(batches).astype(np.float32, copy=False)
+        check_finite(probabilities, self.path)
+        return probabilities
+
+
+def check_finite(probabilities: np.ndarray, path: Path | None = None) -> None:
+    """Raise :class:`ModelOutputError` when any row of ``probabilities`` (N, 10) holds NaN
+    or an infinity; the message names the model file and the first such digit."""
+    broken = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+    if len(broken):
+        which = (f"digit {broken[0]}" if len(broken) == 1
+                 else f"{len(broken)} digits, the first {broken[0]}")
+        source = f"{path}: the model" if path is not None else "the model"
+        raise ModelOutputError(f"{source} answered NaN or infinite probabilities ({which} of "
+                               f"{len(probabilities)}): a broken model, not an answer")
 
 
 def check_pixels(pixels: np.ndarray) -> np.ndarray:
@@ -83,13 +120,36 @@ def model_kind(path: str | Path) -> ModelKind:
 
 
 def check_model_file(path: str | Path) -> ModelKind:
-    """The kind of the model file at ``path``; :class:`ModelError` when it is missing or of
-    another kind. Cheap (nothing is loaded): commands call it before any other work."""
-    kind = model_kind(path)
-    if not Path(path).is_file():
+    """The kind of the model file at ``path``; :class:`ModelError` saying what is wrong when
+    it is missing, is no regular file (a directory, a FIFO, a symbolic link that leads
+    nowhere or in a loop) or is of another kind. Cheap (nothing is read): commands call it
+    before any other work."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ModelError(f"{path}: a broken symbolic link (to {os.readlink(path)}, which "
+                             "does not exist)") from None
+        model_kind(path)
         raise ModelError(f"{path}: model file not found; run `dvc repro` (or `make sample`) "
-                         "first")
-    return kind
+                         "first") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ModelError(f"{path}: a symbolic link loop (it never reaches a file)") from None
+        raise ModelError(f"{path}: cannot be opened ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        raise ModelError(f"{path}: {special_file(mode)}, not a model file; expected a .onnx "
+                         "or .keras file")
+    return model_kind(path)
+
+
+def special_file(mode: int) -> str:
+    """What a file that is not a regular one is, by its ``st_mode``: ``is a directory``..."""
+    kinds = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
+             (stat.S_ISBLK, "is a block device"))
+    return next((text for test, text in kinds if test(mode)), "is not a regular file")
 
 
 def load(path: str | Path, threads: int | None = None) -> Classifier:
@@ -165,9 +225,12 @@ def describe_nodes(nodes: list[Any]) -> str:
 
 def load_keras_model(path: str | Path = paths.MODEL_FILE) -> Any:
     """The ``keras.Model`` in a ``.keras`` file (safe mode: no arbitrary code), checked to
-    map (N, 28, 28) pixels to (N, 10) probabilities. Raises :class:`ModelError`."""
+    map (N, 28, 28) pixels to (N, 10) probabilities. Raises :class:`ModelError`.
+
+    The zip is bounded first (:func:`check_keras_archive`), before TensorFlow is imported."""
     path = Path(path)
     check_model_file(path)
+    check_keras_archive(path)
     keras = import_keras()
     try:
         model = keras.saving.load_model(path, safe_mode=True)
@@ -179,6 +242,48 @@ def load_keras_model(path: str | Path = paths.MODEL_FILE) -> Any:
         raise ModelError(f"{path}: expected a model from (N, 28, 28) pixels to (N, 10) "
                          f"probabilities, got {input_shape} -> {output_shape}")
     return model
+
+
+def check_keras_archive(path: Path) -> None:
+    """Refuse a ``.keras`` file whose zip members would make Keras read too much.
+
+    From the zip's central directory: a ``.json`` member over :data:`MAX_KERAS_JSON_BYTES`,
+    all members over :data:`MAX_KERAS_BYTES`, or a member over :data:`INFLATION_FLOOR`
+    that inflates more than :data:`MAX_INFLATION` times (a decompression bomb). Then every
+    member is read once, a MiB at a time, within the size it declares (zipfile stops
+    there), its CRC checked: a member whose data disagrees with its declaration is refused
+    too. Raises :class:`ModelError` (one line) for these and for any damaged zip.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            problem = archive_problem(members)
+            if problem is None:
+                for info in members:
+                    with archive.open(info) as member:
+                        while member.read(_READ_BYTES):
+                            pass
+    except Exception as error:  # noqa: BLE001 - a damaged zip raises many kinds
+        raise ModelError(f"{path}: not a loadable Keras model ({first_line(error)})") from None
+    if problem is not None:
+        raise ModelError(f"{path}: not a loadable Keras model ({problem})")
+
+
+def archive_problem(members: list[zipfile.ZipInfo]) -> str | None:
+    """Why a zip of ``members`` (from its central directory) is refused, or None."""
+    total = 0
+    for info in members:
+        size, stored = info.file_size, info.compress_size
+        if info.filename.endswith(".json") and size > MAX_KERAS_JSON_BYTES:
+            return (f"{info.filename} inflates to {size:,} bytes; a .json member may hold "
+                    f"{MAX_KERAS_JSON_BYTES:,}")
+        if size > INFLATION_FLOOR and size > MAX_INFLATION * stored:
+            return (f"{info.filename} inflates to {size:,} bytes from {stored:,}: a "
+                    "decompression bomb")
+        total += size
+    if total > MAX_KERAS_BYTES:
+        return f"its members inflate to {total:,} bytes; at most {MAX_KERAS_BYTES:,} are read"
+    return None
 
 
 def keras_runner(model: Any) -> Callable[[np.ndarray], np.ndarray]:
