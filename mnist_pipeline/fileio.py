@@ -1,4 +1,5 @@
-"""The pipeline's files in and out: atomic writes, JSON, CSV and .npy (never a pickle).
+"""The pipeline's files in and out: atomic writes, JSON, CSV and .npy (never a pickle), and
+the checks of an output file that a user names (:func:`check_output`, :func:`write_output`).
 
 A reader (or a crashed run) never sees a half-written file: each writer writes to a
 temporary file or folder beside the target, then renames it over the target; the rename is
@@ -8,11 +9,13 @@ atomic on POSIX file systems. Temporaries are named ``.<target>.*.tmp`` (git-ign
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,3 +147,78 @@ def load_npy(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"{path}: missing; run `dvc repro preprocess` first") from None
     except ValueError as error:
         raise ValueError(f"{path}: not a valid .npy array ({error})") from None
+
+
+# ---------------------------------------------------------------------------------------
+# A command's output file, named by its user
+
+
+def check_output(output: Path, inputs: Sequence[Path],
+                 read_suffixes: Collection[str] = ()) -> None:
+    """Raise OSError (one line, as :func:`check_writable`) unless a command's output can be
+    written to ``output`` without overwriting one of ``inputs``; found before any work.
+
+    Refused besides what :func:`check_writable` refuses: ``output`` is one of the input
+    files, by the same or another path, a symbolic or a hard link; or it has one of
+    ``read_suffixes`` (lower case) inside an input directory, where the command would read
+    it as an input. A device or FIFO (``-o /dev/stdout``) is written to, never replaced:
+    not compared.
+    """
+    if output.exists() and not output.is_file():
+        inputs = []
+    for source in inputs:
+        if source.is_dir():
+            if output.suffix.lower() in read_suffixes and \
+                    same_file(output.absolute().parent, source):
+                raise OSError(f"{output}: cannot be written (it would be read as a picture "
+                              f"of the input directory {source})")
+        elif same_file(output, source):
+            raise OSError(f"{output}: cannot be written (it is the input {source})")
+    check_writable(output)
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same inode where both exist (symbolic and hard
+    links), else the same absolute path once symbolic links are resolved."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one is missing (or a loop): compare where the names lead
+        try:
+            return first.resolve() == second.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before 3.13)
+            return False
+
+
+def write_output(text: str, output: Path | None) -> None:
+    """Write ``text`` to ``output``, or to standard output when None; OSError, one line
+    ``<output>: cannot be written (<why>)``, when it cannot (a full disk, a closed pipe),
+    with nothing half-written in place.
+
+    A file is written atomically (a temporary file renamed over it), so a failure leaves
+    the old one as it was; a device or FIFO (``/dev/stdout``) is written to directly.
+    """
+    try:
+        if output is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        elif output.exists() and not output.is_file():
+            with open(output, "w", encoding="utf-8") as stream:
+                stream.write(text)
+        else:
+            write_text(output, text)
+    except OSError as error:
+        if output is None:
+            discard_stdout()
+        raise OSError(f"{output or 'standard output'}: cannot be written "
+                      f"({error.strerror or error})") from None
+
+
+def discard_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit does not fail
+    again on what is still buffered (and print a traceback-like warning)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (a test's capture): nothing will flush it at exit

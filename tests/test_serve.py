@@ -23,7 +23,17 @@ from PIL import Image
 from sample_data import SmallModel, paper_scan
 
 from mnist_pipeline import inference
-from mnist_pipeline.app import cli, digit_image, predict, serve
+from mnist_pipeline.app import (
+    batching,
+    cli,
+    digit_image,
+    guard,
+    limits,
+    predict,
+    requests,
+    serve,
+    tf_serving,
+)
 
 
 def stand_in(model) -> inference.Classifier:
@@ -212,7 +222,7 @@ def test_unknown_content_type(client: TestClient) -> None:
 
 
 def test_a_body_over_the_limit_is_refused_unread(client: TestClient) -> None:
-    response = client.post("/predict", content=b"\0" * (serve.MAX_REQUEST_BYTES + 1),
+    response = client.post("/predict", content=b"\0" * (limits.MAX_REQUEST_BYTES + 1),
                            headers={"content-type": "image/png"})
     assert_refused(response, 413, "over the limit")
 
@@ -220,7 +230,7 @@ def test_a_body_over_the_limit_is_refused_unread(client: TestClient) -> None:
 def test_a_streamed_body_is_cut_at_the_limit(client: TestClient) -> None:
     """Without Content-Length (chunked), reading stops once the limit is passed."""
     def body():
-        for _ in range(serve.MAX_REQUEST_BYTES // 65536 + 50):
+        for _ in range(limits.MAX_REQUEST_BYTES // 65536 + 50):
             yield b"\0" * 65536
 
     response = client.post("/predict", content=body(), headers={"content-type": "image/png"})
@@ -256,7 +266,7 @@ def pixels_of(value: float) -> list[list[float]]:
     ({"pixels": pixels_of(-1)}, 422, "outside 0..255"),
     ({"pixels": pixels_of(256)}, 422, "outside 0..255"),
     ({"pixels": []}, 422, "empty batch"),
-    ({"pixels": [[[0] * 28] * 28] * (serve.MAX_BATCH_IMAGES + 1)}, 422, "over the limit"),
+    ({"pixels": [[[0] * 28] * 28] * (limits.MAX_BATCH_IMAGES + 1)}, 422, "over the limit"),
 ], ids=["truncated", "not-utf8", "deep", "many-arrays", "empty-arrays", "many-numbers",
         "bare-array", "no-pixels", "27x28", "flat", "4d",
         "scalar", "ragged", "strings", "nulls", "booleans", "object", "huge", "bigint",
@@ -370,7 +380,7 @@ async def concurrent_predictions(app, count: int) -> list[dict]:
         return await asyncio.gather(*(one(index) for index in range(count)))
 
 
-@pytest.mark.parametrize("max_model_batch", [serve.MAX_MODEL_BATCH, 1])
+@pytest.mark.parametrize("max_model_batch", [batching.MAX_MODEL_BATCH, 1])
 def test_requests_that_arrive_together_share_a_model_call(max_model_batch: int) -> None:
     model = SlowModel()
     app = serve.create_app(stand_in(model), max_model_batch=max_model_batch)
@@ -392,7 +402,7 @@ def test_a_collection_window_gathers_requests_that_arrive_close_together() -> No
         calls.append(len(pixels))
         return np.repeat(pixels[:, :1, 0], 10, axis=1)
 
-    async def two_requests_10_ms_apart(batcher: serve.ModelBatcher) -> list[np.ndarray]:
+    async def two_requests_10_ms_apart(batcher: batching.ModelBatcher) -> list[np.ndarray]:
         first = asyncio.ensure_future(batcher.predict(np.full((2, 28, 28), 1.0)))
         await asyncio.sleep(0.01)
         second = batcher.predict(np.full((3, 28, 28), 2.0))
@@ -400,7 +410,7 @@ def test_a_collection_window_gathers_requests_that_arrive_close_together() -> No
 
     for window_seconds, expected_calls in ((0.1, [5]), (0.0, [2, 3])):
         calls.clear()
-        batcher = serve.ModelBatcher(model, window_seconds=window_seconds)
+        batcher = batching.ModelBatcher(model, window_seconds=window_seconds)
         first, second = asyncio.run(two_requests_10_ms_apart(batcher))
         batcher.close()
         assert calls == expected_calls
@@ -473,7 +483,7 @@ def test_the_keras_model_keeps_the_test_time_shifts_in_one_graph(small_model: Sm
 def test_the_tf_serving_route_answers_as_tf_serving_does(client: TestClient,
                                                          small_model: SmallModel) -> None:
     instances = small_model.digits[:5]
-    response = client.post(f"/v1/models/{serve.TF_SERVING_NAME}:predict",
+    response = client.post(f"/v1/models/{tf_serving.TF_SERVING_NAME}:predict",
                            json={"instances": instances.astype(int).tolist()})
     assert response.status_code == 200, response.text
     predictions = np.array(response.json()["predictions"])
@@ -483,7 +493,7 @@ def test_the_tf_serving_route_answers_as_tf_serving_does(client: TestClient,
     batch = post_json(client, {"pixels": instances.astype(int).tolist()}).json()
     np.testing.assert_allclose(predictions, [row["probabilities"] for row in
                                              batch["predictions"]], atol=1e-6)
-    status = client.get(f"/v1/models/{serve.TF_SERVING_NAME}").json()
+    status = client.get(f"/v1/models/{tf_serving.TF_SERVING_NAME}").json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
 
 
@@ -501,7 +511,7 @@ def test_the_tf_serving_route_answers_as_tf_serving_does(client: TestClient,
 def test_the_tf_serving_route_refuses_bad_bodies_in_one_line(client: TestClient, body: bytes,
                                                               content_type: str, status: int,
                                                               reason: str) -> None:
-    response = client.post(f"/v1/models/{serve.TF_SERVING_NAME}:predict", content=body,
+    response = client.post(f"/v1/models/{tf_serving.TF_SERVING_NAME}:predict", content=body,
                            headers={"content-type": content_type})
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -520,7 +530,7 @@ def guarded(body_timeout: float, max_bodies: int = 16):
         body = await StarletteRequest(scope, receive).body()
         await PlainTextResponse(f"{len(body)} bytes")(scope, receive, send)
 
-    return serve.GuardRequests(app, max_bodies=max_bodies, body_timeout=body_timeout)
+    return guard.GuardRequests(app, max_bodies=max_bodies, body_timeout=body_timeout)
 
 
 def scope_of(length: int) -> dict:
@@ -580,8 +590,8 @@ def test_uploads_beyond_the_turns_wait_then_are_told_the_server_is_busy() -> Non
 
 def test_refusals_before_the_application_answer_tf_serving_in_its_shape(
         client: TestClient) -> None:
-    over = b"\0" * (serve.MAX_REQUEST_BYTES + 1)
-    response = client.post(f"/v1/models/{serve.TF_SERVING_NAME}:predict", content=over,
+    over = b"\0" * (limits.MAX_REQUEST_BYTES + 1)
+    response = client.post(f"/v1/models/{tf_serving.TF_SERVING_NAME}:predict", content=over,
                            headers={"content-type": "application/json"})
     assert response.status_code == 413 and "over the limit" in response.json()["error"]
     assert response.headers["connection"] == "close"
@@ -592,10 +602,10 @@ def test_refusals_before_the_application_answer_tf_serving_in_its_shape(
 def test_the_json_structure_is_counted_before_parsing() -> None:
     hostile = b'{"pixels": [' + b"[[]]," * 1_000_000 + b"[[]]]}"  # 5 MB
     start = time.perf_counter()
-    with pytest.raises(serve.Refused, match="refused unparsed"):
-        serve.pixels_from_json(hostile)
+    with pytest.raises(guard.Refused, match="refused unparsed"):
+        requests.pixels_from_json(hostile)
     assert time.perf_counter() - start < 0.5  # parsing it took 1.5 s
-    largest = np.full((serve.MAX_BATCH_IMAGES, 28, 28), 0.123456789)  # long numbers
+    largest = np.full((limits.MAX_BATCH_IMAGES, 28, 28), 0.123456789)  # long numbers
     largest[:, 6:22, 12:16] = 254.987654321  # a stroke: not blank
-    pixels, batch = serve.pixels_from_json(json.dumps({"pixels": largest.tolist()}).encode())
-    assert batch and pixels.shape == (serve.MAX_BATCH_IMAGES, 28, 28)
+    pixels, batch = requests.pixels_from_json(json.dumps({"pixels": largest.tolist()}).encode())
+    assert batch and pixels.shape == (limits.MAX_BATCH_IMAGES, 28, 28)

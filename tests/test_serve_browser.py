@@ -324,13 +324,13 @@ def test_the_real_server_refuses_bodies_over_the_limit_and_goes_on(server: str) 
     """Through uvicorn, declared (Content-Length) or streamed (chunked), then /health."""
     import httpx2
 
-    from mnist_pipeline.app import serve
+    from mnist_pipeline.app import limits
 
     def streamed():
-        for _ in range(serve.MAX_REQUEST_BYTES // 65536 + 100):
+        for _ in range(limits.MAX_REQUEST_BYTES // 65536 + 100):
             yield b"\0" * 65536
 
-    for content in (b"\0" * (serve.MAX_REQUEST_BYTES + 1), streamed()):
+    for content in (b"\0" * (limits.MAX_REQUEST_BYTES + 1), streamed()):
         response = httpx2.post(f"{server}/predict", content=content, timeout=TIMEOUT_SECONDS,
                                headers={"content-type": "image/png"})
         assert response.status_code == 413, response.text

@@ -33,7 +33,7 @@ import pytest
 from PIL import Image, ImageDraw
 from sample_data import SmallModel
 
-from mnist_pipeline.app.serve import MAX_BODIES
+from mnist_pipeline.app.limits import MAX_BODIES
 
 pytestmark = pytest.mark.slow  # a server process and ~2 GB of loopback traffic: ~40 s
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mnist_pipeline import __version__, fileio, inference
-from mnist_pipeline.app import digit_image, predict
+from mnist_pipeline.app import digit_image, limits, predict
 
 PROG = "mnist-pipeline"
 CSV_HEADER = ("input", "index", "label", "confidence", "uncertain")
@@ -28,6 +27,8 @@ EXIT_NO_MODEL = 2  # argparse also exits with 2 on a bad command line
 EXIT_OUTPUT_ERROR = 3
 
 _MAX_DIGITS, _MAX_PIXELS = predict.MAX_DIGITS_PER_INPUT, digit_image.MAX_PICTURE_PIXELS
+_BATCH, _MIB = limits.MAX_BATCH_IMAGES, 1 << 20
+_BODY_MIB, _DECODE_MIB = limits.MAX_REQUEST_BYTES / _MIB, limits.DECODE_BUDGET_BYTES / _MIB
 PREDICT_DESCRIPTION = f"""\
 Classify handwritten digits with the trained model and write one CSV row per digit.
 
@@ -53,20 +54,21 @@ at 1/2..1/8 scale first), one frame, PNG or JPEG (save GIF, BMP, TIFF or WebP
 pictures as PNG).
 """
 
-SERVE_DESCRIPTION = """\
+SERVE_DESCRIPTION = f"""\
 Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
 
   /             a page to draw a digit on (or pick a photo or scan): the predicted
                 digit, the 10 probabilities and the 28x28 picture the model saw
   POST /predict a PNG/JPEG picture (multipart field "file", or the raw bytes with
                 Content-Type image/png or image/jpeg), made MNIST-style as predict
-                does; or JSON {"pixels": ...}: one 28x28 array or N x 28 x 28 (N <= 256)
-                on the 0..255 scale, read as predict reads .npy arrays
+                does; or JSON {{"pixels": ...}}: one 28x28 array or N x 28 x 28
+                (N <= {_BATCH}) on the 0..255 scale, read as predict reads .npy arrays
   /health       status;  /docs, /redoc, /openapi.json  the API (all work offline)
 
-Limits: bodies up to 8 MiB, each fully arrived within --body-timeout (408);
-128 connections (503 beyond); 16 bodies in progress at once (others wait); the
-pictures decoded at once hold 320 MB of pixels at most. See the README.
+Limits: bodies up to {_BODY_MIB:g} MiB, each fully arrived within --body-timeout (408);
+{limits.MAX_CONNECTIONS} connections (503 beyond); {limits.MAX_BODIES} bodies in progress at once
+(others wait); the pictures decoded at once hold {_DECODE_MIB:g} MiB of pixels at most.
+See the README.
 
 Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded; 3: the
 server cannot start (the port is taken, say).
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "--body-timeout", type=positive_seconds, default=None, metavar="SECONDS",
         help="a request's whole body must arrive within this, else 408 and the connection "
-        "is closed (default: 30)",
+        f"is closed (default: {limits.BODY_TIMEOUT_SECONDS:g})",
     )
     serve_parser.set_defaults(run=run_serve)
     return parser
@@ -203,7 +205,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_NO_MODEL
     if args.output is not None:
         try:
-            check_output(args.output, [*args.inputs, model_path])
+            fileio.check_output(args.output, [*args.inputs, model_path],
+                                predict.IMAGE_SUFFIXES)
         except OSError as error:
             report(str(error))
             return EXIT_OUTPUT_ERROR
@@ -221,92 +224,24 @@ def run_predict(args: argparse.Namespace) -> int:
             return EXIT_NO_MODEL
         rows = predict.predict_rows(classifier, loaded)
 
-    if not write_output(format_csv(rows), args.output):
+    try:
+        fileio.write_output(format_csv(rows), args.output)
+    except OSError as error:
+        report(str(error))
         return EXIT_OUTPUT_ERROR
     return EXIT_INPUT_ERRORS if errors else EXIT_OK
 
 
-def check_output(output: Path, inputs: Sequence[Path]) -> None:
-    """Raise OSError (one line, as :func:`fileio.check_writable`) unless the CSV can be
-    written to ``output`` without overwriting one of ``inputs`` (the model among them);
-    found before any work.
-
-    Refused besides what :func:`fileio.check_writable` refuses: ``output`` is one of the
-    input files, by the same or another path, a symbolic or a hard link; or it has a
-    picture's suffix inside an input directory, where it would be read as a picture. A
-    device or FIFO (``-o /dev/stdout``) is written to, never replaced: not checked.
-    """
-    if output.exists() and not output.is_file():
-        inputs = []
-    for source in inputs:
-        if source.is_dir():
-            if output.suffix.lower() in predict.IMAGE_SUFFIXES and \
-                    same_file(output.absolute().parent, source):
-                raise OSError(f"{output}: cannot be written (it would be read as a picture "
-                              f"of the input directory {source})")
-        elif same_file(output, source):
-            raise OSError(f"{output}: cannot be written (it is the input {source})")
-    fileio.check_writable(output)
-
-
-def same_file(first: Path, second: Path) -> bool:
-    """Whether two paths name one file: the same inode where both exist (symbolic and hard
-    links), else the same absolute path once symbolic links are resolved."""
-    try:
-        return os.path.samefile(first, second)
-    except OSError:  # one is missing (or a loop): compare where the names lead
-        try:
-            return first.resolve() == second.resolve()
-        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before 3.13)
-            return False
-
-
-def write_output(text: str, output: Path | None) -> bool:
-    """Write ``text`` to ``output``, or to standard output when None; False and one error
-    line when it cannot (a full disk, a closed pipe), with nothing half-written in place.
-
-    A file is written atomically (a temporary file renamed over it), so a failure leaves
-    the old one as it was; a device or FIFO (``/dev/stdout``) is written to directly.
-    """
-    try:
-        if output is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        elif output.exists() and not output.is_file():
-            with open(output, "w", encoding="utf-8") as stream:
-                stream.write(text)
-        else:
-            fileio.write_text(output, text)
-    except OSError as error:
-        report(f"{output or 'standard output'}: cannot be written "
-               f"({error.strerror or error})")
-        if output is None:
-            discard_stdout()
-        return False
-    return True
-
-
-def discard_stdout() -> None:
-    """Point standard output at /dev/null, so that Python's flush at exit does not fail
-    again on what is still buffered (and print a traceback-like warning)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        pass  # not a real file (a test's capture): nothing will flush it at exit
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model once and serve it until interrupted; returns the exit status."""
-    from mnist_pipeline.app import serve  # here: FastAPI is needed by this command only
+    from mnist_pipeline.app import serve, server  # here: only this command needs FastAPI
 
     classifier = load_classifier(args.model, serve.MODEL_THREADS)
     if classifier is None:
         return EXIT_NO_MODEL
 
     timeout = {} if args.body_timeout is None else {"body_timeout": args.body_timeout}
-    serve.run(classifier, args.host, args.port, **timeout)
+    server.run(classifier, args.host, args.port, **timeout)
     return EXIT_OK
 
 

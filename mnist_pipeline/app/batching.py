@@ -1,0 +1,92 @@
+"""The model, shared by concurrent requests of ``serve``: one call for all who wait.
+
+:class:`ModelBatcher` queues the digits of each request; while the model runs on one batch
+the next requests queue, and the next call takes all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# Digits per model call when requests are batched together.
+MAX_MODEL_BATCH = 512
+# Probabilities are answered to this many decimals: enough for any use, and short JSON.
+PROBABILITY_DECIMALS = 6
+
+
+class ModelBatcher:
+    """Runs ``predict_fn`` on the images of all requests waiting, in one call.
+
+    Requests queue while the model is busy; each call takes everything queued (up to
+    ``max_images``), after waiting ``window_seconds`` for more. The model runs in one worker
+    thread, so the event loop keeps accepting and parsing requests meanwhile; with one
+    client at a time every call has one request and nothing waits.
+    """
+
+    def __init__(self, predict_fn: Callable[[np.ndarray], np.ndarray],
+                 max_images: int = MAX_MODEL_BATCH, window_seconds: float = 0.0):
+        if max_images < 1 or window_seconds < 0:
+            raise ValueError("max_images must be >= 1 and window_seconds >= 0")
+        self.predict_fn = predict_fn
+        self.max_images = max_images
+        self.window_seconds = window_seconds
+        self.model_calls = 0
+        self.images = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
+        self._task: asyncio.Task | None = None
+
+    async def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (n, 10) for ``pixels`` (n, 28, 28); more than ``max_images`` run alone."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first request, or a test client's new event loop
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._task = loop.create_task(self._serve_batches(self._queue))
+        future = loop.create_future()
+        self._queue.put_nowait((pixels, future))
+        return await future
+
+    async def _serve_batches(self, queue: asyncio.Queue) -> None:
+        carried = None  # a request that did not fit into the previous batch
+        while True:
+            batch = [carried or await queue.get()]
+            carried = None
+            if self.window_seconds:
+                await asyncio.sleep(self.window_seconds)
+            count = len(batch[0][0])
+            while not queue.empty():
+                item = queue.get_nowait()
+                if count + len(item[0]) > self.max_images:
+                    carried = item
+                    break
+                batch.append(item)
+                count += len(item[0])
+            await self._run(batch)
+
+    async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        pixels = np.concatenate([item[0] for item in batch])
+        loop = asyncio.get_running_loop()
+        try:
+            probabilities = await loop.run_in_executor(self._executor, self.predict_fn, pixels)
+        except Exception as error:  # noqa: BLE001 - handed to every waiting request
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self.model_calls += 1
+        self.images += len(pixels)
+        offset = 0
+        for item_pixels, future in batch:
+            if not future.done():  # done: the client went away
+                future.set_result(probabilities[offset:offset + len(item_pixels)])
+            offset += len(item_pixels)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
