@@ -54,12 +54,15 @@ def download_dataset(
     *,
     mirrors: tuple[str, ...] = (),
     network: NetworkSettings | None = None,
+    also: Callable[[Path], dict[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Fetch and verify every file of ``dataset`` into ``destination``; return the manifest.
 
     ``destination`` ends up holding exactly the dataset's files plus ``manifest.json``
-    ({"dataset", "splits", "files": {name: {"sha256", "bytes", "source"}}}). On any error it
-    is left as it was and :class:`DownloadError` is raised.
+    ({"dataset", "splits", "files": {name: {"sha256", "bytes", "source"}}, "drawn"}). ``also``
+    writes more verified files into the same folder (the pen digits: pen_download) and returns
+    their manifest entries; "drawn" lists their names (empty without it). On any error the
+    destination is left as it was and :class:`DownloadError` is raised.
     """
     destination = Path(destination)
     reader = SourceReader(network or NetworkSettings())
@@ -74,7 +77,10 @@ def download_dataset(
                 "bytes": len(candidate.content),
                 "source": candidate.origin,
             }
-        manifest = {"dataset": dataset.name, "splits": list(dataset.splits), "files": files}
+        extra = also(staging) if also is not None else {}
+        files.update(extra)
+        manifest = {"dataset": dataset.name, "splits": list(dataset.splits), "files": files,
+                    "drawn": sorted(extra)}
         fileio.write_json(staging / paths.RAW_MANIFEST.name, manifest)
     return manifest
 

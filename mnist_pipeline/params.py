@@ -72,6 +72,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 @dataclass(frozen=True)
 class DataParams:
     dataset: DatasetName = "mnist"
+    # UCI's pen-drawn digits of 44 writers as a second source (train, validation and a test
+    # split of their own); only beside a digits dataset.
+    drawn: bool = True
     mirrors: tuple[str, ...] = ()
     timeout_seconds: float = 30.0
     retries: int = 3
@@ -81,14 +84,43 @@ class DataParams:
         _require(0 <= self.retries <= 10, "data.retries", self.retries, "0..10")
         for mirror in self.mirrors:
             _require(bool(mirror.strip()), "data.mirrors", mirror, "non-empty URL or directory")
+        _require(not (self.drawn and self.dataset == "fashion-mnist"), "data.drawn", self.drawn,
+                 "false with fashion-mnist (the pen data are digits, not clothes)")
+
+
+@dataclass(frozen=True)
+class DrawnParams:
+    """How the pen-drawn digits become pictures (mnist_pipeline/drawn.py)."""
+
+    val_writers: int = 3
+    copies: int = 2
+    min_height: float = 80.0
+    max_height: float = 220.0
+    slant: float = 0.3
+    rotation_degrees: float = 8.0
+    aspect: float = 0.15
+
+    def check(self) -> None:
+        _require(1 <= self.val_writers <= 15, "preprocess.drawn.val_writers", self.val_writers,
+                 "1..15 (of the 30 training writers)")
+        _require(1 <= self.copies <= 10, "preprocess.drawn.copies", self.copies, "1..10")
+        _require(20 <= self.min_height <= self.max_height <= 250,
+                 "preprocess.drawn.min_height..max_height", (self.min_height, self.max_height),
+                 "20 <= min_height <= max_height <= 250 (pixels of the 280 px pad)")
+        _require(0 <= self.slant <= 1, "preprocess.drawn.slant", self.slant, "0..1")
+        _require(0 <= self.rotation_degrees <= 45, "preprocess.drawn.rotation_degrees",
+                 self.rotation_degrees, "0..45")
+        _require(0 <= self.aspect < 1, "preprocess.drawn.aspect", self.aspect, "[0, 1)")
 
 
 @dataclass(frozen=True)
 class PreprocessParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    drawn: DrawnParams = field(default_factory=DrawnParams)
 
     def check(self) -> None:
+        self.drawn.check()
         _require(0 < self.val_fraction < 1, "preprocess.val_fraction", self.val_fraction,
                  "a fraction in (0, 1)")
         _require(0 < self.test_fraction < 1, "preprocess.test_fraction", self.test_fraction,

@@ -23,6 +23,9 @@ RAW_FILES = {
 
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
+# {source: split} of the test splits, one per data source ({"mnist": "test", "drawn":
+# "test_drawn"}): what evaluate scores, each on its own.
+PREPARED_SOURCES = PREPARED_DIR / "sources.json"
 
 
 def prepared_images(split: str) -> Path:
@@ -51,10 +54,29 @@ TRAINING_METRICS = TRAINING_LOG_DIR / "metrics.json"
 TRAINING_PLOTS_DIR = TRAINING_LOG_DIR / "plots" / "metrics"
 
 PLOTS_DIR = Path("plots")
-PREDICTIONS_FILE = PLOTS_DIR / "predictions.csv"  # index,actual,predicted,confidence
-PER_CLASS_FILE = PLOTS_DIR / "per_class.csv"  # digit,precision,recall,f1,support (test split)
-# The reliability diagram: bin,confidence,accuracy,count (test split, non-empty bins).
-CALIBRATION_FILE = PLOTS_DIR / "calibration.csv"
+# One file per data source (the dataset's name, "drawn"), scored on its own test split; DVC
+# draws one chart per file of each folder.
+PREDICTIONS_DIR = PLOTS_DIR / "predictions"  # <source>.csv: index,actual,predicted,confidence
+PER_CLASS_DIR = PLOTS_DIR / "per_class"  # <source>.csv: digit,precision,recall,f1,support,...
+# The reliability diagram: <source>.csv: bin,confidence,accuracy,count (non-empty bins).
+CALIBRATION_DIR = PLOTS_DIR / "calibration"
+
+
+def predictions_file(source: str) -> Path:
+    """One row per test digit of ``source``: index,actual,predicted,confidence."""
+    return PREDICTIONS_DIR / f"{source}.csv"
+
+
+def per_class_file(source: str) -> Path:
+    """One row per digit of ``source``'s test split: precision, recall, errors, ..."""
+    return PER_CLASS_DIR / f"{source}.csv"
+
+
+def calibration_file(source: str) -> Path:
+    """The reliability diagram's bins of ``source``'s test split."""
+    return CALIBRATION_DIR / f"{source}.csv"
+
+
 # Accuracy under distortions: level, then one column per distortion (mnist_pipeline.robustness).
 ROBUSTNESS_FILE = PLOTS_DIR / "robustness.csv"
 CLASS_COUNTS_DIR = PLOTS_DIR / "class_counts"  # <split>.csv: digit,count

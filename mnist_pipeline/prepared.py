@@ -13,6 +13,8 @@ what it reads, so a stage never trains on, scores or draws arrays of another sha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from mnist_pipeline import fileio, paths
@@ -87,3 +89,22 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{labels_path}: {len(labels)} labels for {len(images)} images "
                          f"in {images_path}")
     return images, labels.astype(np.int64)
+
+
+def read_sources(path: str | Path = paths.PREPARED_SOURCES) -> dict[str, str]:
+    """{source: prepared test split} from preprocess's sources.json, the dataset first.
+
+    FileNotFoundError (pointing at `dvc repro preprocess`) when missing; ValueError naming
+    the file when it is not a non-empty mapping of names to split names."""
+    path = Path(path)
+    try:
+        sources = fileio.read_json(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro preprocess` first") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if (not isinstance(sources, dict) or not sources
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in sources.items())):
+        raise ValueError(f"{path}: expected {{source: split}} names; run `dvc repro "
+                         "preprocess` again")
+    return sources

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import fileio, idx, paths
+from mnist_pipeline import drawn, fileio, idx, paths, pendigits
 from mnist_pipeline.params import PreprocessParams
+from mnist_pipeline.pendigits import PenDigit
 from mnist_pipeline.prepared import NUM_CLASSES, PIXEL_SCALE
 
 # Independent random streams for the two splits carved from one seed.
@@ -28,13 +29,19 @@ _VAL_STREAM = 2
 Split = tuple[np.ndarray, np.ndarray]  # (images, labels)
 
 
+# The name of the pen-drawn digits' test source (metrics/evaluate.json, plots/*/<source>.csv).
+DRAWN_SOURCE = "drawn"
+
+
 @dataclass(frozen=True)
 class RawDataset:
-    """The decoded raw files: uint8 images (N, 28, 28) and uint8 labels (N,) per split."""
+    """The decoded raw files: uint8 images (N, 28, 28) and uint8 labels (N,) per split, and
+    the pen digits of UCI's training and test writers where they were downloaded."""
 
     name: str
     train: Split
     test: Split | None  # None for datasets without a published test split
+    drawn: tuple[list[PenDigit], list[PenDigit]] | None = None  # (train writers, test writers)
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
@@ -120,13 +127,41 @@ def split_dataset(
 
 
 def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int) -> dict[str, Split]:
-    """The stage's whole computation: split, then normalize each split's images.
+    """The stage's whole computation: split, add the drawn digits, normalize each split.
 
-    Returns {"train", "val", "test"} of (float32 images in [0, 1], uint8 labels). Splitting
-    before normalizing copies uint8 arrays, a quarter of the bytes of float32 ones.
+    Returns {"train", "val", "test"[, "test_drawn"]} of (float32 images in [0, 1], uint8
+    labels): train and val hold both sources (the model learns and is calibrated on both),
+    and each source keeps a test split of its own (:func:`test_splits`). Splitting before
+    normalizing copies uint8 arrays, a quarter of the bytes of float32 ones.
     """
     splits = split_dataset(raw.train, raw.test, params, seed)
+    if raw.drawn is not None:
+        pen = drawn.drawn_splits(*raw.drawn, params.drawn, seed)
+        for name in ("train", "val"):
+            splits[name] = concatenate(splits[name], pen[name])
+        splits[test_split(DRAWN_SOURCE)] = pen["test"]
     return {name: (normalize(images), labels) for name, (images, labels) in splits.items()}
+
+
+def test_split(source: str | None) -> str:
+    """The prepared split holding ``source``'s test digits: "test" for the main dataset
+    (None), "test_<source>" for another source."""
+    return "test" if source is None else f"test_{source}"
+
+
+def test_splits(dataset: str, splits: Mapping[str, Split]) -> dict[str, str]:
+    """{source: prepared split} for every test split in ``splits``: the main dataset under
+    its own name, the drawn digits under :data:`DRAWN_SOURCE`. Written to
+    data/prepared/sources.json, which evaluate reads."""
+    sources = {dataset: test_split(None)}
+    if test_split(DRAWN_SOURCE) in splits:
+        sources[DRAWN_SOURCE] = test_split(DRAWN_SOURCE)
+    return sources
+
+
+def concatenate(first: Split, second: Split) -> Split:
+    """The images and labels of ``first`` followed by those of ``second``."""
+    return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
 
 
 def split_metrics(dataset: str, splits: Mapping[str, Split]) -> dict[str, Any]:
@@ -158,7 +193,29 @@ def load_raw(directory: str | Path = paths.RAW_DIR) -> RawDataset:
     train = _read_pair(directory, "train")
     # A dataset without a test split of its own (mnist-sample) gets one carved out of train.
     test = _read_pair(directory, "test") if "test" in splits else None
-    return RawDataset(name=name, train=train, test=test)
+    return RawDataset(name=name, train=train, test=test, drawn=read_drawn(directory))
+
+
+def read_drawn(directory: Path) -> tuple[list[PenDigit], list[PenDigit]] | None:
+    """The pen digits of UCI's training and test writers, where the download stage fetched
+    them (manifest.json's "drawn"); None where it did not. PenFileError names the file, the
+    line and the problem."""
+    listed = fileio.read_json(directory / paths.RAW_MANIFEST.name).get("drawn") or []
+    if not listed:
+        return None
+    parsed = []
+    for pen_file in pendigits.FILES:
+        path = directory / pen_file.name
+        if pen_file.name not in listed or not path.is_file():
+            raise FileNotFoundError(_missing(path))
+        try:
+            text = path.read_text(encoding="ascii")
+        except UnicodeDecodeError as error:
+            raise pendigits.PenFileError(f"{path}: not UNIPEN text (byte {error.start} is not "
+                                         "ASCII)") from None
+        prefix = "tra" if pen_file.split == "train" else "tes"
+        parsed.append(pendigits.parse(text, str(path), prefix))
+    return parsed[0], parsed[1]
 
 
 def read_manifest(manifest_path: str | Path) -> tuple[str, tuple[str, ...]]:

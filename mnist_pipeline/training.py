@@ -167,3 +167,24 @@ def train(
     return network.fit(train_dataset, validation_data=val_dataset, epochs=config.epochs,
                        callbacks=all_callbacks, verbose=verbose,
                        shuffle=False)  # the dataset shuffles itself
+
+
+# What dvclive/metrics.json keeps of dvclive's summary: the validation accuracy of the last
+# epoch and the fitted temperature. The losses and train accuracy are in the per-epoch plots.
+HEADLINE_METRICS = (("eval", "accuracy"), ("temperature",))
+
+
+def headline_metrics(summary: dict) -> dict:
+    """The :data:`HEADLINE_METRICS` of a dvclive summary, nested as they were."""
+    kept: dict = {}
+    for path in HEADLINE_METRICS:
+        value: object = summary
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        target = kept
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    return kept

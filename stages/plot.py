@@ -2,8 +2,9 @@
 
 The training curves, confusion matrices and per-digit bars are dvc.yaml's plots of the train
 and evaluate stages' files; this stage draws only pictures of digits.
-Reads  plots/predictions.csv (evaluate stage),
-       data/prepared/test_{images,labels}.npy (preprocess stage),
+Reads  plots/predictions/<dataset>.csv (evaluate stage),
+       data/prepared/sources.json and test_{images,labels}.npy (preprocess stage): the
+       dataset's test digits (the first source),
        params.yaml: seed, plot.
 Writes plots/images/misclassified.png (the most confidently wrong test digits) and
        plots/images/sample_predictions.png (a seeded grid of test digits with their
@@ -21,8 +22,9 @@ def main() -> None:
     # Everything that can fail on bad input happens before the first write.
     try:
         params = load_params()
-        predictions = plotting.read_predictions(paths.PREDICTIONS_FILE)
-        images, labels = prepared.load("test")
+        dataset, test_split = next(iter(prepared.read_sources().items()))
+        predictions = plotting.read_predictions(paths.predictions_file(dataset))
+        images, labels = prepared.load(test_split)
         figures = plotting.make_figures(
             predictions, images, labels,
             gallery_size=params.plot.gallery_size,

@@ -3,8 +3,9 @@
 Reads   params.yaml (seed, model, train) and data/prepared/{train,val}_{images,labels}.npy
 Writes  models/model.keras: raw pixels 0..255, float32 (N, 28, 28) -> probabilities (N, 10),
         calibrated: the temperature is fitted on the validation split after training
-        dvclive/metrics.json (last epoch, and `temperature`) and dvclive/plots/metrics/
-        {train,eval}/{loss,accuracy}.tsv (one row per epoch; `eval` is the validation split)
+        dvclive/metrics.json (the last epoch's validation accuracy, `temperature`) and
+        dvclive/plots/metrics/{train,eval}/{loss,accuracy}.tsv (one row per epoch; `eval`
+        is the validation split)
 
 With train.distribute: multi_worker, every worker runs this script with its own TF_CONFIG;
 only the chief (task `chief`, else `worker` 0) writes the outputs above.
@@ -97,6 +98,10 @@ def outputs(worker: distribute.Worker) -> Iterator[tuple[Path, Live | None]]:
         with Live(str(paths.TRAINING_LOG_DIR), dvcyaml=False, save_dvc_exp=False,
                   report=None) as live:
             yield model_file, live
+        # dvclive's summary holds every last value and the step; dvclive/metrics.json keeps the few
+        # people compare, so that `dvc metrics show` stays a short list.
+        fileio.write_json(paths.TRAINING_METRICS, training.headline_metrics(
+            fileio.read_json(paths.TRAINING_METRICS)))
         print(f"train: wrote {model_file}")
 
 

@@ -138,9 +138,13 @@ def test_the_params_check_runs_first_on_every_key():
 
 
 def test_only_the_params_module_parses_yaml():
-    """Params are read and validated in one place; nothing else parses params.yaml."""
+    """Params are read and validated in one place; nothing else parses params.yaml (the
+    module that calls DVC reads dvc.yaml, never params.yaml)."""
     for source in [*(ROOT / "stages").glob("*.py"), *(ROOT / PACKAGE).glob("*.py")]:
-        if source.name != "params.py":
+        if source.name == "dvc_cli.py":
+            assert "params.yaml" not in source.read_text() and "PARAMS_FILE" not in \
+                source.read_text(), f"{source.name} reads params.yaml"
+        elif source.name != "params.py":
             assert "yaml" not in _imported_modules(source), f"{source.name} parses YAML itself"
 
 
@@ -158,10 +162,14 @@ def test_dvc_yaml_paths_match_the_paths_module():
     assert declared("export", "outs") == {str(paths.SERVING_DIR), str(paths.ONNX_MODEL_FILE)}
     assert declared("export", "metrics") == {str(paths.EXPORT_METRICS)}
     assert declared("evaluate", "metrics") == {str(paths.EVALUATE_METRICS)}
-    assert declared("evaluate", "plots") == {str(paths.PER_CLASS_FILE),
-                                             str(paths.PREDICTIONS_FILE),
-                                             str(paths.CALIBRATION_FILE),
+    assert declared("evaluate", "plots") == {str(paths.PER_CLASS_DIR),
+                                             str(paths.PREDICTIONS_DIR),
+                                             str(paths.CALIBRATION_DIR),
                                              str(paths.ROBUSTNESS_FILE)}
+    for source in ("mnist", "drawn"):  # one file per source in each folder
+        assert paths.per_class_file(source).parent == paths.PER_CLASS_DIR
+        assert paths.predictions_file(source).parent == paths.PREDICTIONS_DIR
+        assert paths.calibration_file(source).parent == paths.CALIBRATION_DIR
     assert declared("plot", "plots") == {str(paths.PLOT_IMAGES_DIR)}
     assert DVC_YAML["artifacts"]["mnist-classifier"]["path"] == str(paths.MODEL_FILE)
     assert DVC_YAML["artifacts"]["mnist-classifier-serving"]["path"] == str(paths.SERVING_DIR)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from mnist_pipeline.params import (
+    DrawnParams,
     Params,
     ParamsError,
     PreprocessParams,
@@ -41,7 +42,8 @@ def test_the_real_params_file_loads():
     assert isinstance(params, Params)
     assert params.seed == REAL_PARAMS["seed"]
     assert params.data.dataset == REAL_PARAMS["data"]["dataset"]
-    assert params.preprocess == PreprocessParams(**REAL_PARAMS["preprocess"])
+    assert params.preprocess == PreprocessParams(**{
+        **REAL_PARAMS["preprocess"], "drawn": DrawnParams(**REAL_PARAMS["preprocess"]["drawn"])})
     assert params.model.conv_filters == tuple(REAL_PARAMS["model"]["conv_filters"])
     assert params.train.augmentation.rotation_degrees == REAL_PARAMS["train"]["augmentation"][
         "rotation_degrees"
@@ -141,6 +143,12 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("data.retries", 11, r"^data.retries: 11 is out of range; allowed: 0..10"),
         ("data.timeout_seconds", 0, r"^data.timeout_seconds: 0.0 is out of range"),
         ("data.mirrors", ["  "], r"^data.mirrors: '  ' is out of range"),
+        ("data.drawn", "yes", r"^data.drawn: expected true or false"),
+        ("preprocess.drawn.copies", 0, r"^preprocess.drawn.copies: 0 is out of range"),
+        ("preprocess.drawn.val_writers", 30, r"^preprocess.drawn.val_writers: 30 is out of"),
+        ("preprocess.drawn.max_height", 300, r"^preprocess.drawn.min_height..max_height: "),
+        ("preprocess.drawn.min_height", 230, r"^preprocess.drawn.min_height..max_height: "),
+        ("preprocess.drawn.aspect", 1, r"^preprocess.drawn.aspect: 1.0 is out of range"),
         ("seed", -1, r"^seed: -1 is out of range; allowed: an integer in 0..2\*\*31-1"),
         ("seed", 2**31, r"^seed: 2147483648 is out of range"),
         ("evaluate.batch_size", 0, r"^evaluate.batch_size: 0 is out of range"),
@@ -151,6 +159,15 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
 def test_bad_values_are_refused_naming_the_key(key, value, message):
     with pytest.raises(ParamsError, match=message):
         params_from_dict(with_value(key, value))
+
+
+def test_drawn_digits_are_refused_beside_fashion_mnist():
+    raw = with_value("data.dataset", "fashion-mnist")
+    with pytest.raises(ParamsError, match=r"^data.drawn: True is out of range; allowed: false "
+                                          r"with fashion-mnist"):
+        params_from_dict(raw)
+    raw["data"]["drawn"] = False
+    assert params_from_dict(raw).data.dataset == "fashion-mnist"
 
 
 def test_warmup_is_only_checked_when_the_schedule_has_one():

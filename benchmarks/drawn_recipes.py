@@ -1,0 +1,215 @@
+"""Recipes for both sources at once, judged on writers and MNIST digits never trained on.
+
+    .venv/bin/python benchmarks/drawn_recipes.py --label mnist-only --no-drawn --fold 0
+    .venv/bin/python benchmarks/drawn_recipes.py --label default --fold 0        # params.yaml
+    .venv/bin/python benchmarks/drawn_recipes.py --label copies3 --fold 1 \
+        -S preprocess.drawn.copies=3
+    .venv/bin/python benchmarks/drawn_recipes.py --table
+    .venv/bin/python benchmarks/drawn_recipes.py --smoke      # seconds: checks that it runs
+
+Data, as a user with local copies would give them (never the test splits):
+
+- MNIST: the 60,000 training digits in ``--mnist`` (default /work/shared/mnist-train: the
+  IDX .gz files, checked against mnist_pipeline.datasets' digests). Fold f holds out a
+  stratified 6,000 (seed f) and trains on the rest (val: ``preprocess.val_fraction``).
+- Pen digits: UCI's 30 training writers in ``--pen`` (default
+  /work/shared/pendigits/pendigits-orig.tra, checked against its digest). The writers are
+  dealt into 5 folds of 6 (seed 0); fold f's writers are held out, and the other 24 go
+  through mnist_pipeline.drawn as the pipeline's training writers do (val writers included).
+  UCI's 14 test writers are not used here.
+
+Each run trains with params.yaml + ``-S`` overrides (seed = fold + 1) and scores the exported
+model (test-time shifts and temperature, as saved): MNIST held-out accuracy; the held-out
+writers' digits drawn as on the page (heights 120-220 px of the 280 px pad) and drawn small
+(90 px); the ECE on the drawn ones, and how many of the wrong drawn answers the ``uncertain``
+flag catches and how many right ones it flags. Runs accumulate in
+benchmarks/results/drawn_recipes.json, one entry per label and fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mnist_pipeline import drawn, idx, pendigits, preprocess  # noqa: E402
+from mnist_pipeline.datasets import MNIST  # noqa: E402
+from mnist_pipeline.params import as_dict, load_params, params_from_dict  # noqa: E402
+from mnist_pipeline.strokes import Placement  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "drawn_recipes.json"
+SMALL_HEIGHT = 90.0
+WRITER_FOLDS = 5
+
+
+def load_mnist_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for raw_file in MNIST.files[:2]:  # train images, train labels
+        path = folder / (raw_file.name + ".gz")
+        content = gzip.decompress(path.read_bytes()) if path.exists() else \
+            (folder / raw_file.name).read_bytes()
+        if hashlib.sha256(content).hexdigest() != raw_file.sha256:
+            raise SystemExit(f"{path}: not the published {raw_file.name}")
+        arrays.append(idx.decode(content, raw_file.name))
+    return arrays[0], arrays[1]
+
+
+def load_pen(path: Path) -> list[pendigits.PenDigit]:
+    content = path.read_bytes()
+    if hashlib.sha256(content).hexdigest() != pendigits.TRAIN_FILE.sha256:
+        raise SystemExit(f"{path}: not the published {pendigits.TRAIN_FILE.name}")
+    return pendigits.parse(content.decode("ascii"), str(path), "tra")
+
+
+def writer_fold(digits: list[pendigits.PenDigit], fold: int) -> tuple[list, list]:
+    writers = sorted({digit.writer for digit in digits}, key=lambda w: int(w.split("-")[1]))
+    order = np.random.default_rng(0).permutation(len(writers))
+    held = {writers[i] for i in order[fold::WRITER_FOLDS]}
+    return ([d for d in digits if d.writer not in held], [d for d in digits if d.writer in held])
+
+
+def overrides_to_params(overrides: list[str]):
+    raw = as_dict(load_params(ROOT / "params.yaml"))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        section = raw
+        *parents, last = key.split(".")
+        for parent in parents:
+            section = section[parent]
+        section[last] = yaml.safe_load(value)
+    return params_from_dict(raw)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from mnist_pipeline import calibration, metrics, training, uncertainty
+    from mnist_pipeline.model import build_network, export_logits, export_model, to_pixels
+
+    params = overrides_to_params(args.set)
+    seed = args.fold + 1
+    images, labels = load_mnist_train(args.mnist)
+    pen = load_pen(args.pen)
+    if args.smoke:
+        keep = np.random.default_rng(0).permutation(len(labels))[:1500]
+        images, labels = images[keep], labels[keep]
+    rest, held = preprocess.stratified_split(labels, 0.1, args.fold)
+    train_index, val_index = preprocess.stratified_split(labels[rest],
+                                                         params.preprocess.val_fraction, seed)
+    train = (images[rest][train_index], labels[rest][train_index])
+    val = (images[rest][val_index], labels[rest][val_index])
+    mnist_held = (images[held], labels[held])
+    trained_writers, held_writers = writer_fold(pen, args.fold)
+    if args.smoke:
+        trained_writers, held_writers = trained_writers[:200], held_writers[:100]
+    started = time.process_time(), time.perf_counter()
+    pen_splits = drawn.drawn_splits(trained_writers, held_writers, params.preprocess.drawn, seed)
+    small = drawn.render_all(held_writers, [Placement(SMALL_HEIGHT)] * len(held_writers))
+    render_cpu = time.process_time() - started[0]
+    if not args.no_drawn:
+        train = preprocess.concatenate(train, pen_splits["train"])
+        val = preprocess.concatenate(val, pen_splits["val"])
+    norm = preprocess.normalize
+    training.set_determinism(seed)
+    network = build_network(params.model)
+    train_config = params.train
+    if args.smoke:
+        import dataclasses
+        train_config = dataclasses.replace(train_config, epochs=1, warmup_epochs=0)
+    cpu, wall = time.process_time(), time.perf_counter()
+    training.train(network, (norm(train[0]), train[1]), (norm(val[0]), val[1]), train_config,
+                   seed, verbose=2)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    logits = export_logits(network, params.model.test_time_shifts).predict(
+        to_pixels(norm(val[0])), batch_size=1024, verbose=0)
+    fitted = calibration.fit_temperature(np.stack(logits) if isinstance(logits, list)
+                                         else logits, val[1])
+    model = export_model(network, params.model.test_time_shifts, fitted.temperature)
+
+    def score(split: tuple[np.ndarray, np.ndarray]) -> dict:
+        pixels = split[0].astype(np.float32)
+        probabilities = np.asarray(model.predict(pixels, batch_size=1024, verbose=0))
+        predicted = probabilities.argmax(axis=1)
+        right = predicted == split[1]
+        flagged = uncertainty.uncertain(pixels, probabilities)
+        return {"accuracy": float(right.mean()), "errors": int((~right).sum()),
+                "digits": len(right),
+                "ece": metrics.expected_calibration_error(split[1], probabilities),
+                "wrong_flagged": float(flagged[~right].mean()) if (~right).any() else None,
+                "right_flagged": float(flagged[right].mean())}
+
+    return {"label": args.label, "fold": args.fold, "seed": seed, "overrides": args.set,
+            "drawn_in_training": not args.no_drawn, "train_digits": int(len(train[1])),
+            "epochs": train_config.epochs, "train_cpu_s": round(cpu, 1),
+            "train_wall_s": round(wall, 1), "render_cpu_s": round(render_cpu, 1),
+            "temperature": fitted.temperature, "mnist_heldout": score(mnist_held),
+            "drawn_heldout": score(pen_splits["test"]), "drawn_small": score(small)}
+
+
+def save(result: dict) -> None:
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    runs = [r for r in runs if (r["label"], r["fold"]) != (result["label"], result["fold"])]
+    RESULTS.write_text(json.dumps([*runs, result], indent=1) + "\n")
+
+
+def table() -> None:
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    labels = list(dict.fromkeys(run["label"] for run in runs))
+    print("| recipe | folds | train CPU s | wall s | MNIST held-out % | drawn held-out % "
+          "| drawn small % | drawn ECE | wrong drawn flagged | right drawn flagged |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def mean(values: list[float], scale: float = 100.0) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+        return f"{statistics.mean(values) * scale:.2f} ± {std:.2f}"
+
+    for label in labels:
+        mine = [run for run in runs if run["label"] == label]
+        print(f"| {label} | {','.join(str(r['fold']) for r in mine)} "
+              f"| {statistics.mean(r['train_cpu_s'] for r in mine):.0f} "
+              f"| {statistics.mean(r['train_wall_s'] for r in mine):.0f} "
+              f"| {mean([r['mnist_heldout']['accuracy'] for r in mine])} "
+              f"| {mean([r['drawn_heldout']['accuracy'] for r in mine])} "
+              f"| {mean([r['drawn_small']['accuracy'] for r in mine])} "
+              f"| {mean([r['drawn_heldout']['ece'] for r in mine], 1.0)} "
+              f"| {mean([r['drawn_heldout']['wrong_flagged'] for r in mine])} "
+              f"| {mean([r['drawn_heldout']['right_flagged'] for r in mine])} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", default="default")
+    parser.add_argument("--fold", type=int, default=0, choices=range(WRITER_FOLDS))
+    parser.add_argument("--no-drawn", action="store_true", help="train on MNIST alone")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--mnist", type=Path, default=Path(
+        os.environ.get("MNIST_TRAIN_DIR", "/work/shared/mnist-train")))
+    parser.add_argument("--pen", type=Path, default=Path(
+        os.environ.get("PEN_TRAIN_FILE", "/work/shared/pendigits/pendigits-orig.tra")))
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny data, one epoch, no save")
+    args = parser.parse_args()
+    if args.table:
+        table()
+        return
+    result = run(args)
+    print(json.dumps(result, indent=1))
+    if not args.smoke:
+        save(result)
+
+
+if __name__ == "__main__":
+    main()
