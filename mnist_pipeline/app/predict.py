@@ -2,8 +2,8 @@
 
 Accepted inputs (see :func:`load_input`):
 
-- a PNG or JPEG picture of one digit, of any size; :mod:`mnist_pipeline.app.digit_image` makes
-  it MNIST-style;
+- a PNG or JPEG picture of one digit, of any size: :mod:`mnist_pipeline.app.pictures` reads
+  it and :mod:`mnist_pipeline.app.digit_image` makes it MNIST-style;
 - an IDX image file (raw or gzip-compressed), as MNIST ships them: N x 28 x 28 uint8;
 - a ``.npy`` array of shape (N, 28, 28) of pixels on the 0..255 scale, integers or floats
   alike (one scale, the model's: nothing is guessed from the values; an array on the [0, 1]
@@ -30,7 +30,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from mnist_pipeline import idx, inference, uncertainty
-from mnist_pipeline.app import digit_image
+from mnist_pipeline.app import digit_image, pictures
 from mnist_pipeline.app.digit_image import IMAGE_SIZE, InvertMode
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -158,8 +158,8 @@ _NPY_MAGIC = b"\x93NUMPY"
 def input_kind(path: Path, head: bytes) -> Literal["picture", "npy", "idx"]:
     """How to read the file at ``path`` whose first bytes are ``head``: by those bytes,
     else by the file's suffix, else IDX."""
-    if digit_image.picture_format(head) is not None:
-        return "picture"  # PNG, JPEG, or another format that digit_image names in its error
+    if pictures.picture_format(head) is not None:
+        return "picture"  # PNG, JPEG, or another format that pictures names in its error
     if head.startswith(_NPY_MAGIC):
         return "npy"
     if idx.has_magic(head):
@@ -197,8 +197,8 @@ def load_input(path: str | Path, invert: InvertMode = "auto") -> np.ndarray:
                 return load_npy_batch(stream, name)
             if kind == "idx":
                 return load_idx_batch(stream, name)
-            digit = digit_image.picture_to_digit(stream, invert)
-    except digit_image.PictureError as error:  # unreadable, too large, or no digit in it
+            digit = pictures.picture_to_digit(stream, invert)
+    except pictures.PictureError as error:  # unreadable, too large, or no digit in it
         raise InputError(f"{name}: {error}") from None
     except OSError as error:  # the disk, not the content
         raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
