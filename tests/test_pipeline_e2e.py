@@ -21,7 +21,7 @@ QUICK_SAMPLE_PARAMS = {
     # test-time shifts as params.yaml: the averaging saved model goes through every stage
     "model": {"conv_filters": [8, 16], "dense_units": 32, "test_time_shifts": 4},
     # 56 steps in all: too few for a 0.99 weight average, which would still be mostly the
-    # first steps' weights (see README, train.ema_momentum)
+    # first steps' weights (see docs/pipeline.md, train.ema_momentum)
     "train": {"epochs": 2, "batch_size": 128, "warmup_epochs": 0, "early_stopping_patience": 0,
               "ema_momentum": 0},
 }
@@ -37,9 +37,9 @@ def pipeline_repo(tmp_path_factory) -> Path:
     return repo
 
 
-# What the README's `dvc exp show` leaves out: the time, dependency hashes (names with a
-# slash), the losses, the training-set accuracy, dvclive's step, the ONNX parity check and
-# the fitted temperature.
+# What the `dvc exp show` of docs/experiments-and-review.md leaves out: the time, dependency
+# hashes (names with a slash), the losses, the training-set accuracy, dvclive's step, the ONNX
+# parity check and the fitted temperature.
 README_EXP_SHOW_DROP = (r"Created|.*/|(eval\.|train\.)?loss$|train\.accuracy$|step"
                         r"|onnx_.*|temperature")
 
@@ -156,7 +156,7 @@ def test_params_run_before_are_restored_from_the_run_cache(pipeline_repo):
         again = dvc("exp", "run", "-S", "train.epochs=1", cwd=repo).stdout
         assert "Stage 'train' is cached - skipping run" in again, again
         assert "Running stage 'train'" not in again
-        # The README's table of experiments, here with one changed param: on a 120-column
+        # The docs' table of experiments, here with one changed param: on a 120-column
         # terminal nothing collapses into "…".
         table = run(["bash", "-c", "COLUMNS=120 dvc exp show --only-changed --no-pager "
                      f"--drop '{README_EXP_SHOW_DROP}'"], cwd=repo).stdout
@@ -170,15 +170,15 @@ def test_params_run_before_are_restored_from_the_run_cache(pipeline_repo):
     assert output_bytes(repo) == first
 
 
-def test_the_readme_shows_the_exp_show_command_the_tests_check():
+def test_the_docs_show_the_exp_show_command_the_tests_check():
     assert f"dvc exp show --only-changed --drop '{README_EXP_SHOW_DROP}'" in (
-        PROJECT / "README.md").read_text()
+        PROJECT / "docs" / "experiments-and-review.md").read_text()
 
 
 def test_the_readme_comparison_commands_show_both_values(pipeline_repo):
-    """README, "Comparing branches", run line by line after the fixture's `make baseline`."""
+    """README, "The everyday loop", run line by line after the fixture's `make baseline`."""
     repo = pipeline_repo
-    commands = readme_commands("Comparing branches")
+    commands = readme_commands("The everyday loop")
     assert commands[0] == "make baseline"  # what the fixture ran
     outputs = {}
     try:

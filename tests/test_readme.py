@@ -1,4 +1,4 @@
-"""The README's Layout section names every module and stage script that exists, and only those."""
+"""The README's project tree names every module and stage script that exists, and only those."""
 
 import re
 from pathlib import Path
@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def layout_block() -> str:
     text = (ROOT / "README.md").read_text()
-    return text.split("## Layout\n", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    return text.split("## Project tree\n", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
 
 
 def test_the_layout_names_every_module_and_stage_script_that_exists():
