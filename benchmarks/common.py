@@ -36,7 +36,7 @@ from mnist_pipeline import idx, preprocess  # noqa: E402
 from mnist_pipeline.params import Params, as_dict, load_params, params_from_dict  # noqa: E402
 
 DATASETS = ("mnist-sample", "fashion-mnist")
-# --smoke: a network that trains in a second; the scripts add them after every other override.
+# --smoke: a network that trains in seconds; the scripts add these after every other override.
 SMOKE_OVERRIDES = ["model.conv_filters=[8]", "model.dense_units=16", "train.epochs=2",
                    "train.warmup_epochs=0", "train.early_stopping_patience=0",
                    "train.ema_momentum=0"]
