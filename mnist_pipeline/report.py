@@ -10,8 +10,8 @@ the same text without the pictures, for a CI job summary (which cannot show loca
 - the test metrics of every source (the dataset, the pen-drawn digits) side by side with the
   change (``dvc metrics diff --all``), the validation accuracy and the data, every other
   metric under a fold;
-- PNG charts of both revisions: training curves (loss, accuracy), errors per digit of each
-  source and the normalized confusion matrix, rendered from DVC's own vega-lite specs
+- PNG charts of both revisions: training curves (loss, accuracy), errors per digit and the
+  confusion matrix of each source, rendered from DVC's own vega-lite specs
   (``dvc plots diff --json``: the charts of ``dvc plots show``, defined once in dvc.yaml)
   by vl-convert, which bundles vega and its fonts: no browser, no network, no CDN;
 - the plot stage's most confidently wrong test digits of each revision.
@@ -43,9 +43,11 @@ REPORT_FILE = "report.md"
 SUMMARY_FILE = "summary.md"
 MANIFEST_FILE = ".report-files"  # the names the last report wrote, one a line
 WORKSPACE = dvc_cli.WORKSPACE
-# Per-source plot files: plots/per_class/<source>.csv (digit,errors,false_positives,...).
-# Defined here from paths.PLOTS_DIR until paths.py names them.
+# Per-source plot files, one chart per file: plots/per_class/<source>.csv (digit,errors,...)
+# and plots/predictions/<source>.csv (the confusion matrix). Defined here from
+# paths.PLOTS_DIR until paths.py names them.
 PER_CLASS_DIR = paths.PLOTS_DIR / "per_class"
+PREDICTIONS_DIR = paths.PLOTS_DIR / "predictions"
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,10 @@ class Chart:
     file: str
 
 
-# Training curves, errors per digit (one chart per source, found in DVC's output), normalized
-# confusion matrix: what a reviewer reads first.
+# Training curves, then per source (the files DVC has a plot of, on either side) errors per
+# digit and the confusion matrix: what a reviewer reads first.
 CURVES = (Chart("Loss", "loss.png"), Chart("Accuracy", "accuracy.png"))
-CONFUSION = Chart("Confusion matrix, normalized", "confusion_normalized.png")
+PER_SOURCE = ((PER_CLASS_DIR, "errors_per_digit"), (PREDICTIONS_DIR, "confusion"))
 GALLERY = str(paths.PLOT_IMAGES_DIR / "misclassified.png")
 
 # Test metrics of each source, in this order, then the headline rows of other files; every
@@ -145,12 +147,14 @@ def metrics_tables(diff: dict, base: str, target: str) -> tuple[str, str]:
 
 
 def charts(plots: dict) -> list[Chart]:
-    """The charts to draw: the curves, errors per digit of each source DVC has a plot of
-    (either side), the normalized confusion matrix."""
-    per_source = sorted(plot_id for plot_id in plots.get("data", {})
-                        if Path(plot_id).parent == PER_CLASS_DIR and plot_id.endswith(".csv"))
-    return [*CURVES, *(Chart(plot_id, f"errors_per_digit_{_safe(Path(plot_id).stem)}.png")
-                       for plot_id in per_source), CONFUSION]
+    """The charts to draw: the curves, then errors per digit and the confusion matrix of each
+    source DVC has a plot file of (either side)."""
+    found = [*CURVES]
+    for folder, prefix in PER_SOURCE:
+        found += [Chart(plot_id, f"{prefix}_{_safe(Path(plot_id).stem)}.png")
+                  for plot_id in sorted(plots.get("data", {}))
+                  if Path(plot_id).parent == folder and plot_id.endswith(".csv")]
+    return found
 
 
 def render_charts(plots: dict, out: Writer, base: str, target: str) -> list[str]:
@@ -161,8 +165,9 @@ def render_charts(plots: dict, out: Writer, base: str, target: str) -> list[str]
     data = plots.get("data", {})
     lines = ["### Training curves, errors per digit, confusion matrix", ""]
     drawn = charts(plots)
-    if len(drawn) == len(CURVES) + 1:
-        lines.append(f"`{PER_CLASS_DIR}/<source>.csv`: no errors per digit on either side.")
+    for folder, _ in PER_SOURCE:
+        if not any(Path(chart.plot_id).parent == folder for chart in drawn):
+            lines.append(f"`{folder}/<source>.csv`: on neither side.")
     for chart in drawn:
         specs = [entry for entry in data.get(chart.plot_id, []) if entry.get("type") == "vega"]
         if not specs:
@@ -176,7 +181,7 @@ def render_charts(plots: dict, out: Writer, base: str, target: str) -> list[str]
             continue
         out.write_bytes(chart.file, png)
         title = _title(spec, chart.plot_id)
-        if Path(chart.plot_id).parent == PER_CLASS_DIR and chart.plot_id not in title:
+        if chart not in CURVES and chart.plot_id not in title:
             title += f" ({Path(chart.plot_id).stem})"  # one title for the folder's charts
         lines.append(f"![{_alt(title)}]({chart.file})")
     lines += ["", "### Most confidently wrong test digits", ""]

@@ -15,7 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from project_repo import PROJECT, dvc, git, run
 
 from mnist_pipeline import dvc_cli, gate
@@ -181,6 +183,10 @@ plots:
       template: bar_horizontal
       x: errors
       y: digit
+  - plots/predictions:
+      template: confusion
+      x: actual
+      y: predicted
   - plots/images
 """
 
@@ -188,7 +194,7 @@ plots:
 def write_results(repo: Path, evaluate: dict, dataset: str = "mnist",
                   size: int = 10000) -> None:
     """metrics/evaluate.json as written (NaN and Infinity as Python's json writes them),
-    metrics/data.json and plots/per_class/<source>.csv of each source."""
+    metrics/data.json, plots/per_class/<source>.csv and plots/predictions/<source>.csv."""
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "metrics/evaluate.json").write_text(json.dumps(evaluate, indent=2))
     (repo / "metrics/data.json").write_text(
@@ -202,6 +208,13 @@ def write_results(repo: Path, evaluate: dict, dataset: str = "mnist",
         rows += [f"{digit},{(errors + digit) // 10},{digit % 3},0.99,0.99,0.99,1000"
                  for digit in range(10)]
         (per_class / f"{source}.csv").write_text("\n".join(rows) + "\n")
+    predictions = repo / "plots/predictions"
+    shutil.rmtree(predictions, ignore_errors=True)
+    predictions.mkdir(parents=True)
+    for source in evaluate:
+        rows = ["index,actual,predicted,confidence"]
+        rows += [f"{index},{index % 10},{(index + index // 7) % 10},0.9" for index in range(40)]
+        (predictions / f"{source}.csv").write_text("\n".join(rows) + "\n")
 
 
 def commit(repo: Path, message: str) -> None:
@@ -210,8 +223,8 @@ def commit(repo: Path, message: str) -> None:
 
 
 def review_repo(repo: Path, base: dict = BASE) -> Path:
-    """A git + DVC repo with the project's Makefile: ``base`` committed on main, also under
-    HOSTILE_BRANCH."""
+    """A git + DVC repo with the project's Makefile: ``base`` (and a gallery picture)
+    committed on main, also under HOSTILE_BRANCH."""
     repo.mkdir(parents=True)
     git("init", "-q", "-b", "main", cwd=repo)
     dvc("init", "-q", cwd=repo)
@@ -219,6 +232,9 @@ def review_repo(repo: Path, base: dict = BASE) -> Path:
     (repo / "dvc.yaml").write_text(REVIEW_DVC_YAML)
     (repo / ".gitignore").write_text("/report/\n")
     write_results(repo, base)
+    (repo / "plots/images").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320), dtype=np.uint8)
+    Image.fromarray(noise).save(repo / "plots/images/misclassified.png")
     commit(repo, "baseline")
     git("branch", HOSTILE_BRANCH, cwd=repo)
     return repo
