@@ -1,4 +1,4 @@
-"""The network, its augmentation, and the saved model that evaluate and predict load.
+"""The Keras models: the network, its augmentation, and the model that evaluate and predict load.
 
 Two models, one set of weights:
 
@@ -15,23 +15,20 @@ shifts of the digit (test-time augmentation), built from layers as well; and it 
 network's logits by the calibration temperature that the train stage fits after training
 (:mod:`mnist_pipeline.calibration`), so that its probabilities mean what they say.
 
-Evaluate, predict and serve load and run the saved model through
-:mod:`mnist_pipeline.inference`, so they cannot disagree. The saved model uses built-in layers
-only (no Lambda, no custom objects), so it loads with ``safe_mode=True``.
+The train stage saves it with :func:`mnist_pipeline.model_file.save_model` (atomic, the same
+bytes for the same weights); evaluate, predict and serve load and run it through
+:mod:`mnist_pipeline.inference`, so they cannot disagree. It uses built-in layers only (no
+Lambda, no custom objects), so it loads with ``safe_mode=True``.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import zipfile
-from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
-from mnist_pipeline import fileio, paths
+# re-exported for stages/train.py until it imports model_file
+from mnist_pipeline.model_file import save_model  # noqa: F401
 from mnist_pipeline.params import AugmentationParams, ModelParams
 from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_MAX, PIXEL_SCALE
 
@@ -190,73 +187,6 @@ def _shift_name(rows: int, columns: int) -> str:
     """``shift_down``, ``shift_up_left``, ... for a one-pixel move."""
     parts = [{1: "down", -1: "up"}.get(rows), {1: "right", -1: "left"}.get(columns)]
     return "_".join(["shift", *(part for part in parts if part)])
-
-
-def save_model(model: keras.Model, target: str | Path = paths.MODEL_FILE) -> None:
-    """Save atomically: a crash never leaves a half-written ``target``.
-
-    Keras insists on the ``.keras`` suffix, so the model is written to a ``.keras`` file beside
-    the temporary path that :func:`mnist_pipeline.fileio.atomic_path` renames into place (both
-    names match the `.gitignore` patterns for temporaries, should a kill leave them behind).
-    Equal weights give equal bytes (:func:`without_save_times`), so a retrain that changes
-    nothing changes no hash and reruns nothing downstream.
-    """
-    with fileio.atomic_path(target) as temporary:
-        staged = temporary.with_name(temporary.name + ".keras")
-        try:
-            model.save(staged)
-            without_save_times(staged)
-            os.replace(staged, temporary)
-        finally:
-            staged.unlink(missing_ok=True)
-
-
-# The earliest time a zip entry can hold (as `SOURCE_DATE_EPOCH` tools write).
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def without_save_times(archive: str | Path) -> None:
-    """Rewrite a ``.keras`` zip without what differs between two saves of one model, in place.
-
-    Keras writes the save date into metadata.json (``date_saved``), the file time onto the
-    weights entry, and into config.json, for each object used more than once (the network
-    inside the test-time-shift model), a ``shared_object_id`` that is the object's Python
-    ``id()``, a memory address: those are renumbered 1, 2, ... in order of appearance
-    (:func:`renumber_shared_objects`). Everything else (config, HDF5 weights) is already a
-    function of the model.
-    """
-    with zipfile.ZipFile(archive) as source:
-        members = [(info, source.read(info)) for info in source.infolist()]
-    with zipfile.ZipFile(archive, "w") as rewritten:
-        for info, data in members:
-            if info.filename == "metadata.json":
-                metadata = json.loads(data)
-                metadata.pop("date_saved", None)
-                data = json.dumps(metadata).encode()
-            elif info.filename == "config.json":
-                data = json.dumps(renumber_shared_objects(json.loads(data))).encode()
-            entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
-            entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
-            rewritten.writestr(entry, data)
-
-
-def renumber_shared_objects(config: object, numbers: dict[object, int] | None = None) -> object:
-    """``config`` (a Keras config, parsed JSON) with every ``shared_object_id`` replaced by
-    1, 2, ... in order of first appearance (depth first, in the file's order), so that all
-    references to one object keep one number; loading only matches the numbers up."""
-    numbers = {} if numbers is None else numbers
-    if isinstance(config, list):
-        return [renumber_shared_objects(item, numbers) for item in config]
-    if not isinstance(config, dict):
-        return config
-    renumbered = {}
-    for key, value in config.items():
-        if key == "shared_object_id" and not isinstance(value, (dict, list)):
-            value = numbers.setdefault(value, len(numbers) + 1)
-        else:
-            value = renumber_shared_objects(value, numbers)
-        renumbered[key] = value
-    return renumbered
 
 
 def to_pixels(images: np.ndarray) -> np.ndarray:

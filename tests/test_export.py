@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from mnist_pipeline import export, inference, paths
-from mnist_pipeline.model import build_network, export_model, save_model
+from mnist_pipeline.model import build_network, export_model
+from mnist_pipeline.model_file import save_model
 from mnist_pipeline.params import params_from_dict
 from stages import export as export_stage
 

@@ -5,13 +5,8 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.inference import load
-from mnist_pipeline.model import (
-    build_augmentation,
-    build_network,
-    export_model,
-    save_model,
-    to_pixels,
-)
+from mnist_pipeline.model import build_augmentation, build_network, export_model, to_pixels
+from mnist_pipeline.model_file import save_model
 from mnist_pipeline.params import AugmentationParams, ModelParams
 
 SMALL = ModelParams(conv_filters=(4, 8), dense_units=16)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.inference import load_keras_model
-from mnist_pipeline.model import build_network, export_model, renumber_shared_objects, save_model
+from mnist_pipeline.model import build_network, export_model
+from mnist_pipeline.model_file import renumber_shared_objects, save_model
 from mnist_pipeline.params import params_from_dict
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,8 @@ SAVE_IN_A_NEW_PROCESS = f"""
 import sys
 sys.path.insert(0, {str(PROJECT)!r})
 import keras
-from mnist_pipeline.model import build_network, export_model, save_model
+from mnist_pipeline.model import build_network, export_model
+from mnist_pipeline.model_file import save_model
 from mnist_pipeline.params import params_from_dict
 keras.utils.set_random_seed(0)
 save_model(export_model(build_network(params_from_dict({TINY!r}).model), 4), sys.argv[1])
@@ -76,7 +78,8 @@ def test_renumbering_keeps_references_consistent():
 KILLED_SAVE = f"""
 import os, sys
 sys.path.insert(0, {str(PROJECT)!r})
-from mnist_pipeline.model import build_network, export_model, save_model
+from mnist_pipeline.model import build_network, export_model
+from mnist_pipeline.model_file import save_model
 from mnist_pipeline.params import params_from_dict
 network = export_model(build_network(params_from_dict({TINY!r}).model))
 os.replace = lambda *arguments: os._exit(9)
