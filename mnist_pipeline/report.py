@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,25 +147,29 @@ def metrics_tables(diff: dict, base: str, target: str) -> tuple[str, str]:
     return main, "\n".join(header + others) if others else ""
 
 
-def charts(plots: dict) -> list[Chart]:
-    """The charts to draw: the curves, then errors per digit and the confusion matrix of each
-    source DVC has a plot file of (either side)."""
-    found = [*CURVES]
-    for folder, prefix in PER_SOURCE:
-        found += [Chart(plot_id, f"{prefix}_{_safe(Path(plot_id).stem)}.png")
-                  for plot_id in sorted(plots.get("data", {}))
-                  if Path(plot_id).parent == folder and plot_id.endswith(".csv")]
-    return found
+def charts(plots: dict, order: Sequence[str] = ()) -> list[Chart]:
+    """The charts to draw: the curves, then for each source DVC has plot files of (either
+    side; those in ``order`` first) its errors per digit and its confusion matrix."""
+    files = {(folder, Path(plot_id).stem): plot_id for plot_id in plots.get("data", {})
+             for folder, _ in PER_SOURCE
+             if Path(plot_id).parent == folder and plot_id.endswith(".csv")}
+    found = {source for _, source in files}
+    ranked = sorted(found, key=lambda source: (
+        order.index(source) if source in order else len(order), source))
+    return [*CURVES, *(Chart(files[folder, source], f"{prefix}_{_safe(source)}.png")
+                       for source in ranked for folder, prefix in PER_SOURCE
+                       if (folder, source) in files)]
 
 
-def render_charts(plots: dict, out: Writer, base: str, target: str) -> list[str]:
+def render_charts(plots: dict, out: Writer, base: str, target: str,
+                  order: Sequence[str] = ()) -> list[str]:
     """Markdown for the charts of ``dvc plots diff --json`` output, their PNGs written by
     ``out``: the charts from the vega-lite specs, the gallery images copied per revision."""
     import vl_convert  # only here: the rest of the report needs no renderer
 
     data = plots.get("data", {})
     lines = ["### Training curves, errors per digit, confusion matrix", ""]
-    drawn = charts(plots)
+    drawn = charts(plots, order)
     for folder, _ in PER_SOURCE:
         if not any(Path(chart.plot_id).parent == folder for chart in drawn):
             lines.append(f"`{folder}/<source>.csv`: on neither side.")
@@ -227,7 +232,7 @@ def build_report(base: str, rev: str | None, out: Writer) -> tuple[list[str], li
     headline, others = metrics_tables(metrics, base, target)
     with tempfile.TemporaryDirectory() as images:  # DVC copies each revision's images there
         plots = dvc_cli.plots_diff(base, rev, images)
-        pictures = render_charts(plots, out, base, target)
+        pictures = render_charts(plots, out, base, target, sources(metrics))
 
     if verdict.failures:
         verdict_lines = ["**Gate: fails** (`make gate`):", ""] + [

@@ -95,15 +95,16 @@ def test_changes_are_signed_numbers(old, new, change):
     assert report.format_change(old, new) == change
 
 
-def test_the_charts_are_the_curves_then_each_source_found_on_either_side():
+def test_the_charts_are_the_curves_then_each_source_found_on_either_side_in_order():
     plots = {"data": {plot_id: [] for plot_id in (
         "Loss", "plots/per_class/mnist.csv", "plots/per_class/drawn.csv",
         "plots/predictions/mnist.csv", "plots/class_counts/test.csv", "plots/robustness.csv")}}
-    assert [(chart.plot_id, chart.file) for chart in report.charts(plots)] == [
+    assert [(chart.plot_id, chart.file) for chart in report.charts(plots, ["mnist"])] == [
         ("Loss", "loss.png"), ("Accuracy", "accuracy.png"),
-        ("plots/per_class/drawn.csv", "errors_per_digit_drawn.png"),
         ("plots/per_class/mnist.csv", "errors_per_digit_mnist.png"),
-        ("plots/predictions/mnist.csv", "confusion_mnist.png")]
+        ("plots/predictions/mnist.csv", "confusion_mnist.png"),
+        ("plots/per_class/drawn.csv", "errors_per_digit_drawn.png")]
+    assert [chart.file for chart in report.charts(plots)][2] == "errors_per_digit_drawn.png"
 
 
 # --- the out folder --------------------------------------------------------------------------
