@@ -10,6 +10,7 @@ inference.py starts its own `mnist-pipeline predict` and `serve` processes, as i
 from __future__ import annotations
 
 import importlib
+import io
 import json
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def test_inference_onnx_and_keras_in_processes_and_servers(results: Path) -> Non
     assert set(measured["images_per_s"]) == {"onnx", "keras"}
     assert all(run["requests_per_s"] > 0 for kind in ("onnx", "keras")
                for run in measured["serve"][kind]["throughput"])
+
+
+def test_the_shared_helpers_import_from_a_test() -> None:
+    """benchmarks/harness.py is the one copy of these helpers for scripts and tests alike."""
+    from PIL import Image
+
+    from benchmarks.harness import free_port, png_bytes, sample_digit
+
+    assert 1024 <= free_port() < 65536
+    picture = Image.open(io.BytesIO(png_bytes(sample_digit(), size=56)))
+    assert picture.size == (56, 56) and picture.mode == "L"
 
 
 # Scripts whose smoke runs live with their own tests (serving, hostile traffic, pen-drawn
