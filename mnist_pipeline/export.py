@@ -66,10 +66,10 @@ def readable_onnx(proto: Any) -> Any:
     The one input becomes ``pixels``, the one output ``probabilities``, their batch dimension
     ``N``. tf2onnx's other names carry TensorFlow's per-process counters
     (``Reshape_shape__353``) and its node order varies between exports, so the same weights
-    exported twice would give different bytes, and DVC would rerun everything downstream
-    after an identical retrain. Here every node is named by a digest of what it computes
-    (its operator, attributes and inputs, back to the weights) and the nodes are sorted
-    topologically, ties broken by that name.
+    exported twice would give different bytes: dvc.lock would record a new hash for the
+    same model, a new version of the registered artifact to push and review. Here every
+    node is named by a digest of what it computes (its operator, attributes and inputs, back
+    to the weights) and the nodes are sorted topologically, ties broken by that name.
     """
     import onnx
 

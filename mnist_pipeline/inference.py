@@ -289,9 +289,9 @@ def archive_problem(members: list[zipfile.ZipInfo]) -> str | None:
 def keras_runner(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     """``model`` compiled into one TensorFlow graph for any batch size, numpy in and out.
 
-    An eager ``model(pixels)`` spends several ms in Python per call and ``model.predict``
-    builds a new function per call; the traced graph is built once (here, on one blank
-    digit) and gives the same results (benchmarks/serve_latency.py).
+    An eager ``model(pixels)`` runs Python for every layer on every call and
+    ``model.predict`` builds a new function per call; the traced graph is built once (here,
+    on one blank digit) and gives the same results, faster (benchmarks/README.md).
     """
     import tensorflow as tf
 
