@@ -61,9 +61,9 @@ def uncompress_z(data: bytes, origin: str, max_bytes: int) -> bytes:
 class PenReader:
     """Reads pen files from mirrors and UCI's zip; the zip is fetched at most once per run."""
 
-    def __init__(self, network: NetworkSettings, zip_location: str = pendigits.UCI_ZIP):
+    def __init__(self, network: NetworkSettings, zip_location: str | None = None):
         self.network = network
-        self.zip_location = zip_location
+        self.zip_location = zip_location or pendigits.UCI_ZIP
         self._zip: zipfile.ZipFile | SourceError | None = None
 
     def from_mirror(self, location: str, pen_file: PenFile) -> tuple[bytes, str]:
@@ -164,13 +164,14 @@ def fetch(pen_file: PenFile, mirrors: tuple[str, ...], reader: PenReader) -> tup
 
 
 def download_pen_files(folder: Path, mirrors: tuple[str, ...], network: NetworkSettings,
-                       pen_files: tuple[PenFile, ...] = pendigits.FILES,
-                       zip_location: str = pendigits.UCI_ZIP) -> dict[str, dict[str, Any]]:
-    """Write each verified pen file into ``folder``; the manifest entries {name: {sha256,
-    bytes, source}}. Raises DownloadError (every source named) before writing a bad file."""
+                       pen_files: tuple[PenFile, ...] | None = None,
+                       zip_location: str | None = None) -> dict[str, dict[str, Any]]:
+    """Write each verified pen file (default: pendigits.FILES) into ``folder``; the manifest
+    entries {name: {sha256, bytes, source}}. Raises DownloadError (every source named)
+    before writing a bad file."""
     reader = PenReader(network, zip_location)
     entries = {}
-    for pen_file in pen_files:
+    for pen_file in pen_files or pendigits.FILES:
         content, origin = fetch(pen_file, mirrors, reader)
         fileio.write_bytes(folder / pen_file.name, content)
         entries[pen_file.name] = {"sha256": download.sha256_hex(content),

@@ -97,6 +97,9 @@ def render(pad_strokes: Sequence[np.ndarray], pad_size: int = PAD_SIZE,
                   for x, y in np.asarray(stroke, dtype=np.float64)]
         if len(points) > 1:
             draw.line(points, fill=255, width=round(width))
+        # Pillow's ellipse covers its bounding box's last row and column too: half a pixel
+        # in on each side gives a disc of the brush's width.
+        inner = radius - 0.5
         for x, y in points:
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
+            draw.ellipse((x - inner, y - inner, x + inner, y + inner), fill=255)
     return np.asarray(picture.reduce(supersample), dtype=np.uint8)
