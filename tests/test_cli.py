@@ -211,13 +211,31 @@ def test_output_file_is_written_instead_of_stdout(
     tmp_path: Path, trained: Trained, capsys: pytest.CaptureFixture[str]
 ) -> None:
     np.save(tmp_path / "digits.npy", trained.digits[:5].astype(np.uint8))
-    target = tmp_path / "out" / "predictions.csv"
-    status, rows, errors = run_predict(trained, capsys, "--output", target,
+    target = tmp_path / "out" / "predictions.csv"  # its folder made as asked (--parents)
+    status, rows, errors = run_predict(trained, capsys, "--parents", "--output", target,
                                        tmp_path / "digits.npy")
     assert (status, rows, errors) == (0, [], [])
     lines = target.read_text().splitlines()
     assert lines[0] == ",".join(HEADER) and len(lines) == 6
     assert [path.name for path in target.parent.iterdir()] == ["predictions.csv"]  # no temp
+
+
+def test_a_missing_output_folder_is_an_error_unless_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --output path must not scatter folders: exit 3 before any work, one line
+    that names the missing folder and the flag; nothing created."""
+    model, digits = dummy_model(tmp_path), tmp_path / "digits.npy"
+    np.save(digits, np.zeros((1, 28, 28), np.uint8))
+    for target in (tmp_path / "ouput" / "predictions.csv",
+                   tmp_path / "a" / "b" / "predictions.csv"):
+        status = cli.main(["predict", "--model", str(model), "--output", str(target),
+                           str(digits)])
+        captured = capsys.readouterr()
+        assert (status, captured.out) == (cli.EXIT_OUTPUT_ERROR, "")
+        assert captured.err == (f"mnist-pipeline: error: {target}: cannot be written (no "
+                                f"folder {target.parent}; --parents creates it)\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["digits.npy", "model.keras"]
 
 
 def test_missing_model_says_how_to_make_it(

@@ -17,6 +17,7 @@ sends a bounded number of requests, to loopback only, and is over within a minut
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -108,15 +109,17 @@ def content_end(answer: bytes) -> int:
     return len(head) + 4 + length - 1
 
 
-@pytest.fixture(scope="module")
-def server(small_model: SmallModel, tmp_path_factory) -> Iterator[Server]:
+@contextlib.contextmanager
+def serving(model: Path, log_path: Path, *options: str,
+            command: Sequence[str] | None = None) -> Iterator[Server]:
+    """The real command (or ``command``, with ``{port}`` in it) serving ``model`` on a free
+    port until the block ends; its output in ``log_path``."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("serve_load") / "server.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model",
-             str(small_model.onnx_path), "--port", str(port), "--body-timeout", str(BODY_TIMEOUT)],
-            stdout=log, stderr=subprocess.STDOUT)
+        argv = [part.format(port=port) for part in command] if command else [
+            sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
+            "--port", str(port), *options]
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -136,6 +139,13 @@ def server(small_model: SmallModel, tmp_path_factory) -> Iterator[Server]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(small_model: SmallModel, tmp_path_factory) -> Iterator[Server]:
+    log_path = tmp_path_factory.mktemp("serve_load") / "server.log"
+    with serving(small_model.onnx_path, log_path, "--body-timeout", str(BODY_TIMEOUT)) as running:
+        yield running
 
 
 def worst_png(side: int = 6300) -> bytes:

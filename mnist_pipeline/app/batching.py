@@ -18,13 +18,19 @@ MAX_MODEL_BATCH = 512
 PROBABILITY_DECIMALS = 6
 
 
+class ModelAnswerError(RuntimeError):
+    """The model answered something that is not probabilities: NaN or infinite values, or
+    the wrong shape. Never passed on as an answer (a NaN would read as digit 0)."""
+
+
 class ModelBatcher:
     """Runs ``predict_fn`` on the images of all requests waiting, in one call.
 
     Requests queue while the model is busy; each call takes everything queued (up to
     ``max_images``), after waiting ``window_seconds`` for more. The model runs in one worker
     thread, so the event loop keeps accepting and parsing requests meanwhile; with one
-    client at a time every call has one request and nothing waits.
+    client at a time every call has one request and nothing waits. A request whose answers
+    are not finite probabilities of 10 digits gets :class:`ModelAnswerError` instead.
     """
 
     def __init__(self, predict_fn: Callable[[np.ndarray], np.ndarray],
@@ -80,11 +86,25 @@ class ModelBatcher:
             return
         self.model_calls += 1
         self.images += len(pixels)
+        probabilities = np.asarray(probabilities)
+        if probabilities.shape != (len(pixels), 10):
+            error = ModelAnswerError(f"the model answered shape {probabilities.shape} for "
+                                     f"{len(pixels)} digits, not ({len(pixels)}, 10)")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
         offset = 0
         for item_pixels, future in batch:
-            if not future.done():  # done: the client went away
-                future.set_result(probabilities[offset:offset + len(item_pixels)])
+            answers = probabilities[offset:offset + len(item_pixels)]
             offset += len(item_pixels)
+            if future.done():  # the client went away
+                continue
+            if np.isfinite(answers).all():
+                future.set_result(answers)
+            else:
+                future.set_exception(ModelAnswerError(
+                    "the model answered NaN or infinite probabilities (a broken model file?)"))
 
     def close(self) -> None:
         if self._task is not None:

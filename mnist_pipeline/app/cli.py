@@ -29,6 +29,7 @@ EXIT_OUTPUT_ERROR = 3
 _MAX_DIGITS, _MAX_PIXELS = predict.MAX_DIGITS_PER_INPUT, digit_image.MAX_PICTURE_PIXELS
 _BATCH, _MIB = limits.MAX_BATCH_IMAGES, 1 << 20
 _BODY_MIB, _DECODE_MIB = limits.MAX_REQUEST_BYTES / _MIB, limits.DECODE_BUDGET_BYTES / _MIB
+_REQUESTS, _CONNECTIONS, _BODIES = limits.MAX_REQUESTS, limits.MAX_CONNECTIONS, limits.MAX_BODIES
 PREDICT_DESCRIPTION = f"""\
 Classify handwritten digits with the trained model and write one CSV row per digit.
 
@@ -65,10 +66,13 @@ Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
                 (N <= {_BATCH}) on the 0..255 scale, read as predict reads .npy arrays
   /health       status;  /docs, /redoc, /openapi.json  the API (all work offline)
 
-Limits: bodies up to {_BODY_MIB:g} MiB, each fully arrived within --body-timeout (408);
-{limits.MAX_CONNECTIONS} connections (503 beyond); {limits.MAX_BODIES} bodies in progress at once
-(others wait); the pictures decoded at once hold {_DECODE_MIB:g} MiB of pixels at most.
-See the README.
+Limits: a request's headers must arrive within --header-timeout, their first byte
+within --idle-timeout (of the connection's opening or last answer), else it is closed;
+bodies up to {_BODY_MIB:g} MiB, each fully arrived within --body-timeout (408);
+{_REQUESTS} requests in progress (503 beyond) on {_CONNECTIONS} connections at most (one more
+closes the one that has waited longest for its headers); {_BODIES} bodies in progress at
+once (others wait); the pictures decoded at once hold {_DECODE_MIB:g} MiB of pixels at most.
+TensorFlow Serving's REST API is answered under /v1/models/mnist. See the README.
 
 Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded; 3: the
 server cannot start (the port is taken, say).
@@ -94,7 +98,8 @@ exit status:
      (an existing --output file is kept)
   2  bad command line, or no model (run `dvc repro` or `make sample` first)
   3  the output cannot be written (one 'error:' line naming it and why): checked
-     before any input is read where possible; an existing --output file is kept.
+     before any input is read where possible; an existing --output file is kept;
+     a missing folder of --output is an error unless --parents is given.
      An --output that is one of the inputs or the model (by any path or link), or
      a picture's name inside an input directory, is refused before any work
 
@@ -135,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the CSV to this file (atomically) instead of standard output",
     )
     predict_parser.add_argument(
+        "--parents", action="store_true",
+        help="create the missing folders of --output (as mkdir -p); without it, a missing "
+        "folder is an error, so that a mistyped path does not scatter new folders",
+    )
+    predict_parser.add_argument(
         "--invert", choices=digit_image.INVERT_MODES, default="auto",
         help="pictures only: 'auto' (default) inverts a picture whose border is mostly "
         "light, i.e. a dark digit on paper; 'always' or 'never' force it",
@@ -159,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--body-timeout", type=positive_seconds, default=None, metavar="SECONDS",
         help="a request's whole body must arrive within this, else 408 and the connection "
         f"is closed (default: {limits.BODY_TIMEOUT_SECONDS:g})",
+    )
+    serve_parser.add_argument(
+        "--header-timeout", type=positive_seconds, default=limits.HEADER_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="a request's headers must arrive within this of the connection's opening or "
+        "last answer, else it is closed (408) (default: %(default)g)",
+    )
+    serve_parser.add_argument(
+        "--idle-timeout", type=positive_seconds, default=limits.IDLE_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="a connection that sends nothing for this long after opening or after an "
+        "answer is closed (default: %(default)g)",
     )
     serve_parser.set_defaults(run=run_serve)
     return parser
@@ -207,6 +229,8 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             fileio.check_output(args.output, [*args.inputs, model_path],
                                 predict.IMAGE_SUFFIXES)
+            if not args.parents:
+                check_folder(args.output)
         except OSError as error:
             report(str(error))
             return EXIT_OUTPUT_ERROR
@@ -232,6 +256,15 @@ def run_predict(args: argparse.Namespace) -> int:
     return EXIT_INPUT_ERRORS if errors else EXIT_OK
 
 
+def check_folder(output: Path) -> None:
+    """OSError (one line) when the folder of ``output`` is missing: created only when asked
+    (``--parents``), as ``mkdir`` does without ``-p``."""
+    folder = output.absolute().parent
+    if not folder.is_dir():
+        raise OSError(f"{output}: cannot be written (no folder {output.parent}; "
+                      "--parents creates it)")
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model once and serve it until interrupted; returns the exit status."""
     from mnist_pipeline.app import serve, server  # here: only this command needs FastAPI
@@ -241,7 +274,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_NO_MODEL
 
     timeout = {} if args.body_timeout is None else {"body_timeout": args.body_timeout}
-    server.run(classifier, args.host, args.port, **timeout)
+    server.run(classifier, args.host, args.port, header_timeout=args.header_timeout,
+               idle_timeout=args.idle_timeout, **timeout)
     return EXIT_OK
 
 

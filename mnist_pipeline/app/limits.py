@@ -13,8 +13,16 @@ from __future__ import annotations
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # What the server holds at once, whatever its clients do (measured by
 # benchmarks/serve_hostile.py, asserted by tests/test_serve_load.py):
-# - connections and requests in flight (uvicorn's limit_concurrency); more: 503 at once;
-MAX_CONNECTIONS = 128
+# - requests in progress (guard.GuardRequests); more: 503 at once;
+MAX_REQUESTS = 128
+# - open connections, requests or not: one more closes the one that has waited longest for
+#   its request's headers (server.DeadlineH11Protocol), so idle ones never shut others out;
+MAX_CONNECTIONS = 1024
+# - a connection must send its next request's headers within this many seconds of opening
+#   (or of its last answer), and begin them within IDLE_TIMEOUT_SECONDS, or it is closed
+#   (408 when some bytes came): idle and slow-header connections cannot pile up;
+HEADER_TIMEOUT_SECONDS = 10.0
+IDLE_TIMEOUT_SECONDS = 5.0
 # - requests with a body, being read or answered; more wait for a turn (at most their body
 #   deadline, then 503): MAX_BODIES x MAX_REQUEST_BYTES of bodies at most;
 MAX_BODIES = 16
@@ -35,5 +43,7 @@ STATUS_OF = {
     "too_large": 413,  # body over MAX_REQUEST_BYTES; picture over digit_image's pixel limit
     "unsupported": 415,  # neither JSON, multipart nor PNG/JPEG
     "invalid": 422,  # JSON of the wrong shape or type, NaN, out of range, empty or too big a batch
-    "busy": 503,  # MAX_BODIES bodies in progress for the whole body deadline
+    "too_slow_headers": 408,  # the headers did not arrive within HEADER_TIMEOUT_SECONDS
+    "busy": 503,  # MAX_REQUESTS in progress, or MAX_BODIES bodies for the whole body deadline
+    "model_failed": 500,  # the model raised, or answered NaN or infinite probabilities
 }

@@ -12,6 +12,10 @@
 - ``GET /health``, and FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``, whose scripts
   come from the ``fastapi-offline`` package rather than a CDN.
 
+Every HTML answer carries one Content-Security-Policy (:func:`guard.content_security_policy`)
+that allows the docs pages' own inline script and nothing else inline. A model that fails,
+or answers NaN or infinite probabilities, is a 500 with a reason, never an answer.
+
 Bad input gets a 4xx answer ``{"detail": "<one line>"}`` (``{"error": ...}`` under ``/v1``,
 as TF Serving answers); see :data:`limits.STATUS_OF`. The model is an ONNX file on
 onnxruntime or a ``.keras`` file (:mod:`mnist_pipeline.inference`): TensorFlow is imported for
@@ -22,27 +26,43 @@ the second only. Requests that arrive together share one model call
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnist_pipeline import __version__, inference, uncertainty
 from mnist_pipeline.app import digit_image, tf_serving
-from mnist_pipeline.app.batching import MAX_MODEL_BATCH, PROBABILITY_DECIMALS, ModelBatcher
-from mnist_pipeline.app.guard import GuardRequests
+from mnist_pipeline.app.batching import (
+    MAX_MODEL_BATCH,
+    PROBABILITY_DECIMALS,
+    ModelAnswerError,
+    ModelBatcher,
+)
+from mnist_pipeline.app.guard import (
+    LOG,
+    GuardRequests,
+    content_security_policy,
+    inline_scripts,
+)
 from mnist_pipeline.app.limits import (
     BODY_TIMEOUT_SECONDS,
     DECODE_BUDGET_BYTES,
     MAX_BATCH_IMAGES,
     MAX_BODIES,
     MAX_REQUEST_BYTES,
+    MAX_REQUESTS,
+    STATUS_OF,
 )
 from mnist_pipeline.app.requests import (
     JSON_TYPE,
@@ -51,6 +71,7 @@ from mnist_pipeline.app.requests import (
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
+DOCS_STATIC = "/static-offline-docs"  # where fastapi-offline mounts Swagger UI and ReDoc
 # onnxruntime threads per model call: the batcher runs one call at a time in one worker
 # thread, beside the event loop that reads and parses requests; one thread is the most
 # images per CPU-second, and leaves the other cores to the rest (benchmarks/README.md).
@@ -157,19 +178,24 @@ def create_app(model: str | Path | inference.Classifier, *,
         description="Classify handwritten digits with the trained model. `/` is a page "
         "to draw on; `POST /predict` takes a PNG/JPEG picture or JSON pixels.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # made below, so that their inline script is known
     )
     app.state.batcher = batcher
     app.state.decode_budget = budget = digit_image.DecodeBudget(decode_budget_bytes)
+    docs = docs_pages(app)
     app.add_middleware(GuardRequests, max_bytes=MAX_REQUEST_BYTES, max_bodies=max_bodies,
-                       body_timeout=body_timeout)
+                       body_timeout=body_timeout, max_requests=MAX_REQUESTS,
+                       html_policy=content_security_policy(
+                           script for html in docs.values() for script in inline_scripts(html)))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_error_answers(app)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={
-            # Belt and braces for "works offline": the page may load nothing from elsewhere.
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:",
-        })
+        return FileResponse(STATIC_DIR / "index.html")
+
+    for path, html in docs.items():
+        app.add_api_route(path, html_page(html), include_in_schema=False)
 
     @app.get("/health", response_model=HealthAnswer)
     async def health() -> dict[str, Any]:
@@ -216,3 +242,56 @@ def create_app(model: str | Path | inference.Classifier, *,
 
     app.include_router(tf_serving.router())
     return app
+
+
+def docs_pages(app: FastAPI) -> dict[str, str]:
+    """``/docs`` (Swagger UI) and ``/redoc``, as fastapi-offline makes them, from its files."""
+    return {
+        "/docs": get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon.png", oauth2_redirect_url=None,
+            swagger_ui_parameters=app.swagger_ui_parameters).body.decode(),
+        "/redoc": get_redoc_html(
+            openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js", with_google_fonts=False,
+            redoc_favicon_url=f"{DOCS_STATIC}/favicon.png").body.decode(),
+    }
+
+
+def html_page(html: str) -> Callable[[], Awaitable[HTMLResponse]]:
+    """A route's function that answers ``html`` (and takes no parameter from the request)."""
+
+    async def endpoint() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    return endpoint
+
+
+def add_error_answers(app: FastAPI) -> None:
+    """Errors as each route family answers them: ``{"detail": ...}``, and ``{"error": ...}``
+    under TF Serving's ``/v1`` (its 404 and 405 included); a failed model is a 500 with its
+    reason, any other failure a 500 that says to read the server's log."""
+
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if tf_serving.is_tf_serving(request.url.path):
+            return tf_serving.error_answer(error.status_code, str(error.detail),
+                                           getattr(error, "headers", None))
+        return await http_exception_handler(request, error)
+
+    def failed(request: Request, reason: str) -> JSONResponse:
+        key = "error" if tf_serving.is_tf_serving(request.url.path) else "detail"
+        return JSONResponse({key: reason}, status_code=STATUS_OF["model_failed"])
+
+    async def model_answer_error(request: Request, error: ModelAnswerError) -> Response:
+        LOG.error("%s %s: %s", request.method, request.url.path, error)
+        return failed(request, str(error))
+
+    async def server_error(request: Request, _error: Exception) -> Response:
+        return failed(request, "internal error: the model or the server failed (see the "
+                      "server's log)")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ModelAnswerError, model_answer_error)
+    app.add_exception_handler(Exception, server_error)
