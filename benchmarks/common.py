@@ -2,7 +2,7 @@
 and the smoke mode.
 
 Run the scripts from the repository root with the venv's python, e.g.
-``.venv/bin/python benchmarks/time_to_accuracy.py``; they import the project's own code
+``.venv/bin/python benchmarks/real_mnist.py``; they import the project's own code
 (``mnist_pipeline``) so that what is measured is what the pipeline runs. Every script takes
 ``--smoke``: the same code on a few hundred bundled digits and a tiny network, in seconds,
 writing its JSON to a temporary folder (tests/test_benchmarks_smoke.py runs them all).

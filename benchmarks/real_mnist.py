@@ -1,4 +1,5 @@
-"""Recipes judged on real MNIST digits held out of training, over several splits and seeds.
+"""Training recipes judged on digits they never trained on, over several splits and seeds,
+against the Keras "simple MNIST convnet" (https://keras.io/examples/vision/mnist_convnet/).
 
     # the 60,000 MNIST training digits: a held-out 6,000 per split seed
     .venv/bin/python benchmarks/real_mnist.py --reference --splits 0,1
@@ -8,8 +9,10 @@
     # the 5,000 bundled digits (`make sample`): 5 folds, fold i trained with seed i+1
     .venv/bin/python benchmarks/real_mnist.py --dataset mnist-sample --label sample
     .venv/bin/python benchmarks/real_mnist.py --dataset mnist-sample --reference
+    # Fashion-MNIST (`make fashion`): the pipeline's split, its own 10,000 test pictures
+    .venv/bin/python benchmarks/real_mnist.py --dataset fashion-mnist --label recipe
     .venv/bin/python benchmarks/real_mnist.py --table [--dataset mnist-sample] [--baseline L]
-    .venv/bin/python benchmarks/real_mnist.py --smoke [--reference]   # seconds: checks it runs
+    .venv/bin/python benchmarks/real_mnist.py --smoke [--reference | --pipeline-split]
 
 One test split both is noisy and invites selection (the recipe that wins on it is partly the
 one that suited those digits), and the MNIST test set is not used here at all: it is measured
@@ -27,24 +30,30 @@ evaluate stage does, with every ``model.test_time_shifts`` setting on the same w
   stratified folds (``--split-seed``); a run holds out one fold and trains on the others
   (4,000 for k=5, about what `make sample` trains on); fold i trains with seed i+1 unless
   ``--seeds`` lists seeds (then every fold with each). Params: params.yaml +
-  recipes/sample.yaml (unless ``--no-sample-recipe``) + ``-S``.
+  recipes/sample.yaml (unless ``--no-recipe``) + ``-S``.
+- ``--dataset fashion-mnist`` (or ``--pipeline-split`` for the others): the pipeline's own
+  splits, as `dvc repro` makes them (Fashion-MNIST: 54,000 / 6,000 / its 10,000 test
+  pictures, from Debian's dataset-fashion-mnist), one run per seed of ``--seeds`` (default:
+  params.yaml's), scored on the test split. Params: params.yaml + the dataset's recipe
+  (recipes/fashion-mnist.yaml, unless ``--no-recipe``) + ``-S``.
 
 Without early stopping, fit's validation data is the held-out digits, which then only log (no
 decision is taken on them), and the per-epoch val accuracy gives the CPU seconds to the
 reference's accuracy. With early stopping, which would select on them, ``preprocess.
 val_fraction`` of the training digits is carved out as validation instead (48,600 train /
 5,400 val on MNIST). ``--reference`` (which never stops early, so it trains on all the
-training digits): the Keras "simple MNIST convnet" of time_to_accuracy.py
-(15 epochs, Adam 1e-3, batch 128) on the same splits: the table divides process-CPU seconds
-by its mean, so measure it in the same series, on the same machine.
+training digits): the Keras "simple MNIST convnet" (15 epochs, Adam 1e-3, batch 128) on the
+same splits: the table divides process-CPU seconds by its mean, so measure it in the same
+series, on the same machine.
 
-Runs accumulate in benchmarks/results/real_mnist.json (mnist) or sample_recipes.json
-(mnist-sample), one entry per label, split and seed, written after each run, so a series can
-be stopped at any time; rerunning one replaces it. The table gives per label: runs, epochs,
-train CPU and wall seconds (fit, per-epoch validation included), the held-out accuracy as
-saved (the recipe's test-time shifts) and plain, mean ± std over the runs, the reference on
-the same splits, and the paired difference from ``--baseline`` on the runs both have (same
-digits and seeds, so the splits' own difficulty cancels).
+Runs accumulate in benchmarks/results/real_mnist.json (mnist), sample_recipes.json
+(mnist-sample) or fashion_recipes.json, one entry per label, split and seed, written after
+each run, so a series can be stopped at any time; rerunning one replaces it. The table gives
+per label: runs, epochs, train CPU and wall seconds (fit, per-epoch validation included), the
+held-out accuracy as saved (the recipe's test-time shifts) and plain, mean ± std over the
+runs, the reference on the same splits, the paired difference from ``--baseline`` on the
+runs both have (same digits and seeds, so the splits' own difficulty cancels), and the
+seconds until fit's validation accuracy first reached the reference's.
 """
 
 from __future__ import annotations
@@ -58,10 +67,87 @@ from pathlib import Path
 
 import common
 import numpy as np
-import time_to_accuracy
 
 DEFAULT_DATA = Path(os.environ.get("MNIST_TRAIN_DIR", "/work/shared/mnist-train"))
-RESULTS = {"mnist": "real_mnist", "mnist-sample": "sample_recipes"}
+RESULTS = {"mnist": "real_mnist", "mnist-sample": "sample_recipes",
+           "fashion-mnist": "fashion_recipes"}
+REFERENCE_EPOCHS = 15
+
+
+def reference_network():
+    """The Keras example's "simple MNIST convnet", as published."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        keras.Input(shape=(28, 28, 1)),
+        layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+        layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+        layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Flatten(),
+        layers.Dropout(0.5),
+        layers.Dense(10, activation="softmax"),
+    ], name="keras_simple_convnet")
+
+
+def run_ours(params, splits, max_seconds=None):
+    """Train our network as the train stage does; return its epochs, test accuracy as saved,
+    weight count, and the test accuracy of the same weights with each
+    ``model.test_time_shifts`` setting."""
+    from mnist_pipeline import training
+    from mnist_pipeline.model import SHIFTS, build_network
+
+    training.set_determinism(params.seed)
+    network = build_network(params.model)
+    timer = common.epoch_timer()(max_seconds)
+    training.train(network, splits["train"], splits["val"], params.train, params.seed,
+                   callbacks=[timer], verbose=2)
+    by_shifts = {shifts: exported_accuracy(network, shifts, splits["test"],
+                                           params.evaluate.batch_size)
+                 for shifts in SHIFTS}
+    return (timer.epochs, by_shifts[params.model.test_time_shifts], network.count_params(),
+            by_shifts)
+
+
+def exported_accuracy(network, test_time_shifts, test_split, batch_size):
+    """Scored as the evaluate stage does: the exported (pixel-input) model on pixels 0..255."""
+    from mnist_pipeline.inference import from_keras_model
+    from mnist_pipeline.model import export_model, to_pixels
+
+    images, labels = test_split
+    probabilities = from_keras_model(export_model(network, test_time_shifts)).probabilities(
+        to_pixels(images), batch_size)
+    return float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def run_reference(seed, splits, epochs=REFERENCE_EPOCHS, max_seconds=None):
+    """The reference as the Keras example trains it: Adam 1e-3, batch 128, plain fit."""
+    import keras
+
+    from mnist_pipeline import training
+
+    training.set_determinism(seed)
+    model = reference_network()
+    model.compile(loss="categorical_crossentropy",
+                  optimizer=keras.optimizers.Adam(learning_rate=1e-3), metrics=["accuracy"])
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        (images[..., None], keras.utils.to_categorical(labels, 10))
+        for images, labels in (splits["train"], splits["val"], splits["test"]))
+    timer = common.epoch_timer()(max_seconds)
+    model.fit(x_train, y_train, batch_size=128, epochs=epochs, validation_data=(x_val, y_val),
+              callbacks=[timer], verbose=2)
+    predicted = model.predict(x_test, batch_size=1024, verbose=0).argmax(axis=1)
+    accuracy = float((predicted == np.argmax(y_test, axis=1)).mean())
+    return timer.epochs, accuracy, model.count_params()
+
+
+def first_reaching(epochs, target):
+    """The first epoch whose validation accuracy reached ``target``, or None."""
+    for row in epochs:
+        if row.get("val_accuracy", 0.0) >= target:
+            return row
+    return None
 
 
 def load_mnist_train(directory: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +222,10 @@ def planned_runs(args, labels) -> list[tuple[dict, np.ndarray, int, tuple]]:
     from mnist_pipeline import preprocess
 
     runs = []
+    if args.pipeline_split:  # the pipeline's splits depend on the seed: one split per seed
+        for seed in (int(item) for item in args.seeds.split(",")):
+            runs.append(({"pipeline_split": True, "split_seed": seed}, None, seed, None))
+        return runs
     if args.dataset == "mnist":
         for split_seed in (int(item) for item in args.splits.split(",")):
             mask = np.zeros(len(labels), dtype=bool)
@@ -163,12 +253,13 @@ def plain_accuracy(run: dict) -> float:
 
 
 def seconds_to(run: dict, target: float | None, clock: str = "cpu_s") -> float | None:
-    """Process-CPU (``clock="cpu_s"``) or wall (``"wall_s"``) seconds of training until the
-    held-out accuracy (fit's val accuracy, plain) first reached ``target``; None where not
-    reached, or where val was not the held-out."""
-    if target is None or run.get("val_size") != run.get("test_size"):
+    """Process-CPU (``clock="cpu_s"``) or wall (``"wall_s"``) seconds of training until fit's
+    val accuracy (plain) first reached ``target``; None where not reached, or where val was
+    neither the held-out digits nor the pipeline's validation split."""
+    comparable = run.get("pipeline_split") or run.get("val_size") == run.get("test_size")
+    if target is None or not comparable:
         return None
-    hit = time_to_accuracy.first_reaching(run.get("epochs", []), target)
+    hit = first_reaching(run.get("epochs", []), target)
     return hit and hit[clock]
 
 
@@ -184,12 +275,17 @@ def summarize(runs: list[dict], baseline: str | None = None) -> list[dict]:
     reference = [run for run in runs if run["label"] == "reference"]
     ref_cpu = statistics.mean(r["train_cpu_s"] for r in reference) if reference else None
     ref_by_split = {split_id(r)[:-1]: r["test_accuracy"] for r in reference}
+    # Time to the reference's accuracy on the digits fit validated on: the held-out ones, or
+    # the pipeline's validation split (the reference's last epoch there).
+    ref_target = {split_id(r)[:-1]: (r["epochs"][-1].get("val_accuracy")
+                                     if r.get("pipeline_split") else r["test_accuracy"])
+                  for r in reference}
     base_by_run = {split_id(r): r["test_accuracy"] for r in runs if r["label"] == baseline}
     rows = []
     for label in labels:
         mine = [run for run in runs if run["label"] == label]
         cpu = statistics.mean(run["train_cpu_s"] for run in mine)
-        targets = [ref_by_split.get(split_id(run)[:-1]) for run in mine]
+        targets = [ref_target.get(split_id(run)[:-1]) for run in mine]
         pairs = list(zip(mine, targets, strict=True))
         to_ref = [seconds_to(run, target) for run, target in pairs]
         wall_to_ref = [seconds_to(run, target, "wall_s") for run, target in pairs]
@@ -253,9 +349,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", default="0,1,2,3,4", help="mnist-sample: folds held out")
     parser.add_argument("--split-seed", type=int, default=0,
                         help="mnist-sample: seed of the fold assignment")
-    parser.add_argument("--seeds", help="mnist-sample: training seeds (default: fold i, i+1)")
-    parser.add_argument("--no-sample-recipe", action="store_true",
-                        help="mnist-sample: start from params.yaml alone")
+    parser.add_argument("--seeds", help="training seeds, comma-separated (mnist-sample folds: "
+                        "default fold i, i+1; the pipeline split: default params.yaml's)")
+    parser.add_argument("--pipeline-split", action="store_true",
+                        help="the pipeline's own splits, scored on the test split (always "
+                             "for fashion-mnist)")
+    parser.add_argument("--no-recipe", action="store_true",
+                        help="mnist-sample, fashion-mnist: params.yaml without the recipe")
+    parser.add_argument("--max-minutes", type=float,
+                        help="stop each training after the epoch that passes this")
     parser.add_argument("--name", help="results file benchmarks/results/NAME.json")
     parser.add_argument("--baseline", help="the label others are compared with, run by run")
     parser.add_argument("--table", action="store_true", help="print the table and stop")
@@ -263,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:  # one fold of the bundled digits (never the 60,000), a tiny network
         common.start_smoke()
         args.dataset, args.folds, args.label = "mnist-sample", "0", args.label or "smoke"
+    args.pipeline_split = args.pipeline_split or args.dataset == "fashion-mnist"
 
     name = args.name or RESULTS[args.dataset]
     results = common.load_runs(name)
@@ -274,30 +377,38 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--label NAME (or --reference) is needed to train")
 
     overrides = [f"data.dataset={args.dataset}"]
-    if args.dataset == "mnist-sample" and not args.no_sample_recipe:
-        overrides = common.recipe_overrides()
+    if args.dataset in common.RECIPES and not args.no_recipe:
+        overrides = common.recipe_overrides(common.RECIPES[args.dataset])
     overrides += args.overrides
     if args.smoke:
         overrides += common.SMOKE_OVERRIDES
     params = common.base_params(overrides)
-    images, labels = (load_mnist_train(args.data) if args.dataset == "mnist"
-                      else load_sample_digits())
-    if args.smoke:  # the first 768 digits: 5 folds of about 150
+    max_seconds = args.max_minutes * 60 if args.max_minutes else None
+    if args.pipeline_split:
+        args.seeds = args.seeds or str(params.seed)
+        images = labels = None
+    else:
+        images, labels = (load_mnist_train(args.data) if args.dataset == "mnist"
+                          else load_sample_digits())
+    if args.smoke and labels is not None:  # the first 768 digits: 5 folds of about 150
         images, labels = images[:768], labels[:768]
     for split, held_out, seed, val_seed in planned_runs(args, labels):
         run_params = common.apply_overrides(params, [f"seed={seed}"])
-        selects = run_params.train.early_stopping_patience and not args.reference
-        splits = held_out_splits(images, labels, held_out,
-                                 run_params.preprocess.val_fraction if selects else None,
-                                 val_seed)
+        if args.pipeline_split:
+            splits = common.load_splits(args.dataset, run_params)
+            splits = common.smoke_subset(splits) if args.smoke else splits
+        else:
+            selects = run_params.train.early_stopping_patience and not args.reference
+            splits = held_out_splits(images, labels, held_out,
+                                     run_params.preprocess.val_fraction if selects else None,
+                                     val_seed)
         started_wall, started_cpu = time.perf_counter(), time.process_time()
         if args.reference:
-            epochs, accuracy, weights = time_to_accuracy.run_reference(
-                seed, splits, 1 if args.smoke else 15, None)
+            epochs, accuracy, weights = run_reference(
+                seed, splits, 1 if args.smoke else REFERENCE_EPOCHS, max_seconds)
             by_shifts = None
         else:
-            epochs, accuracy, weights, by_shifts = time_to_accuracy.run_ours(run_params, splits,
-                                                                             None)
+            epochs, accuracy, weights, by_shifts = run_ours(run_params, splits, max_seconds)
         run = {"label": label, "overrides": [] if args.reference else overrides, **split,
                "seed": seed}
         run.update({
@@ -317,8 +428,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label} {split} seed {seed}: held-out {accuracy:.4f} ({by_shifts}), "
               f"{run['epochs_run']} epochs, train {run['train_wall_s']:.1f} s wall, "
               f"{run['train_cpu_s']:.1f} s CPU", flush=True)
-        common.save_run(name, results, run, ("label", "holdout", "k", "split_seed", "fold",
-                                             "seed"))
+        common.save_run(name, results, run, ("label", "pipeline_split", "holdout", "k",
+                                             "split_seed", "fold", "seed"))
     print_summary(results["runs"], args.baseline)
 
 

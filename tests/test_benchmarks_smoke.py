@@ -35,21 +35,26 @@ def written(folder: Path, name: str) -> dict:
     return json.loads((folder / f"{name}.json").read_text())
 
 
-def test_time_to_accuracy(results: Path) -> None:
-    script("time_to_accuracy").main(["--smoke"])
-    runs = written(results, "time_to_accuracy-mnist-sample")["runs"]
-    assert set(runs) == {"reference", "ours"}
-    assert set(runs["ours"]["test_accuracy_by_test_time_shifts"]) == {"0", "4", "8"}
-
-
-def test_real_mnist_runs_accumulate_and_the_table_prints(results: Path, capsys) -> None:
+def test_real_mnist_folds_accumulate_and_the_table_prints(results: Path, capsys) -> None:
     real_mnist = script("real_mnist")
     real_mnist.main(["--smoke", "--reference"])
     real_mnist.main(["--smoke"])
     runs = written(results, "sample_recipes")["runs"]
     assert [run["label"] for run in runs] == ["reference", "smoke"]
+    assert set(runs[1]["test_accuracy_by_test_time_shifts"]) == {"0", "4", "8"}
     real_mnist.main(["--smoke", "--table"])
     assert "| smoke |" in capsys.readouterr().out
+
+
+def test_real_mnist_on_the_pipeline_split(results: Path, capsys) -> None:
+    """The protocol of Fashion-MNIST's figures, here on the bundled digits."""
+    real_mnist = script("real_mnist")
+    real_mnist.main(["--smoke", "--pipeline-split", "--reference"])
+    real_mnist.main(["--smoke", "--pipeline-split", "--label", "pipeline"])
+    runs = written(results, "sample_recipes")["runs"]
+    assert [run["label"] for run in runs] == ["reference", "pipeline"]
+    assert all(run["pipeline_split"] and run["seed"] == 42 for run in runs)
+    assert "| pipeline |" in capsys.readouterr().out
 
 
 def test_calibration(results: Path) -> None:
