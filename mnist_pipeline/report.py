@@ -350,9 +350,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    for option, revision in (("--base", args.base), ("--rev", args.rev)):
+        try:
+            if revision is not None:
+                dvc_cli.verify_commit(revision)
+        except dvc_cli.RevisionError as error:
+            sys.exit(f"report: invalid: {option} {error}")
     try:
-        path = write_report(args.base, args.rev or None, args.out)
-    except dvc_cli.RevisionError as error:
+        path = write_report(args.base, args.rev, args.out)
+    except dvc_cli.RevisionError as error:  # a branch moved since the check above
         sys.exit(f"report: invalid: {error}")
     except OutDirError as error:
         sys.exit(f"report: refused: {error}")

@@ -201,13 +201,14 @@ def test_make_report_shows_every_source_of_both_sides_and_runs_no_branch_name(re
     expanded = run(["make", "-s", "report", f"REV={MAKE_EXPANSION}"], cwd=repo, check=False)
     assert expanded.returncode == 2
     assert expanded.stderr.splitlines()[0] == (
-        f"report: invalid: {MAKE_EXPANSION!r} is not a commit of this repository (a branch, "
-        "tag or commit hash)")
-    for base in ("", "--all", "-h"):
-        refused = report_command(repo, f"--base={base}")
+        f"report: invalid: --rev {MAKE_EXPANSION!r} is not a commit of this repository (a "
+        "branch, tag or commit hash)")
+    for option, revision in (("--base", ""), ("--base", "--all"), ("--base", "-h"),
+                             ("--rev", ""), ("--rev", "--help")):
+        refused = report_command(repo, f"{option}={revision}")
         assert refused.returncode == 1 and "Traceback" not in refused.stderr
-        assert refused.stderr == f"report: invalid: {base!r} is not a commit of this " \
-                                 "repository (a branch, tag or commit hash)\n"
+        assert refused.stderr == f"report: invalid: {option} {revision!r} is not a commit of " \
+                                 "this repository (a branch, tag or commit hash)\n"
     assert not any((repo / marker).exists() for marker in MARKERS)
 
 
