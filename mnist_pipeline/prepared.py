@@ -92,10 +92,11 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_sources(path: str | Path = paths.PREPARED_SOURCES) -> dict[str, str]:
-    """{source: prepared test split} from preprocess's sources.json, the dataset first.
+    """{source: prepared test split} from preprocess's sources.json, the dataset (whose
+    split is "test") first.
 
     FileNotFoundError (pointing at `dvc repro preprocess`) when missing; ValueError naming
-    the file when it is not a non-empty mapping of names to split names."""
+    the file when it is not a mapping of names to split names with one "test" split."""
     path = Path(path)
     try:
         sources = fileio.read_json(path)
@@ -103,8 +104,8 @@ def read_sources(path: str | Path = paths.PREPARED_SOURCES) -> dict[str, str]:
         raise FileNotFoundError(f"{path}: missing; run `dvc repro preprocess` first") from None
     except ValueError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if (not isinstance(sources, dict) or not sources
+    if (not isinstance(sources, dict) or list(sources.values()).count("test") != 1
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in sources.items())):
-        raise ValueError(f"{path}: expected {{source: split}} names; run `dvc repro "
-                         "preprocess` again")
-    return sources
+        raise ValueError(f"{path}: expected {{source: split}} names with one \"test\" split; "
+                         "run `dvc repro preprocess` again")
+    return dict(sorted(sources.items(), key=lambda item: item[1] != "test"))

@@ -32,13 +32,17 @@ def main() -> None:
         return classifier.probabilities(pixels, params.evaluate.batch_size)
 
     # The saved model takes raw pixels, as `mnist-pipeline predict` feeds it.
-    results = {source: evaluation.score(labels, probabilities(to_pixels(images)))
-               for source, (images, labels) in test_sets.items()}
     started = time.perf_counter()
     main_images, main_labels = next(iter(test_sets.values()))
-    sturdiness = robustness.robustness_table(
-        probabilities, to_pixels(main_images[:robustness.DIGITS]),
-        main_labels[:robustness.DIGITS])
+    try:
+        results = {source: evaluation.score(labels, probabilities(to_pixels(images)))
+                   for source, (images, labels) in test_sets.items()}
+        started = time.perf_counter()
+        sturdiness = robustness.robustness_table(
+            probabilities, to_pixels(main_images[:robustness.DIGITS]),
+            main_labels[:robustness.DIGITS])
+    except inference.ModelError as error:  # NaN or infinite answers: nothing to score
+        sys.exit(f"evaluate: {error}")
     robustness_seconds = time.perf_counter() - started
 
     evaluation.remove_stale(set(results))

@@ -30,11 +30,11 @@ def main() -> None:
     export.save_onnx(model, paths.ONNX_MODEL_FILE)
 
     pixels = to_pixels(images)
-    parity = export.onnx_parity(inference.from_keras_model(model).probabilities(pixels),
-                                inference.load(paths.ONNX_MODEL_FILE).probabilities(pixels))
     try:
+        parity = export.onnx_parity(inference.from_keras_model(model).probabilities(pixels),
+                                    inference.load(paths.ONNX_MODEL_FILE).probabilities(pixels))
         export.check_parity(parity)
-    except export.ParityError as error:
+    except (export.ParityError, inference.ModelError) as error:
         paths.ONNX_MODEL_FILE.unlink()
         sys.exit(f"export: {paths.ONNX_MODEL_FILE}: {error}")
     write_json(paths.EXPORT_METRICS, parity)

@@ -22,7 +22,8 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from mnist_pipeline import calibration, distribute, fileio, paths, prepared, training
-from mnist_pipeline.model import build_network, export_logits, export_model, save_model, to_pixels
+from mnist_pipeline.model import build_network, export_logits, export_model, to_pixels
+from mnist_pipeline.model_file import save_model
 from mnist_pipeline.params import load_params
 
 CALIBRATION_BATCH_SIZE = 1024  # validation digits per call while fitting the temperature

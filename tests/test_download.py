@@ -321,7 +321,7 @@ def test_stage_main_writes_mnist_sample(in_tmp_dir, capsys):
         import download as stage  # stages/download.py
     finally:
         sys.path.remove(str(REPO_ROOT / "stages"))
-    write_params(in_tmp_dir, "  dataset: mnist-sample\n")
+    write_params(in_tmp_dir, "  dataset: mnist-sample\n  drawn: false\n")
 
     stage.main()
 
@@ -330,13 +330,13 @@ def test_stage_main_writes_mnist_sample(in_tmp_dir, capsys):
     assert set(manifest["files"]) == {IMAGES, LABELS}
     assert "data/raw/train-images-idx3-ubyte: 3,920,016 bytes" in capsys.readouterr().out
 
-    write_params(in_tmp_dir, "  dataset: mnist-sampel\n")
+    write_params(in_tmp_dir, "  dataset: mnist-sampel\n  drawn: false\n")
     with pytest.raises(SystemExit, match="data.dataset: 'mnist-sampel' is not allowed"):
         stage.main()
 
 
 def test_stage_process_never_imports_tensorflow(tmp_path):
-    write_params(tmp_path, "  dataset: mnist-sample\n")
+    write_params(tmp_path, "  dataset: mnist-sample\n  drawn: false\n")
 
     result = subprocess.run(
         [sys.executable, "-X", "importtime", str(REPO_ROOT / "stages" / "download.py")],

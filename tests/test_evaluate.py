@@ -35,14 +35,19 @@ def write_prepared(root: Path, digits, per_class: dict[str, int]) -> None:
         offset += count
         fileio.save_npy(root / paths.prepared_images(split), prepared[chosen])
         fileio.save_npy(root / paths.prepared_labels(split), labels[chosen].astype(np.uint8))
+    # Each test split is a source of its own (here both are sample digits).
+    sources = {"mnist": "test", "drawn": "test_drawn"}
+    fileio.write_json(root / paths.PREPARED_SOURCES,
+                      {name: split for name, split in sources.items() if split in per_class})
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, sample_digits):
-    """A repo-like folder after train and evaluate ran on 200/50/50 digits."""
+    """A repo-like folder after train and evaluate ran on 200/50/50 digits, and a second
+    test source of 30."""
     root = tmp_path_factory.mktemp("pipeline")
     (root / "params.yaml").write_text(TINY_PARAMS)
-    write_prepared(root, sample_digits, {"train": 20, "val": 5, "test": 5})
+    write_prepared(root, sample_digits, {"train": 20, "val": 5, "test": 5, "test_drawn": 3})
     stale = root / paths.TRAINING_PLOTS_DIR / "train" / "stale_metric.tsv"
     stale.parent.mkdir(parents=True)
     stale.write_text("step\tstale_metric\n0\t1\n")
@@ -64,9 +69,9 @@ def test_train_writes_model_and_dvclive_logs(workspace):
     loss = pd.read_csv(plots / "train" / "loss.tsv", sep="\t")
     assert list(loss.columns) == ["step", "loss"] and list(loss.step) == [0, 1]
     summary = json.loads((workspace / paths.TRAINING_METRICS).read_text())
-    assert set(summary) == {"train", "eval", "step", "temperature"}
+    # What people compare, so that `dvc metrics show` stays short: no step, no losses.
+    assert set(summary) == {"eval", "temperature"} and set(summary["eval"]) == {"accuracy"}
     assert 0.05 <= summary["temperature"] <= 20  # fitted on the validation split
-    assert set(summary["eval"]) == {"loss", "accuracy"}
     # dvclive must not write its own dvc.yaml, report or params files
     assert not (workspace / "dvc.yaml").exists()
     assert sorted(p.name for p in (workspace / paths.TRAINING_LOG_DIR).iterdir()) == [
@@ -74,27 +79,31 @@ def test_train_writes_model_and_dvclive_logs(workspace):
 
 
 def test_evaluate_writes_metrics_and_predictions(workspace):
-    scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())
-    assert set(scores) == {"accuracy", "loss", "macro_f1", "errors", "ece"}  # headline only
-    assert 0 <= scores["ece"] <= 1
-    per_class = pd.read_csv(workspace / paths.PER_CLASS_FILE)
-    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support",
-                                       "errors", "false_positives"]
-    assert list(per_class.digit) == list(range(10)) and per_class.support.sum() == 50
-    assert scores["macro_f1"] == pytest.approx(per_class.f1.mean(), abs=1e-6)
-    predictions = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
-    assert list(predictions.columns) == ["index", "actual", "predicted", "confidence"]
-    assert list(predictions["index"]) == list(range(50))
-    assert scores["errors"] == int((predictions.actual != predictions.predicted).sum())
-    assert predictions.confidence.between(0.1, 1).all()
+    all_scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())
+    assert set(all_scores) == {"mnist", "drawn"}  # one block per test source
+    for source, digits in (("mnist", 50), ("drawn", 30)):
+        scores = all_scores[source]
+        assert set(scores) == {"accuracy", "errors", "ece"}  # headline only
+        assert 0 <= scores["ece"] <= 1
+        per_class = pd.read_csv(workspace / paths.per_class_file(source))
+        assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support",
+                                           "errors", "false_positives"]
+        assert list(per_class.digit) == list(range(10)) and per_class.support.sum() == digits
+        assert per_class.errors.sum() == scores["errors"]
+        predictions = pd.read_csv(workspace / paths.predictions_file(source))
+        assert list(predictions.columns) == ["index", "actual", "predicted", "confidence"]
+        assert list(predictions["index"]) == list(range(digits))
+        assert scores["errors"] == int((predictions.actual != predictions.predicted).sum())
+        assert scores["accuracy"] == pytest.approx(1 - scores["errors"] / digits, abs=1e-6)
+        assert predictions.confidence.between(0.1, 1).all()
 
 
 def test_evaluate_writes_the_reliability_diagram_and_the_robustness_curve(workspace):
     from mnist_pipeline.robustness import DISTORTIONS, LEVELS
 
-    scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())
-    predictions = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
-    reliability = pd.read_csv(workspace / paths.CALIBRATION_FILE)
+    scores = json.loads((workspace / paths.EVALUATE_METRICS).read_text())["mnist"]
+    predictions = pd.read_csv(workspace / paths.predictions_file("mnist"))
+    reliability = pd.read_csv(workspace / paths.calibration_file("mnist"))
     assert list(reliability.columns) == ["bin", "confidence", "accuracy", "count"]
     assert reliability["count"].sum() == 50 and reliability["bin"].is_monotonic_increasing
     # the ECE from the CSV: count-weighted gap between accuracy and confidence
@@ -117,7 +126,7 @@ def test_saved_model_gives_the_predictions_csv_from_raw_pixels(workspace):
     pixels = np.rint(images * 255).astype(np.uint8).astype(np.float32)
     np.testing.assert_array_equal(pixels, to_pixels(images))
     predicted = model.probabilities(pixels, batch_size=7).argmax(axis=1)
-    csv = pd.read_csv(workspace / paths.PREDICTIONS_FILE)
+    csv = pd.read_csv(workspace / paths.predictions_file("mnist"))
     np.testing.assert_array_equal(predicted, csv.predicted)
 
 
@@ -153,8 +162,8 @@ def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, sampl
         STAGES[stage].main()
     assert exit_.value.code != 0
     assert "\n" not in str(exit_.value.code)
-    outputs = ((paths.EVALUATE_METRICS, paths.PER_CLASS_FILE, paths.PREDICTIONS_FILE,
-                paths.CALIBRATION_FILE, paths.ROBUSTNESS_FILE)
+    outputs = ((paths.EVALUATE_METRICS, paths.PER_CLASS_DIR, paths.PREDICTIONS_DIR,
+                paths.CALIBRATION_DIR, paths.ROBUSTNESS_FILE)
                if stage == "evaluate"
                else (paths.MODEL_FILE, paths.TRAINING_METRICS))
     assert not any(output.exists() for output in outputs)
@@ -166,9 +175,31 @@ def test_evaluate_refuses_a_file_that_is_not_a_keras_model(tmp_path, monkeypatch
     paths.MODEL_FILE.write_text("a text file, not a model")
     with pytest.raises(SystemExit, match="^evaluate: models/model.keras: not a loadable Keras"):
         evaluate_stage.main()
-    assert not paths.EVALUATE_METRICS.exists() and not paths.PREDICTIONS_FILE.exists()
+    assert not paths.EVALUATE_METRICS.exists() and not paths.PREDICTIONS_DIR.exists()
     paths.MODEL_FILE.unlink()
     with pytest.raises(SystemExit, match="^evaluate: models/model.keras: model file not found"):
+        evaluate_stage.main()
+
+
+def test_evaluate_removes_the_charts_of_a_source_no_longer_scored(tmp_path, monkeypatch,
+                                                                  sample_digits, workspace):
+    _bad_workspace(tmp_path, monkeypatch, sample_digits, model_from=workspace)
+    for folder in (paths.PER_CLASS_DIR, paths.PREDICTIONS_DIR, paths.CALIBRATION_DIR):
+        folder.mkdir(parents=True)
+        (folder / "drawn.csv").write_text("a chart of an earlier run\n")
+    evaluate_stage.main()
+    assert set(json.loads(paths.EVALUATE_METRICS.read_text())) == {"mnist"}
+    for folder in (paths.PER_CLASS_DIR, paths.PREDICTIONS_DIR, paths.CALIBRATION_DIR):
+        assert sorted(path.name for path in folder.iterdir()) == ["mnist.csv"]
+
+
+def test_evaluate_refuses_a_sources_file_without_the_datasets_test_split(tmp_path,
+                                                                         monkeypatch,
+                                                                         sample_digits):
+    _bad_workspace(tmp_path, monkeypatch, sample_digits)
+    fileio.write_json(paths.PREPARED_SOURCES, {"drawn": "test_drawn"})
+    with pytest.raises(SystemExit, match=r'^evaluate: data/prepared/sources.json: expected '
+                                         r'\{source: split\} names with one "test" split'):
         evaluate_stage.main()
 
 

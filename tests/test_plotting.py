@@ -22,6 +22,8 @@ from stages import plot as plot_stage
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE_SCRIPT = PROJECT / "stages" / "plot.py"
+# The galleries show the dataset's test digits, the first source of data/prepared/sources.json.
+PREDICTIONS_FILE = paths.predictions_file("mnist")
 DPI = 60  # small, to keep the test fast; sizes are checked against it
 EXPECTED_PNGS = {"misclassified", "sample_predictions"}
 
@@ -48,8 +50,9 @@ def write_inputs(root: Path, digits, count: int = 300, error_rate: float = 0.06,
     fileio.save_npy(root / paths.prepared_images("test"), images)
     fileio.save_npy(root / paths.prepared_labels("test"), labels)
     predictions = fake_predictions(labels, error_rate)
-    (root / paths.PREDICTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(root / paths.PREDICTIONS_FILE, index=False)
+    fileio.write_json(root / paths.PREPARED_SOURCES, {"mnist": "test", "drawn": "test_drawn"})
+    (root / PREDICTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(root / PREDICTIONS_FILE, index=False)
     plot = {"gallery_size": 25, "sample_grid_size": 25, "figure_dpi": DPI, **plot_params}
     (root / paths.PARAMS_FILE).write_text(yaml.safe_dump({"seed": 7, "plot": plot}))
     return predictions
@@ -119,7 +122,7 @@ def test_stage_refuses_predictions_of_other_test_data(tmp_path, monkeypatch, sam
     monkeypatch.chdir(tmp_path)
     predictions = write_inputs(tmp_path, sample_digits, count=50)
     predictions.assign(actual=(predictions["actual"] + 1) % 10).to_csv(
-        paths.PREDICTIONS_FILE, index=False)
+        PREDICTIONS_FILE, index=False)
     with pytest.raises(SystemExit, match="^plot: .*stale"):
         plot_stage.main()
 
@@ -137,9 +140,12 @@ def _figure_dpi_10(_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("target", "damage", "message"), [
-    (paths.PREDICTIONS_FILE, _remove, "plots/predictions.csv: missing; run `dvc repro evaluate`"),
+    (PREDICTIONS_FILE, _remove, "plots/predictions/mnist.csv: missing; run `dvc repro "
+                                "evaluate`"),
     (paths.prepared_images("test"), _truncate, "test_images.npy: not a valid .npy array"),
-    (paths.PREDICTIONS_FILE, _truncate, "plots/predictions.csv"),
+    (PREDICTIONS_FILE, _truncate, "plots/predictions/mnist.csv"),
+    (paths.PREPARED_SOURCES, _remove, "data/prepared/sources.json: missing; run `dvc repro "
+                                      "preprocess` first"),
     (paths.PARAMS_FILE, _figure_dpi_10, "plot.figure_dpi"),
 ])
 def test_bad_inputs_or_params_give_one_line_and_write_nothing(tmp_path, monkeypatch, target,
