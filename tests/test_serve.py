@@ -340,6 +340,81 @@ def test_docs_work_offline(client: TestClient) -> None:
     assert {"400", "413", "415", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
 
 
+def test_one_policy_on_every_html_answer_and_nothing_framable(client: TestClient) -> None:
+    """The page by either of its paths, and the API docs: the same Content-Security-Policy,
+    frame-ancestors 'none' and X-Frame-Options; the docs' inline script allowed by its hash
+    only, so that no other inline script may run."""
+    import base64
+    import hashlib
+
+    policies = set()
+    for path in ("/", "/static/index.html", "/docs", "/redoc"):
+        answer = client.get(path)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(
+            "text/html"), path
+        policies.add(answer.headers["content-security-policy"])
+        assert answer.headers["x-frame-options"] == "DENY", path
+    policy, = policies
+    assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+    script_src = next(part for part in policy.split(";") if "script-src" in part)
+    assert "unsafe-inline" not in script_src and "unsafe-eval" not in script_src
+    inline = client.get("/docs").text.split("<script>")[1].split("</script>")[0]
+    digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in script_src
+    assert "content-security-policy" not in client.get("/health").headers
+
+
+def test_a_model_that_answers_nan_or_infinity_is_a_500_with_a_reason() -> None:
+    def broken(pixels):
+        probabilities = np.full((len(pixels), 10), 0.1, np.float32)
+        probabilities[pixels.reshape(len(pixels), -1).max(axis=1) > 250] = np.inf
+        probabilities[pixels.reshape(len(pixels), -1).max(axis=1) < 150] = np.nan
+        return probabilities
+
+    with TestClient(serve.create_app(stand_in(broken))) as test_client:
+        bright, dim, fine = stroke(), stroke() * 100 / 255, stroke() * 200 / 255
+        for pixels in (bright, dim, [fine, dim]):
+            response = post_json(test_client, {"pixels": np.asarray(pixels).tolist()})
+            assert response.status_code == 500, response.text
+            assert response.json() == {"detail": "the model answered NaN or infinite "
+                                                 "probabilities (a broken model file?)"}
+        assert post_json(test_client, {"pixels": fine.tolist()}).status_code == 200
+
+
+def test_requests_beyond_the_limit_in_progress_are_told_the_server_is_busy() -> None:
+    """Requests in progress are bounded (idle connections are not requests)."""
+    from starlette.responses import PlainTextResponse
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await PlainTextResponse("done")(scope, receive, send)
+
+    app = guard.GuardRequests(slow_app, max_requests=2)
+    scope = {"type": "http", "method": "GET", "path": "/health", "headers": []}
+
+    async def three_at_once() -> list[dict]:
+        async def one() -> dict:
+            answer: dict = {}
+
+            async def send(message):
+                if message["type"] == "http.response.start":
+                    answer["status"] = message["status"]
+
+            await app(scope, lambda: asyncio.sleep(3600), send)
+            return answer
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*tasks)
+
+    statuses = sorted(answer["status"] for answer in asyncio.run(three_at_once()))
+    assert statuses == [200, 200, 503]
+    assert app.in_progress == 0
+
+
 # --- batching -----------------------------------------------------------------------------------
 
 

@@ -320,6 +320,16 @@ def test_api_docs_render_offline(browser: DevTools, server: str) -> None:
     assert_offline_and_clean(browser, server)
 
 
+def test_redoc_renders_offline_under_the_pages_policy(browser: DevTools, server: str) -> None:
+    """ReDoc draws its styles and search worker at run time: the one policy of every HTML
+    answer (Content-Security-Policy) must let it, and nothing else."""
+    browser.events.clear()
+    browser.call("Page.navigate", url=f"{server}/redoc")
+    wait_until(lambda: browser.evaluate(
+        "document.querySelectorAll('[data-section-id]').length"), "ReDoc to list the API")
+    assert_offline_and_clean(browser, server)
+
+
 def test_the_real_server_refuses_bodies_over_the_limit_and_goes_on(server: str) -> None:
     """Through uvicorn, declared (Content-Length) or streamed (chunked), then /health."""
     import httpx2
