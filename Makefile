@@ -61,17 +61,17 @@ baseline:
 	git add $(BASELINE_FILES)
 	git commit -m "Baseline: pipeline results of $$(git rev-parse --short HEAD)" -- $(BASELINE_FILES)
 
-# The experiments table with what people compare first: test accuracy and errors, then the
-# params that differ. DVC puts every metric column before the params, file by file, so the
-# drop takes every column that is not a param (a name under one of params.yaml's sections),
-# metrics added later included, and the metrics named under `train.` too (dvclive's
-# train.loss and train.accuracy, metrics/data.json's train.size);
-# --keep holds the experiment and the two, even when equal. In a terminal DVC pages the table
-# (scroll sideways); piped, it folds what does not fit. Both tested at COLUMNS=120
-# (tests/test_report.py).
+# The experiments table with what people compare first: each test source's accuracy and
+# errors (metrics/evaluate.json's `<source>.accuracy`, `<source>.errors`), then the params
+# that differ. DVC puts every metric column before the params, file by file, so the drop
+# takes every column that is not a param (a name under one of params.yaml's sections),
+# metrics added later included, and the metrics named under `train.` too (metrics/data.json's
+# train.size); --keep holds the experiment and the per-source scores, even when equal. In a
+# terminal DVC pages the table (scroll sideways); piped, it folds what does not fit. Both
+# tested at COLUMNS=120 (tests/test_report.py).
 PARAM_SECTIONS = $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\):.*/\1/p' params.yaml | paste -sd'|' -)
-EXPS_KEEP := ^(Experiment|accuracy|errors)$$
-EXPS_DROP = (?!($(PARAM_SECTIONS))(\.|$$))|train\.(loss|accuracy|size)$$
+EXPS_KEEP := ^(Experiment|(?!eval\.)[a-z-]+\.(accuracy|errors))$$
+EXPS_DROP = (?!($(PARAM_SECTIONS))(\.|$$))|train\.size$$
 exps:
 	dvc exp show --only-changed --keep '$(EXPS_KEEP)' --drop '$(EXPS_DROP)'
 

@@ -26,7 +26,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 GUARD_SECONDS = 120  # no subprocess here may run longer: a hang fails the test, not CI
 
 TINY_PARAMS = {
-    "data": {"dataset": "mnist-sample"},
+    "data": {"dataset": "mnist-sample", "drawn": False},  # no pen file: offline
     "model": {"conv_filters": [8], "dense_units": 16, "batch_norm": True},
     "train": {"epochs": 1, "batch_size": 64, "lr_schedule": "constant", "warmup_epochs": 0,
               "early_stopping_patience": 0, "distribute": "multi_worker",

@@ -240,7 +240,7 @@ def with_recipe(path: Path) -> Params:
 def test_the_fashion_recipe_is_valid_overrides_of_params_yaml():
     """recipes/fashion-mnist.yaml (`make fashion`): the clothes keep a recipe of their own."""
     params = with_recipe(FASHION_RECIPE)
-    assert params.data.dataset == "fashion-mnist"
+    assert params.data.dataset == "fashion-mnist" and not params.data.drawn
     assert params.model != Params().model or params.train != Params().train
 
 
@@ -248,6 +248,7 @@ def test_the_sample_recipe_is_valid_overrides_of_params_yaml():
     """recipes/sample.yaml, `make sample`'s one home: dotted keys of params.yaml, valid."""
     params = with_recipe(SAMPLE_RECIPE)
     assert params.data.dataset == "mnist-sample"
+    assert not params.data.drawn  # offline: the pen file is downloaded, not bundled
     assert params.train.early_stopping_patience == 0  # its val split is too small to stop on
 
 
