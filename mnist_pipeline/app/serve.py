@@ -218,7 +218,9 @@ def create_app(model: str | Path | inference.Classifier, *,
             (415, "neither JSON, multipart, PNG nor JPEG"),
             (422, "pixels of the wrong shape or type, NaN, out of 0..255, an empty batch "
                   f"or over {MAX_BATCH_IMAGES} images"),
-            (503, f"{max_bodies} uploads in progress all along the body's deadline"),
+            (500, "the model failed, or answered NaN or infinite probabilities"),
+            (503, f"{MAX_REQUESTS} requests in progress, or {max_bodies} uploads in progress "
+                  "all along the body's deadline"),
         )},
     )
     async def predict_digits(request: Request) -> dict[str, Any]:
