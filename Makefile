@@ -70,7 +70,7 @@ baseline:
 # terminal DVC pages the table (scroll sideways); piped, it folds what does not fit. Both
 # tested at COLUMNS=120 (tests/test_report.py).
 PARAM_SECTIONS = $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\):.*/\1/p' params.yaml | paste -sd'|' -)
-EXPS_KEEP := ^(Experiment|(?!eval\.)[a-z-]+\.(accuracy|errors))$$
+EXPS_KEEP := ^(Experiment|(?!(train|eval)\.)[A-Za-z0-9_-]+\.(accuracy|errors))$$
 EXPS_DROP = (?!($(PARAM_SECTIONS))(\.|$$))|train\.size$$
 exps:
 	dvc exp show --only-changed --keep '$(EXPS_KEEP)' --drop '$(EXPS_DROP)'

@@ -31,6 +31,7 @@ import sys
 from dataclasses import dataclass, field
 
 from mnist_pipeline import dvc_cli, paths
+from mnist_pipeline.prepared import test_split
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,8 @@ def compare(diff: dict, base: str, thresholds: Thresholds = THRESHOLDS,
 
     No failures when it passes. Missing or invalid test metrics on either side fail before any
     comparison; every source of the base is compared, a source only in ``target`` is a note.
-    Errors are compared only when both test splits have the same size (else accuracy says it
-    all).
+    A source's errors are compared only when its test split has the same size on both sides
+    (metrics/data.json; else accuracy says it all).
     """
     old, new = by_source(diff, "old"), by_source(diff, "new")
     verdict = Verdict()
@@ -174,10 +175,10 @@ def compare(diff: dict, base: str, thresholds: Thresholds = THRESHOLDS,
     if verdict.failures:
         return verdict
 
-    sizes = diff.get(DATA_FILE, {}).get("test.size", {})
-    same_size = sizes.get("old") == sizes.get("new")
     for source, before in old.items():
         after = new[source]
+        sizes = diff.get(DATA_FILE, {}).get(f"{test_split(source)}.size", {})
+        same_size = sizes.get("old") == sizes.get("new")
         drop = before["accuracy"] - after["accuracy"]
         if drop > thresholds.accuracy_drop + TOLERANCE:
             verdict.failures.append(

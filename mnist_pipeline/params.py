@@ -75,6 +75,9 @@ class DataParams:
     # UCI's pen-drawn digits of 44 writers as a second source (train, validation and a test
     # split of their own); only beside a digits dataset.
     drawn: bool = True
+    # Folders of labelled pictures under data/extra/ (labels.csv: file,label[,writer,time];
+    # mnist_pipeline/labelled.py), e.g. the corrections `serve --collect` saves.
+    extra: tuple[str, ...] = ()
     mirrors: tuple[str, ...] = ()
     timeout_seconds: float = 30.0
     retries: int = 3
@@ -86,6 +89,12 @@ class DataParams:
             _require(bool(mirror.strip()), "data.mirrors", mirror, "non-empty URL or directory")
         _require(not (self.drawn and self.dataset == "fashion-mnist"), "data.drawn", self.drawn,
                  "false with fashion-mnist (the pen data are digits, not clothes)")
+        for folder in self.extra:
+            _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", folder) is not None
+                     and folder not in (".", ".."), "data.extra", folder,
+                     "names of folders under data/extra/ (no slashes)")
+        _require(len(set(self.extra)) == len(self.extra), "data.extra", list(self.extra),
+                 "each folder once")
 
 
 @dataclass(frozen=True)
@@ -118,9 +127,12 @@ class PreprocessParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     drawn: DrawnParams = field(default_factory=DrawnParams)
+    extra_test_fraction: float = 0.2
 
     def check(self) -> None:
         self.drawn.check()
+        _require(0 <= self.extra_test_fraction < 1, "preprocess.extra_test_fraction",
+                 self.extra_test_fraction, "[0, 1)")
         _require(0 < self.val_fraction < 1, "preprocess.val_fraction", self.val_fraction,
                  "a fraction in (0, 1)")
         _require(0 < self.test_fraction < 1, "preprocess.test_fraction", self.test_fraction,

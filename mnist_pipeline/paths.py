@@ -21,6 +21,9 @@ RAW_FILES = {
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
 
+# Folders of labelled pictures (data.extra names them): a dependency of preprocess.
+EXTRA_DIR = Path("data/extra")
+
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 # {source: split} of the test splits, one per data source ({"mnist": "test", "drawn":

@@ -32,6 +32,17 @@ PIXEL_MAX = 255  # raw pixels are whole numbers 0..PIXEL_MAX (uint8), light digi
 # some of the 256 values), so prepared arrays and raw input give identical tensors.
 PIXEL_SCALE = 1 / PIXEL_MAX
 
+# The test sources besides the dataset (named after itself): the pen-drawn digits and the
+# labelled pictures of data.extra. Each is scored on a test split of its own.
+DRAWN_SOURCE = "drawn"
+EXTRA_SOURCE = "extra"
+
+
+def test_split(source: str | None) -> str:
+    """The prepared split holding ``source``'s test digits: "test" for the dataset (None or
+    its name), "test_<source>" for :data:`DRAWN_SOURCE` and :data:`EXTRA_SOURCE`."""
+    return f"test_{source}" if source in (DRAWN_SOURCE, EXTRA_SOURCE) else "test"
+
 
 def check_normalized_images(images: np.ndarray, name: str) -> None:
     """Raise ValueError (naming ``name``) unless ``images`` are finite float32 (N, 28, 28) in

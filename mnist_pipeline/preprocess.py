@@ -17,10 +17,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import drawn, fileio, idx, paths, pendigits
+from mnist_pipeline import drawn, fileio, idx, labelled, paths, pendigits
 from mnist_pipeline.params import PreprocessParams
 from mnist_pipeline.pendigits import PenDigit
-from mnist_pipeline.prepared import NUM_CLASSES, PIXEL_SCALE
+from mnist_pipeline.prepared import (
+    DRAWN_SOURCE,
+    EXTRA_SOURCE,
+    NUM_CLASSES,
+    PIXEL_SCALE,
+    test_split,
+)
 
 # Independent random streams for the two splits carved from one seed.
 _TEST_STREAM = 1
@@ -29,8 +35,8 @@ _VAL_STREAM = 2
 Split = tuple[np.ndarray, np.ndarray]  # (images, labels)
 
 
-# The name of the pen-drawn digits' test source (metrics/evaluate.json, plots/*/<source>.csv).
-DRAWN_SOURCE = "drawn"
+# Independent random stream for the labelled pictures' writer split.
+_EXTRA_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -126,27 +132,45 @@ def split_dataset(
     }
 
 
-def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int) -> dict[str, Split]:
-    """The stage's whole computation: split, add the drawn digits, normalize each split.
+def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int,
+                   extra: labelled.LabelledPictures | None = None) -> dict[str, Split]:
+    """The stage's whole computation: split, add the other sources, normalize each split.
 
-    Returns {"train", "val", "test"[, "test_drawn"]} of (float32 images in [0, 1], uint8
-    labels): train and val hold both sources (the model learns and is calibrated on both),
-    and each source keeps a test split of its own (:func:`test_splits`). Splitting before
-    normalizing copies uint8 arrays, a quarter of the bytes of float32 ones.
+    The other sources are the drawn digits (``raw.drawn``) and the labelled pictures of
+    ``data.extra`` (``extra``), each split by writer. Returns {"train", "val", "test"[,
+    "test_drawn"][, "test_extra"]} of (float32 images in [0, 1], uint8 labels): train and val
+    hold every source (the model learns and is calibrated on all), and each source keeps a
+    test split of its own (:func:`test_splits`). Splitting before normalizing copies uint8
+    arrays, a quarter of the bytes of float32 ones.
     """
     splits = split_dataset(raw.train, raw.test, params, seed)
+    others = {}
     if raw.drawn is not None:
-        pen = drawn.drawn_splits(*raw.drawn, params.drawn, seed)
+        others[DRAWN_SOURCE] = drawn.drawn_splits(*raw.drawn, params.drawn, seed)
+    if extra is not None and len(extra.labels):
+        parts = labelled.split_by_writer(extra.writers, params.extra_test_fraction,
+                                         params.val_fraction, (seed, _EXTRA_STREAM))
+        others[EXTRA_SOURCE] = {name: (extra.images[index], extra.labels[index])
+                                for name, index in parts.items()}
+    for source, parts in others.items():
         for name in ("train", "val"):
-            splits[name] = concatenate(splits[name], pen[name])
-        splits[test_split(DRAWN_SOURCE)] = pen["test"]
+            splits[name] = concatenate(splits[name], parts[name])
+        if len(parts["test"][1]):
+            splits[test_split(source)] = parts["test"]
     return {name: (normalize(images), labels) for name, (images, labels) in splits.items()}
 
 
-def test_split(source: str | None) -> str:
-    """The prepared split holding ``source``'s test digits: "test" for the main dataset
-    (None), "test_<source>" for another source."""
-    return "test" if source is None else f"test_{source}"
+def read_extra(folders: Sequence[str], root: str | Path = paths.EXTRA_DIR
+               ) -> labelled.LabelledPictures | None:
+    """The labelled pictures of ``folders`` (names under ``root``), one after the other;
+    None for no folder. LabelledFolderError names the folder, the row and the problem."""
+    if not folders:
+        return None
+    read = [labelled.read_folder(Path(root) / folder) for folder in folders]
+    return labelled.LabelledPictures(
+        np.concatenate([part.images for part in read]),
+        np.concatenate([part.labels for part in read]),
+        tuple(writer for part in read for writer in part.writers))
 
 
 def test_splits(dataset: str, splits: Mapping[str, Split]) -> dict[str, str]:
@@ -154,8 +178,9 @@ def test_splits(dataset: str, splits: Mapping[str, Split]) -> dict[str, str]:
     its own name, the drawn digits under :data:`DRAWN_SOURCE`. Written to
     data/prepared/sources.json, which evaluate reads."""
     sources = {dataset: test_split(None)}
-    if test_split(DRAWN_SOURCE) in splits:
-        sources[DRAWN_SOURCE] = test_split(DRAWN_SOURCE)
+    for source in (DRAWN_SOURCE, EXTRA_SOURCE):
+        if test_split(source) in splits:
+            sources[source] = test_split(source)
     return sources
 
 

@@ -45,10 +45,9 @@ SUMMARY_FILE = "summary.md"
 MANIFEST_FILE = ".report-files"  # the names the last report wrote, one a line
 WORKSPACE = dvc_cli.WORKSPACE
 # Per-source plot files, one chart per file: plots/per_class/<source>.csv (digit,errors,...)
-# and plots/predictions/<source>.csv (the confusion matrix). Defined here from
-# paths.PLOTS_DIR until paths.py names them.
-PER_CLASS_DIR = paths.PLOTS_DIR / "per_class"
-PREDICTIONS_DIR = paths.PLOTS_DIR / "predictions"
+# and plots/predictions/<source>.csv (the confusion matrix).
+PER_CLASS_DIR = paths.PER_CLASS_DIR
+PREDICTIONS_DIR = paths.PREDICTIONS_DIR
 
 
 @dataclass(frozen=True)

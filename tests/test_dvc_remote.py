@@ -121,7 +121,7 @@ def test_a_queued_grid_runs_two_jobs_and_reads_back(trained_repo):
                     results[seed] = metrics
     assert set(results) == {1, 2}, rows
     for metrics in results.values():
-        assert 0 <= metrics["eval"]["accuracy"] <= 1 and 0 < metrics["temperature"]
+        assert 0 <= metrics["eval"]["accuracy"] <= 1 and metrics["temperature"] > 0
     assert results[1] != results[2]  # each seed really trained its own model
 
 

@@ -104,17 +104,23 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(stage_name):
 
 
 def _params_sections_read(script: Path) -> set[str]:
-    """Top-level params keys a stage script reads, as `params.<key>` attribute accesses."""
+    """Params keys a stage script reads, as `params.<section>` attribute accesses, or
+    `params.<section>.<key>` where the script reads a single key of a section it does not
+    read whole (preprocess reads `data.extra` only)."""
     sections = {f.name for f in dataclasses.fields(Params)}
     tree = ast.parse(script.read_text())
-    return {
-        node.attr
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "params"
-        and node.attr in sections
-    }
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    read = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "params" and node.attr in sections):
+            parent = parents.get(node)
+            if isinstance(parent, ast.Attribute) and parent.value is node and not isinstance(
+                    parent.ctx, ast.Store) and node.attr == "data" and script.stem != "download":
+                read.add(f"{node.attr}.{parent.attr}")
+            else:
+                read.add(node.attr)
+    return read
 
 
 @pytest.mark.parametrize("stage_name", [name for name in STAGES if name != "check_params"])
@@ -195,8 +201,12 @@ def test_small_outputs_keep_the_run_cache():
 
 
 def test_each_stage_reads_what_the_previous_one_writes():
+    """Every data dep is an earlier stage's output, but the folders of labelled pictures that
+    people add with `dvc add` (paths.EXTRA_DIR)."""
     outs = {path for stage in STAGES.values() for path in _outs(stage)}
     for name, stage in STAGES.items():
         for dep in _deps(stage):
-            if not dep.endswith(".py"):
+            if not dep.endswith(".py") and dep != str(paths.EXTRA_DIR):
                 assert dep in outs, f"{name}: data dep {dep} is no stage's output"
+    assert str(paths.EXTRA_DIR) in _deps(STAGES["preprocess"])
+    assert (ROOT / paths.EXTRA_DIR / "README.md").is_file()  # DVC needs the folder to exist

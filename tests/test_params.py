@@ -144,6 +144,11 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("data.timeout_seconds", 0, r"^data.timeout_seconds: 0.0 is out of range"),
         ("data.mirrors", ["  "], r"^data.mirrors: '  ' is out of range"),
         ("data.drawn", "yes", r"^data.drawn: expected true or false"),
+        ("data.extra", ["../secrets"], r"^data.extra: '../secrets' is out of range; allowed: "
+                                       r"names of folders under data/extra/"),
+        ("data.extra", ["a/b"], r"^data.extra: 'a/b' is out of range"),
+        ("data.extra", ["a", "a"], r"^data.extra: \['a', 'a'\] is out of range; allowed: each"),
+        ("preprocess.extra_test_fraction", 1, r"^preprocess.extra_test_fraction: 1.0 is out"),
         ("preprocess.drawn.copies", 0, r"^preprocess.drawn.copies: 0 is out of range"),
         ("preprocess.drawn.val_writers", 30, r"^preprocess.drawn.val_writers: 30 is out of"),
         ("preprocess.drawn.max_height", 300, r"^preprocess.drawn.min_height..max_height: "),

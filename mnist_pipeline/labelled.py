@@ -1,0 +1,122 @@
+"""Folders of labelled pictures: the format, and reading one into MNIST-style digits.
+
+A folder holds pictures of single digits and ``labels.csv`` with the columns ``file,label``
+and optionally ``writer`` (who drew it: the page keeps a random id per browser) and ``time``.
+``mnist-pipeline serve --collect DIR`` writes such a folder from the corrections people make
+on the page; a scanner or a hand-made set can too. The pipeline reads the folders named in
+``data.extra`` (under ``data/extra/``, the preprocess stage's dependency): every picture goes
+through ``pictures.picture_to_digit``, as any picture sent to the model does.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnist_pipeline.app.pictures import PictureError, picture_to_digit
+from mnist_pipeline.prepared import NUM_CLASSES
+
+LABELS_FILE = "labels.csv"
+COLUMNS = ("file", "label", "writer", "time")
+REQUIRED_COLUMNS = ("file", "label")
+# A file named in labels.csv: a plain name in the folder, nothing above or below it.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class LabelledFolderError(ValueError):
+    """A folder of labelled pictures that cannot be used: the folder, the row, the problem."""
+
+
+@dataclass(frozen=True)
+class LabelledPictures:
+    """One folder read: uint8 digits (N, 28, 28), uint8 labels (N,), a writer per picture
+    (the folder's name and the row's writer, or the row's file where none is given)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    writers: tuple[str, ...]
+
+
+def read_folder(folder: str | Path) -> LabelledPictures:
+    """Every row of ``folder``/labels.csv as an MNIST-style digit; LabelledFolderError names
+    the folder, the row (its line in labels.csv) and the problem for the first bad row: a
+    missing or unreadable labels.csv, a missing column, a file that is not a plain name in
+    the folder or is missing, a file named twice, a label that is not 0-9, a picture that
+    cannot be read or holds no digit."""
+    folder = Path(folder)
+    rows = read_labels(folder)
+    images, labels, writers = [], [], []
+    for line, row in rows:
+        where = f"{folder / LABELS_FILE}: line {line} ({row['file']})"
+        try:
+            digit = picture_to_digit(folder / row["file"], invert="auto")
+        except (PictureError, OSError) as error:
+            raise LabelledFolderError(f"{where}: {error}") from None
+        images.append(np.round(digit).astype(np.uint8))
+        labels.append(int(row["label"]))
+        writers.append(f"{folder.name}/{row.get('writer') or row['file']}")
+    if not images:
+        return LabelledPictures(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), ())
+    return LabelledPictures(np.stack(images), np.array(labels, np.uint8), tuple(writers))
+
+
+def read_labels(folder: Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of ``folder``/labels.csv with their line numbers, checked (see read_folder)."""
+    path = folder / LABELS_FILE
+    if not folder.is_dir():
+        raise LabelledFolderError(f"{folder}: not a folder (data.extra names folders under "
+                                  "data/extra/)")
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            missing = [name for name in REQUIRED_COLUMNS if name not in (reader.fieldnames or ())]
+            if missing:
+                raise LabelledFolderError(f"{path}: line 1: no {', '.join(missing)} column "
+                                          f"(expected {','.join(COLUMNS)})")
+            rows = [(reader.line_num, row) for row in reader]
+    except FileNotFoundError:
+        raise LabelledFolderError(f"{path}: missing (a folder of labelled pictures holds "
+                                  f"{LABELS_FILE} with columns {','.join(COLUMNS)})") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise LabelledFolderError(f"{path}: not a readable CSV ({error})") from None
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        name, label = (row.get("file") or "").strip(), (row.get("label") or "").strip()
+        where = f"{path}: line {line}"
+        if not _PLAIN_NAME.fullmatch(name):
+            raise LabelledFolderError(f"{where}: file {name[:40]!r} is not a plain file name "
+                                      "in the folder")
+        if name in seen:
+            raise LabelledFolderError(f"{where}: {name} is named again (first on line "
+                                      f"{seen[name]})")
+        seen[name] = line
+        if not (label.isdigit() and int(label) < NUM_CLASSES):
+            raise LabelledFolderError(f"{where} ({name}): label {label[:20]!r} is not a digit "
+                                      f"0-{NUM_CLASSES - 1}")
+        if not (folder / name).is_file():
+            raise LabelledFolderError(f"{where} ({name}): no such file in {folder}")
+        row["file"], row["label"] = name, label
+    return rows
+
+
+def split_by_writer(writers: Sequence[str], test_fraction: float, val_fraction: float,
+                    seed: int | Sequence[int]) -> dict[str, np.ndarray]:
+    """Indices of ``writers``' pictures for {"train", "val", "test"}: whole writers, drawn by
+    ``seed``, about ``test_fraction`` and ``val_fraction`` of the writers each (at least one
+    writer in test when there are three or more, so that the source is scored)."""
+    distinct = sorted(set(writers))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    test_count = round(test_fraction * len(distinct))
+    val_count = round(val_fraction * len(distinct))
+    if len(distinct) >= 3:
+        test_count = max(test_count, 1)
+    groups = {"test": order[:test_count], "val": order[test_count:test_count + val_count],
+              "train": order[test_count + val_count:]}
+    index_of = {writer: number for number, writer in enumerate(distinct)}
+    numbers = np.array([index_of[writer] for writer in writers], dtype=np.int64)
+    return {split: np.flatnonzero(np.isin(numbers, members)) for split, members in groups.items()}
