@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mnist_pipeline import __version__, fileio, inference
-from mnist_pipeline.app import digit_image, limits, predict
+from mnist_pipeline.app import digit_image, limits, pictures, predict
 
 PROG = "mnist-pipeline"
 CSV_HEADER = ("input", "index", "label", "confidence", "uncertain")
@@ -26,7 +26,7 @@ EXIT_INPUT_ERRORS = 1
 EXIT_NO_MODEL = 2  # argparse also exits with 2 on a bad command line
 EXIT_OUTPUT_ERROR = 3
 
-_MAX_DIGITS, _MAX_PIXELS = predict.MAX_DIGITS_PER_INPUT, digit_image.MAX_PICTURE_PIXELS
+_MAX_DIGITS, _MAX_PIXELS = predict.MAX_DIGITS_PER_INPUT, pictures.MAX_PICTURE_PIXELS
 _BATCH, _MIB = limits.MAX_BATCH_IMAGES, 1 << 20
 _BODY_MIB, _DECODE_MIB = limits.MAX_REQUEST_BYTES / _MIB, limits.DECODE_BUDGET_BYTES / _MIB
 _REQUESTS, _CONNECTIONS, _BODIES = limits.MAX_REQUESTS, limits.MAX_CONNECTIONS, limits.MAX_BODIES

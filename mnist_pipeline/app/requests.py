@@ -1,7 +1,7 @@
 """The bodies ``serve`` reads -> float32 pixels 0..255 (N, 28, 28), or :class:`Refused`.
 
 - a PNG or JPEG picture (multipart field ``file``, or the raw body) goes through
-  :func:`digit_image.picture_to_digit`, the code path of ``mnist-pipeline predict``;
+  :func:`pictures.picture_to_digit`, the code path of ``mnist-pipeline predict``;
 - JSON ``{"pixels": ...}`` holds one 28x28 array or a batch N x 28 x 28, read as predict
   reads ``.npy`` arrays (:func:`arrays.as_pixel_batch`);
 - TensorFlow Serving's ``{"instances": ...}`` (:func:`instances_from_json`).
@@ -19,7 +19,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from mnist_pipeline.app import arrays, digit_image
+from mnist_pipeline.app import arrays, pictures
 from mnist_pipeline.app.digit_image import IMAGE_SIZE
 from mnist_pipeline.app.guard import Refused
 from mnist_pipeline.app.limits import MAX_BATCH_IMAGES
@@ -41,7 +41,7 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_digits(request: Request, budget: digit_image.DecodeBudget | None
+async def read_digits(request: Request, budget: pictures.DecodeBudget | None
                       ) -> tuple[np.ndarray, bool]:
     """The digits of a ``POST /predict`` body, and whether it was a batch (JSON N x 28 x 28).
 
@@ -64,10 +64,10 @@ async def read_digits(request: Request, budget: digit_image.DecodeBudget | None
     return (await run_in_threadpool(picture_digit, data, budget))[np.newaxis], False
 
 
-def picture_digit(data: bytes, budget: digit_image.DecodeBudget | None = None) -> np.ndarray:
+def picture_digit(data: bytes, budget: pictures.DecodeBudget | None = None) -> np.ndarray:
     """The bytes of a PNG/JPEG picture of one digit -> MNIST-style float32 (28, 28).
 
-    :func:`digit_image.picture_to_digit` does all the work, exactly as for ``mnist-pipeline
+    :func:`pictures.picture_to_digit` does all the work, exactly as for ``mnist-pipeline
     predict``, including its limits (PNG or JPEG only; the pixel count is checked from the
     header, before decoding), its decoding cost reserved from ``budget``. Raises
     :class:`Refused`: 413 for a picture too large, else 400.
@@ -75,8 +75,8 @@ def picture_digit(data: bytes, budget: digit_image.DecodeBudget | None = None) -
     if not data:
         raise Refused("unreadable", "empty upload: expected a PNG or JPEG picture")
     try:
-        return digit_image.picture_to_digit(data, budget=budget)
-    except digit_image.PictureError as error:
+        return pictures.picture_to_digit(data, budget=budget)
+    except pictures.PictureError as error:
         reason = str(error)
         too_large = "too large" in reason or "decompression bomb" in reason
         raise Refused("too_large" if too_large else "unreadable", reason) from None

@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnist_pipeline import __version__, inference, uncertainty
-from mnist_pipeline.app import digit_image, tf_serving
+from mnist_pipeline.app import pictures, tf_serving
 from mnist_pipeline.app.batching import (
     MAX_MODEL_BATCH,
     PROBABILITY_DECIMALS,
@@ -160,7 +160,7 @@ def create_app(model: str | Path | inference.Classifier, *,
     every model file of the pipeline; it is loaded once here. ``max_model_batch`` and
     ``window_seconds`` tune :class:`ModelBatcher` (1 and 0: one request per model call);
     ``body_timeout`` and ``max_bodies``, :class:`GuardRequests`; ``decode_budget_bytes``,
-    the pixels that pictures decoded at once may hold (:class:`digit_image.DecodeBudget`).
+    the pixels that pictures decoded at once may hold (:class:`pictures.DecodeBudget`).
     """
     classifier = (model if isinstance(model, inference.Classifier)
                   else inference.load(model, MODEL_THREADS))
@@ -181,7 +181,7 @@ def create_app(model: str | Path | inference.Classifier, *,
         docs_url=None, redoc_url=None,  # made below, so that their inline script is known
     )
     app.state.batcher = batcher
-    app.state.decode_budget = budget = digit_image.DecodeBudget(decode_budget_bytes)
+    app.state.decode_budget = budget = pictures.DecodeBudget(decode_budget_bytes)
     docs = docs_pages(app)
     app.add_middleware(GuardRequests, max_bytes=MAX_REQUEST_BYTES, max_bodies=max_bodies,
                        body_timeout=body_timeout, max_requests=MAX_REQUESTS,
