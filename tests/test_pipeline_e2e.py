@@ -41,9 +41,9 @@ def pipeline_repo(tmp_path_factory) -> Path:
 
 # What the `dvc exp show` of docs/experiments-and-review.md leaves out: the time, dependency
 # hashes (names with a slash), the losses, the training-set accuracy, dvclive's step, the ONNX
-# parity check and the fitted temperature.
+# parity check, the fitted temperature and each source's ECE.
 README_EXP_SHOW_DROP = (r"Created|.*/|(eval\.|train\.)?loss$|train\.accuracy$|step"
-                        r"|onnx_.*|temperature")
+                        r"|onnx_.*|temperature|.*\.ece$")
 
 
 def readme_commands(section: str) -> list[str]:
