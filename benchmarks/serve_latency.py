@@ -50,12 +50,12 @@ def model_file(requested: Path | None, folder: Path) -> tuple[Path, str]:
         return requested, str(requested)
     if (common.ROOT / paths.MODEL_FILE).is_file():
         return common.ROOT / paths.MODEL_FILE, str(paths.MODEL_FILE)
-    from mnist_pipeline import model
+    from mnist_pipeline import model, model_file
 
     params = common.base_params([])
     target = folder / "model.keras"
-    model.save_model(model.export_model(model.build_network(params.model),
-                                        params.model.test_time_shifts), target)
+    model_file.save_model(model.export_model(model.build_network(params.model),
+                                             params.model.test_time_shifts), target)
     return target, "params.yaml's network, untrained"
 
 

@@ -27,8 +27,6 @@ import keras
 import numpy as np
 from keras import layers
 
-# re-exported for stages/train.py until it imports model_file
-from mnist_pipeline.model_file import save_model  # noqa: F401
 from mnist_pipeline.params import AugmentationParams, ModelParams
 from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_MAX, PIXEL_SCALE
 

@@ -10,7 +10,8 @@ import pytest
 
 from mnist_pipeline import calibration, inference, paths
 from mnist_pipeline.metrics import expected_calibration_error, reliability_table
-from mnist_pipeline.model import build_network, export_logits, export_model, save_model
+from mnist_pipeline.model import build_network, export_logits, export_model
+from mnist_pipeline.model_file import save_model
 from mnist_pipeline.params import ModelParams
 from stages import export as export_stage
 

@@ -178,7 +178,7 @@ def test_rows_and_csv() -> None:
     rows = predict.prediction_rows(inputs, probabilities)
     assert [row[:3] for row in rows] == [("a.npy", 0, 3), ("a.npy", 1, 7), ("b,c.png", 0, 1)]
     # blank images: not digits, so uncertain whatever the model says
-    assert cli.format_csv(rows).splitlines() == [
+    assert predict.format_csv(rows).splitlines() == [
         "input,index,label,confidence,uncertain", "a.npy,0,3,0.9100,true",
         "a.npy,1,7,0.9100,true", '"b,c.png",0,1,0.9100,true',
     ]

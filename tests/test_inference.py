@@ -297,3 +297,20 @@ def test_a_keras_model_that_answers_nan_is_an_error(tmp_path):
         inference.load(tmp_path / "nan.keras").probabilities(np.zeros((2, 28, 28)))
     with pytest.raises(inference.ModelOutputError, match=r"^the model answered NaN"):
         inference.from_keras_model(model).probabilities(np.zeros((1, 28, 28)))
+
+
+def test_predict_with_a_model_answering_nan_is_one_line_and_exit_2(tmp_path, capsys):
+    """`mnist-pipeline predict`: no CSV of NaN answers; the model is what is wrong."""
+    from mnist_pipeline.app import cli
+
+    model = onnx_model(tmp_path / "broken.onnx", float("nan"))
+    digits = tmp_path / "digits.npy"
+    strokes = np.zeros((2, 28, 28), np.float32)
+    strokes[:, 6:22, 12:16] = 255  # two "1"s: real digits, so the model is asked
+    np.save(digits, strokes)
+    output = tmp_path / "out.csv"
+    assert cli.main(["predict", "--model", str(model), "--output", str(output),
+                     str(digits)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "the model answered NaN or infinite probabilities" in error
+    assert not output.exists()

@@ -8,17 +8,14 @@ function, so that another command is one more parser and one more function.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_pipeline import __version__, fileio, inference
 from mnist_pipeline.app import digit_image, limits, pictures, predict
 
 PROG = "mnist-pipeline"
-CSV_HEADER = ("input", "index", "label", "confidence", "uncertain")
 
 # Exit statuses: documented in the help text below.
 EXIT_OK = 0
@@ -246,10 +243,14 @@ def run_predict(args: argparse.Namespace) -> int:
         classifier = load_classifier(model_path)
         if classifier is None:
             return EXIT_NO_MODEL
-        rows = predict.predict_rows(classifier, loaded)
+        try:
+            rows = predict.predict_rows(classifier, loaded)
+        except inference.ModelOutputError as error:  # NaN or infinity: no answer to write
+            report(str(error))
+            return EXIT_NO_MODEL
 
     try:
-        fileio.write_output(format_csv(rows), args.output)
+        fileio.write_output(predict.format_csv(rows), args.output)
     except OSError as error:
         report(str(error))
         return EXIT_OUTPUT_ERROR
@@ -277,17 +278,6 @@ def run_serve(args: argparse.Namespace) -> int:
     server.run(classifier, args.host, args.port, header_timeout=args.header_timeout,
                idle_timeout=args.idle_timeout, **timeout)
     return EXIT_OK
-
-
-def format_csv(rows: Iterable[tuple[str, int, int, float, bool]]) -> str:
-    """The CSV text: header ``input,index,label,confidence,uncertain``, confidence to 4
-    decimals, uncertain ``true``/``false``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    for name, index, label, confidence, uncertain in rows:
-        writer.writerow((name, index, label, f"{confidence:.4f}", str(uncertain).lower()))
-    return buffer.getvalue()
 
 
 def report(message: str) -> None:
