@@ -11,9 +11,11 @@ Validation and test digits are drawn once, upright, at a size people draw on the
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from mnist_pipeline.app.digit_image import normalize_digit
 from mnist_pipeline.params import DrawnParams
@@ -37,10 +39,14 @@ def to_digit_image(digit: PenDigit, placement: Placement) -> np.ndarray:
     return np.round(normalize_digit(pad.astype(np.float32))).astype(np.uint8)
 
 
-def render_all(digits: Sequence[PenDigit], placements: Sequence[Placement]) -> Split:
-    """``digits`` drawn with their ``placements`` (one each): (images, labels)."""
-    images = np.stack([to_digit_image(digit, placement)
-                       for digit, placement in zip(digits, placements, strict=True)])
+def render_all(digits: Sequence[PenDigit], placements: Sequence[Placement],
+               progress: str | None = None) -> Split:
+    """``digits`` drawn with their ``placements`` (one each): (images, labels); with a
+    ``progress`` label, a progress bar on stderr (thousands of digits take a while)."""
+    pairs = zip(digits, placements, strict=True)
+    bar = tqdm(pairs, total=len(digits), desc=progress, unit="digit", file=sys.stderr,
+               disable=progress is None, leave=False, mininterval=1.0)
+    images = np.stack([to_digit_image(digit, placement) for digit, placement in bar])
     labels = np.array([digit.label for digit in digits], dtype=np.uint8)
     return images, labels
 
@@ -88,9 +94,12 @@ def drawn_splits(train_digits: Sequence[PenDigit], test_digits: Sequence[PenDigi
     train_rng = np.random.default_rng((seed, _TRAIN_PLACEMENT_STREAM))
     eval_rng = np.random.default_rng((seed, _EVAL_PLACEMENT_STREAM))
     return {
-        "train": render_all(copies, training_placements(len(copies), params, train_rng)),
-        "val": render_all(val, evaluation_placements(len(val), eval_rng)),
-        "test": render_all(test_digits, evaluation_placements(len(test_digits), eval_rng)),
+        "train": render_all(copies, training_placements(len(copies), params, train_rng),
+                            progress="drawing the pen digits (train)"),
+        "val": render_all(val, evaluation_placements(len(val), eval_rng),
+                          progress="drawing the pen digits (val)"),
+        "test": render_all(test_digits, evaluation_placements(len(test_digits), eval_rng),
+                           progress="drawing the pen digits (test)"),
     }
 
 
