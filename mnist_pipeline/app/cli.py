@@ -61,6 +61,10 @@ Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
                 Content-Type image/png or image/jpeg), made MNIST-style as predict
                 does; or JSON {{"pixels": ...}}: one 28x28 array or N x 28 x 28
                 (N <= {_BATCH}) on the 0..255 scale, read as predict reads .npy arrays
+  POST /corrections  with --collect DIR: a picture (multipart "file") and the
+                digit it is ("label", 0-9; "writer": optional id), saved in DIR as a
+                folder of labelled pictures for the pipeline (data.extra); the page
+                then offers "Wrong? It is a ..." after each answer. 404 without it
   /health       status;  /docs, /redoc, /openapi.json  the API (all work offline)
 
 Limits: a request's headers must arrive within --header-timeout, their first byte
@@ -72,7 +76,8 @@ once (others wait); the pictures decoded at once hold {_DECODE_MIB:g} MiB of pix
 TensorFlow Serving's REST API is answered under /v1/models/mnist. See the README.
 
 Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded; 3: the
-server cannot start (the port is taken, say).
+server cannot start (the port is taken, say; a --collect DIR that is a file, cannot
+be written, or holds a labels.csv of other columns or a bad row).
 
 example:
   mnist-pipeline serve &
@@ -179,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a connection that sends nothing for this long after opening or after an "
         "answer is closed (default: %(default)g)",
     )
+    serve_parser.add_argument(
+        "--collect", type=Path, default=None, metavar="DIR",
+        help="save the corrections people make on the page (POST /corrections) in DIR: "
+        "labels.csv (file,label,writer,time) and the pictures, for data.extra (created if "
+        "missing; default: corrections are not taken)",
+    )
+    serve_parser.add_argument(
+        "--collect-max", type=positive_count, default=limits.MAX_CORRECTIONS, metavar="N",
+        help="take corrections while DIR holds fewer than N pictures, then answer 507 "
+        "(default: %(default)s)",
+    )
     serve_parser.set_defaults(run=run_serve)
     return parser
 
@@ -192,6 +208,13 @@ def positive_seconds(text: str) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
     return seconds
+
+
+def positive_count(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -268,15 +291,22 @@ def check_folder(output: Path) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model once and serve it until interrupted; returns the exit status."""
-    from mnist_pipeline.app import serve, server  # here: only this command needs FastAPI
+    from mnist_pipeline.app import corrections, serve, server  # only serve needs FastAPI
 
+    collect = None
+    if args.collect is not None:  # before the model: a mistyped folder fails at once
+        try:
+            collect = corrections.CorrectionFolder(args.collect, args.collect_max)
+        except corrections.CollectError as error:
+            report(str(error))
+            return EXIT_OUTPUT_ERROR
     classifier = load_classifier(args.model, serve.MODEL_THREADS)
     if classifier is None:
         return EXIT_NO_MODEL
 
     timeout = {} if args.body_timeout is None else {"body_timeout": args.body_timeout}
     server.run(classifier, args.host, args.port, header_timeout=args.header_timeout,
-               idle_timeout=args.idle_timeout, **timeout)
+               idle_timeout=args.idle_timeout, collect=collect, **timeout)
     return EXIT_OK
 
 

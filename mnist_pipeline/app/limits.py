@@ -36,6 +36,10 @@ DECODE_BUDGET_BYTES = 320 * 1024 * 1024
 # Digits per JSON request.
 MAX_BATCH_IMAGES = 256
 
+# Pictures a corrections folder (serve --collect DIR) may hold, by default (--collect-max):
+# what a disk and a retraining can take from a page open to anyone.
+MAX_CORRECTIONS = 10_000
+
 # HTTP status of each kind of refusal (the README lists them).
 STATUS_OF = {
     "unreadable": 400,  # not valid JSON or multipart; a truncated or corrupt picture; no digit
@@ -46,4 +50,6 @@ STATUS_OF = {
     "too_slow_headers": 408,  # the headers did not arrive within HEADER_TIMEOUT_SECONDS
     "busy": 503,  # MAX_REQUESTS in progress, or MAX_BODIES bodies for the whole body deadline
     "model_failed": 500,  # the model raised, or answered NaN or infinite probabilities
+    "not_collecting": 404,  # POST /corrections to a server started without --collect
+    "full": 507,  # the corrections folder holds --collect-max pictures, or the disk is full
 }

@@ -8,6 +8,8 @@
   ``Content-Type: image/png`` / ``image/jpeg``), made MNIST-style by the code path of
   ``mnist-pipeline predict``; or JSON ``{"pixels": ...}``, one 28x28 array or a batch
   N x 28 x 28 of pixels (:mod:`mnist_pipeline.app.requests` reads them all);
+- ``POST /corrections``: with ``collect``, a picture and the digit it is, saved in a folder of
+  labelled pictures for the pipeline (:mod:`mnist_pipeline.app.corrections`); else 404;
 - ``/v1/models/mnist...``: TensorFlow Serving's REST API (:mod:`mnist_pipeline.app.tf_serving`);
 - ``GET /health``, and FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``, whose scripts
   come from the ``fastapi-offline`` package rather than a CDN.
@@ -42,7 +44,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnist_pipeline import __version__, inference, uncertainty
-from mnist_pipeline.app import pictures, tf_serving
+from mnist_pipeline.app import corrections, pictures, tf_serving
 from mnist_pipeline.app.batching import (
     MAX_MODEL_BATCH,
     PROBABILITY_DECIMALS,
@@ -117,6 +119,8 @@ class HealthAnswer(BaseModel):
     version: str
     requests: int = Field(description="images predicted since start")
     model_calls: int = Field(description="model calls since start (batches)")
+    collect: bool = Field(description="whether POST /corrections saves corrections "
+                          "(serve --collect DIR): the page offers them then")
 
 
 def answer(probabilities: np.ndarray, uncertain: bool = False) -> dict[str, Any]:
@@ -152,7 +156,8 @@ PREDICT_OPENAPI = {
 def create_app(model: str | Path | inference.Classifier, *,
                max_model_batch: int = MAX_MODEL_BATCH, window_seconds: float = 0.0,
                body_timeout: float = BODY_TIMEOUT_SECONDS, max_bodies: int = MAX_BODIES,
-               decode_budget_bytes: int = DECODE_BUDGET_BYTES) -> FastAPI:
+               decode_budget_bytes: int = DECODE_BUDGET_BYTES,
+               collect: corrections.CorrectionFolder | str | Path | None = None) -> FastAPI:
     """The application around ``model``: a ``.onnx`` or ``.keras`` file, or a loaded
     :class:`mnist_pipeline.inference.Classifier`.
 
@@ -160,8 +165,11 @@ def create_app(model: str | Path | inference.Classifier, *,
     every model file of the pipeline; it is loaded once here. ``max_model_batch`` and
     ``window_seconds`` tune :class:`ModelBatcher` (1 and 0: one request per model call);
     ``body_timeout`` and ``max_bodies``, :class:`GuardRequests`; ``decode_budget_bytes``,
-    the pixels that pictures decoded at once may hold (:class:`pictures.DecodeBudget`).
+    the pixels that pictures decoded at once may hold (:class:`pictures.DecodeBudget`);
+    ``collect``, the folder (or :class:`corrections.CorrectionFolder`) that corrections go to.
     """
+    if collect is not None and not isinstance(collect, corrections.CorrectionFolder):
+        collect = corrections.CorrectionFolder(collect)
     classifier = (model if isinstance(model, inference.Classifier)
                   else inference.load(model, MODEL_THREADS))
     model_name = str(classifier.path) if classifier.path else classifier.kind
@@ -202,7 +210,7 @@ def create_app(model: str | Path | inference.Classifier, *,
         """Whether the server is up, which model it serves and how much it has done."""
         return {"status": "ok", "model": model_name,
                 "version": __version__, "requests": batcher.images,
-                "model_calls": batcher.model_calls}
+                "model_calls": batcher.model_calls, "collect": collect is not None}
 
     @app.post(
         "/predict",
@@ -242,6 +250,7 @@ def create_app(model: str | Path | inference.Classifier, *,
         return {"predictions": [answer(row, flag)
                                 for row, flag in zip(probabilities, flags, strict=True)]}
 
+    app.include_router(corrections.router(collect))
     app.include_router(tf_serving.router())
     return app
 

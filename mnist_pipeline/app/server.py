@@ -118,12 +118,14 @@ def protocol_class(header_timeout: float, max_connections: int = MAX_CONNECTIONS
 def run(model: str | Path | inference.Classifier, host: str, port: int,
         body_timeout: float = BODY_TIMEOUT_SECONDS,
         header_timeout: float = HEADER_TIMEOUT_SECONDS,
-        idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> None:
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS, collect=None) -> None:
     """Serve ``model`` with uvicorn on ``host:port`` until interrupted: at most
-    :data:`MAX_CONNECTIONS` connections, each with the deadlines above."""
+    :data:`MAX_CONNECTIONS` connections, each with the deadlines above; corrections go to
+    ``collect`` (:func:`serve.create_app`)."""
     return_freed_memory()
     allow_open_files(MAX_CONNECTIONS + SPARE_FILES)
-    uvicorn.run(create_app(model, body_timeout=body_timeout), host=host, port=port,
+    uvicorn.run(create_app(model, body_timeout=body_timeout, collect=collect), host=host,
+                port=port,
                 log_level="info", timeout_graceful_shutdown=5,
                 http=protocol_class(header_timeout), timeout_keep_alive=idle_timeout)
 

@@ -1,0 +1,270 @@
+"""``serve --collect DIR``: the corrections people make on the page, kept as a folder of
+labelled pictures (:mod:`mnist_pipeline.labelled`'s format) that the pipeline learns from.
+
+- :class:`CorrectionFolder` writes DIR: the pictures as they were received, under names the
+  server makes, and ``labels.csv`` (``file,label,writer,time``). Needs no FastAPI;
+- :func:`router`: ``POST /corrections`` over it (or a 404 that says how to collect).
+
+Every write is atomic: a picture is written to a temporary file in DIR, flushed to disk and
+renamed; then ``labels.csv`` is rewritten whole the same way, under one lock. A crash leaves
+the last complete folder (and maybe a temporary file, or a picture no row names yet, which
+the next start removes), never half a row or half a picture. Renaming, never writing into an
+existing file, also leaves a DVC cache alone when ``dvc add`` linked the folder's files to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+import threading
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from mnist_pipeline.app import pictures
+from mnist_pipeline.app.guard import LOG, Refused
+from mnist_pipeline.app.limits import MAX_CORRECTIONS, MAX_REQUEST_BYTES
+from mnist_pipeline.app.requests import MULTIPART_TYPE, media_type, picture_digit
+from mnist_pipeline.labelled import COLUMNS, LABELS_FILE, LabelledFolderError, read_labels
+from mnist_pipeline.prepared import NUM_CLASSES
+
+# A writer id: the page's random one per browser, or any short plain token a client picks.
+WRITER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The names the server gives pictures (uuid4 hex), and its temporary files: only these are
+# ever removed from DIR, and only when no row names them.
+PICTURE_NAME = re.compile(r"[0-9a-f]{32}\.(png|jpg)")
+TEMP_PREFIX, TEMP_SUFFIX = ".correction-", ".tmp"  # .*.tmp: ignored by git (.gitignore)
+SUFFIX_OF = {"PNG": ".png", "JPEG": ".jpg"}
+HEADER = ",".join(COLUMNS) + "\n"
+
+
+class CollectError(Exception):
+    """DIR cannot hold corrections (a file, not writable, a labels.csv of other columns)."""
+
+
+class FolderFull(Exception):
+    """DIR holds its most pictures already."""
+
+
+class InvalidCorrection(ValueError):
+    """A label or writer that is not what a correction holds (a 422)."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One correction as saved: its row of labels.csv, and the folder's pictures since."""
+
+    file: str
+    label: int
+    writer: str
+    time: str
+    count: int
+
+
+def parse_label(value: object) -> int:
+    """The label field -> 0..9, or :class:`InvalidCorrection`."""
+    text = value.strip() if isinstance(value, str) else ""
+    if len(text) != 1 or not text.isdigit() or int(text) >= NUM_CLASSES:
+        shown = repr(value[:20]) if isinstance(value, str) else "missing (or a file)"
+        raise InvalidCorrection(f"label {shown}: expected one digit 0-{NUM_CLASSES - 1}")
+    return int(text)
+
+
+def parse_writer(value: object) -> str:
+    """The optional writer field -> a short plain token ('' when absent), or
+    :class:`InvalidCorrection`."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not WRITER.fullmatch(value):
+        shown = repr(value[:20]) if isinstance(value, str) else "a file"
+        raise InvalidCorrection(f"writer {shown}: expected up to 64 letters, digits, '-' "
+                                "or '_'")
+    return value
+
+
+class CorrectionFolder:
+    """DIR, opened for corrections: created if missing; an existing one must be a folder
+    this server can write and whose labels.csv (if any) has the columns it writes and rows
+    :func:`labelled.read_labels` accepts. Left over from a crash, temporary files and
+    pictures that no row names are removed. Thread-safe; :class:`CollectError` otherwise.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], max_pictures: int = MAX_CORRECTIONS):
+        self.folder = Path(folder).absolute()
+        self.max_pictures = max_pictures
+        self._lock = threading.Lock()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise CollectError(f"--collect {folder}: not a folder")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._rows, self.count = self._open()
+        except OSError as error:
+            raise CollectError(f"--collect {folder}: cannot be written ({error})") from None
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.max_pictures
+
+    def _open(self) -> tuple[str, int]:
+        """labels.csv's text, checked, and its rows, after removing what a crash left."""
+        labels = self.folder / LABELS_FILE
+        for path in self.folder.iterdir():
+            if path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX):
+                path.unlink()
+        if not labels.exists():
+            self._write(labels, HEADER.encode())
+            return HEADER, 0
+        text = labels.read_bytes().decode("utf-8", errors="replace")
+        if text.split("\n", 1)[0].strip() != HEADER.strip():
+            raise CollectError(f"{labels}: not a folder of corrections (its first line must "
+                               f"be {HEADER.strip()})")
+        try:
+            rows = read_labels(self.folder)
+        except LabelledFolderError as error:
+            raise CollectError(str(error)) from None
+        named = {row["file"] for _, row in rows}
+        for path in self.folder.iterdir():
+            if PICTURE_NAME.fullmatch(path.name) and path.name not in named:
+                path.unlink()  # written before a crash, before its row was
+        if not os.access(self.folder, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+        return text if text.endswith("\n") else text + "\n", len(rows)
+
+    def save(self, picture: bytes, picture_format: str, label: int, writer: str) -> Saved:
+        """Add one picture (the bytes as received, already checked to hold a digit) and its
+        row; :class:`FolderFull` when the folder holds ``max_pictures``. On an OSError
+        (a full disk), nothing of this picture is left."""
+        name = uuid.uuid4().hex + SUFFIX_OF[picture_format]
+        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        row = f"{name},{label},{writer},{when}\n"  # every field a plain token: no quoting
+        with self._lock:
+            if self.full:
+                raise FolderFull(self.full_reason())
+            path = self.folder / name
+            self._write(path, picture)
+            try:
+                self._write(self.folder / LABELS_FILE, (self._rows + row).encode())
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            self._rows += row
+            self.count += 1
+            return Saved(name, label, writer, when, self.count)
+
+    def full_reason(self) -> str:
+        return (f"the corrections folder holds {self.count:,} pictures, the most this server "
+                f"takes (--collect-max {self.max_pictures:,}): track them (dvc add) and start "
+                "it on a new folder, or with a higher --collect-max")
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """``data`` into ``path`` atomically and durably: a temporary file in the folder,
+        flushed, renamed over ``path``, the folder's entry flushed too."""
+        temp = self.folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with io.FileIO(descriptor, "w") as stream:
+                view = memoryview(data)
+                while view:
+                    view = view[stream.write(view):]
+                os.fsync(descriptor)
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+# --- the route ---------------------------------------------------------------------------
+
+NOT_COLLECTING = ("this server does not collect corrections: start it with "
+                  "`mnist-pipeline serve --collect DIR`")
+
+
+class CorrectionAnswer(BaseModel):
+    """What was saved: the row added to labels.csv, and the pictures in the folder since."""
+
+    file: str = Field(description="the picture's name in the folder (made by the server)")
+    label: int = Field(description="the digit it is, 0-9")
+    writer: str = Field(description="who drew it, as sent ('' when not)")
+    time: str = Field(description="when it was saved, UTC, ISO 8601")
+    count: int = Field(description="pictures in the folder, this one included")
+
+
+CORRECTIONS_OPENAPI = {
+    "requestBody": {"required": True, "content": {MULTIPART_TYPE: {"schema": {
+        "type": "object", "required": ["file", "label"],
+        "properties": {
+            "file": {"type": "string", "format": "binary",
+                     "description": "the picture of one digit, PNG or JPEG, as /predict takes it"},
+            "label": {"type": "string", "pattern": "^[0-9]$", "description": "the digit it is"},
+            "writer": {"type": "string", "pattern": WRITER.pattern,
+                       "description": "who drew it: the page sends a random id it keeps"},
+        },
+    }}}},
+}
+
+
+def router(folder: CorrectionFolder | None) -> APIRouter:
+    """``POST /corrections`` into ``folder``; without one, a 404 that says how to collect."""
+    routes = APIRouter()
+    if folder is None:
+        @routes.post("/corrections", include_in_schema=False)
+        async def not_collecting() -> None:
+            raise Refused("not_collecting", NOT_COLLECTING)
+
+        return routes
+
+    @routes.post(
+        "/corrections", status_code=201, response_model=CorrectionAnswer,
+        openapi_extra=CORRECTIONS_OPENAPI,
+        responses={status: {"description": reason} for status, reason in (
+            (400, "unreadable multipart or picture, no file field, a blank picture"),
+            (413, f"body over {MAX_REQUEST_BYTES:,} bytes, or a picture of too many pixels"),
+            (415, "not multipart/form-data"),
+            (422, "a label that is not one digit 0-9, a writer that is not a short plain token"),
+            (507, f"the folder holds {folder.max_pictures:,} pictures (--collect-max), or "
+                  "the disk is full"),
+        )},
+    )
+    async def correct(request: Request) -> dict[str, Any]:
+        """Save a picture of a digit the model got wrong, and the digit it is, into the
+        folder of `serve --collect DIR` (labels.csv and the picture beside it)."""
+        if media_type(request) != MULTIPART_TYPE:
+            raise Refused("unsupported", "send multipart/form-data: file, label and writer")
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload, label, writer = form.get("file"), form.get("label"), form.get("writer")
+            if upload is None or isinstance(upload, str):
+                raise Refused("unreadable", 'multipart: expected a file field named "file"')
+            try:
+                label, writer = parse_label(label), parse_writer(writer)
+            except InvalidCorrection as error:
+                raise Refused("invalid", str(error)) from None
+            if folder.full:  # before decoding: a full folder costs nothing more
+                raise Refused("full", folder.full_reason())
+            data = await upload.read()
+        await run_in_threadpool(picture_digit, data, request.app.state.decode_budget)
+        kind = pictures.picture_format(data[:16])
+        try:
+            saved = await run_in_threadpool(folder.save, data, kind, label, writer)
+        except FolderFull as error:
+            raise Refused("full", str(error)) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            LOG.error("POST /corrections: %s", error)
+            raise Refused("full", f"the corrections folder cannot be written: {error}") from None
+        return asdict(saved)
+
+    return routes
