@@ -17,6 +17,7 @@ Set TEST_ARTIFACTS_DIR to keep a screenshot of the page there.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import os
@@ -55,14 +56,14 @@ def wait_until(condition, what: str, timeout: float = TIMEOUT_SECONDS):
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def server(small_model: SmallModel, tmp_path_factory) -> Iterator[str]:
-    """`mnist-pipeline serve --model <small model> --port <free>`; its base URL."""
+@contextlib.contextmanager
+def serving(model: Path, log_folder: Path, *options: str) -> Iterator[str]:
+    """`mnist-pipeline serve --model <model> --port <free> [options]`; its base URL."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
+    log = (log_folder / "server.log").open("w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(small_model.path),
-         "--port", str(port)],
+        [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
+         "--port", str(port), *options],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     url = f"http://127.0.0.1:{port}"
@@ -83,6 +84,13 @@ def server(small_model: SmallModel, tmp_path_factory) -> Iterator[str]:
     finally:
         stop(process, timeout=20)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(small_model: SmallModel, tmp_path_factory) -> Iterator[str]:
+    """`mnist-pipeline serve --model <small model> --port <free>`; its base URL."""
+    with serving(small_model.path, tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 class DevTools:
@@ -257,6 +265,8 @@ def test_draw_and_upload_digits_offline(browser: DevTools, server: str, small_mo
     assert seen_ink(browser) > 28 * 28 * 10  # the 28x28 picture is drawn
     assert browser.evaluate("document.querySelector('#bars li.best .digit').textContent") == "7"
     assert answers(browser) >= 2, "the page should answer while the stroke is drawn"
+    # This server does not collect corrections (no --collect): the page does not offer them.
+    assert browser.evaluate("document.getElementById('correction').hidden")
 
     browser.evaluate("document.getElementById('clear').click()")
     assert browser.evaluate("document.getElementById('label').textContent") == "–"
@@ -309,6 +319,80 @@ def test_a_bad_picture_shows_the_servers_reason(browser: DevTools, server: str,
     browser.events[:] = [event for event in browser.events
                          if event.get("method") != "Log.entryAdded"]
     assert_offline_and_clean(browser, server)
+
+
+def click(browser: DevTools, selector: str) -> None:
+    """A real left click (mouse pressed and released) at the middle of ``selector``."""
+    box = browser.evaluate(
+        f"(() => {{ const b = document.querySelector({json.dumps(selector)})"
+        ".getBoundingClientRect(); return {x: b.left + b.width / 2, y: b.top + b.height / 2};"
+        " })()")
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box["x"], y=box["y"])
+    for kind, buttons in (("mousePressed", 1), ("mouseReleased", 0)):
+        browser.call("Input.dispatchMouseEvent", type=kind, x=box["x"], y=box["y"],
+                     button="left", buttons=buttons, clickCount=1)
+
+
+def press_enter(browser: DevTools) -> None:
+    browser.call("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter",
+                 windowsVirtualKeyCode=13, text="\r")
+    browser.call("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter",
+                 windowsVirtualKeyCode=13)
+
+
+def wait_for_corrections(browser: DevTools, count: int) -> str:
+    wait_until(lambda: browser.evaluate(
+        f"document.body.dataset.corrections === '{count}' && "
+        "document.body.dataset.state === 'idle'"), f"correction {count} to be saved")
+    return browser.evaluate("document.getElementById('correction-status').textContent")
+
+
+def test_drawings_corrected_on_the_page_land_in_the_folder(
+        browser: DevTools, small_model: SmallModel, tmp_path_factory) -> None:
+    """`serve --collect DIR`: a mouse-drawn 7 corrected by a click, a finger-drawn 4 by the
+    keyboard; the pictures as the page sent them and their rows in DIR, one writer."""
+    from mnist_pipeline.labelled import LABELS_FILE, read_folder
+
+    folder = tmp_path_factory.mktemp("collect") / "corrections"
+    with serving(small_model.path, folder.parent, "--collect", str(folder)) as url:
+        open_page(browser, f"{url}/")
+        assert browser.evaluate("document.getElementById('correction').hidden")  # no answer
+        draw_with_mouse(browser, SEVEN)
+        wait_for_answer(browser, 0)
+        assert not browser.evaluate("document.getElementById('correction').hidden")
+        assert browser.evaluate(
+            "Array.from(document.querySelectorAll('#correction-digits button'),"
+            " b => [b.textContent, b.getAttribute('aria-label')])"
+        ) == [[str(digit), f"It is a {digit}"] for digit in range(10)]
+        click(browser, "#correction-digits button:nth-child(2)")
+        assert wait_for_corrections(browser, 1) == "Saved as a 1. Thank you!"
+        assert browser.evaluate("document.querySelector('#correction-digits button')"
+                                ".disabled"), "saved once: the digits wait for a new answer"
+
+        browser.evaluate("document.getElementById('clear').click()")
+        assert browser.evaluate("document.getElementById('correction').hidden")
+        count = answers(browser)
+        draw_with_finger(browser, FOUR)
+        wait_for_answer(browser, count)
+        browser.evaluate("document.querySelector('#correction-digits button:nth-child(10)')"
+                         ".focus()")
+        press_enter(browser)
+        assert wait_for_corrections(browser, 2) == "Saved as a 9. Thank you!"
+        writer = browser.evaluate("localStorage.getItem('mnist-writer')")
+        assert_offline_and_clean(browser, url)
+
+    lines = (folder / LABELS_FILE).read_text().splitlines()
+    assert lines[0] == "file,label,writer,time" and len(lines) == 3, lines
+    rows = [line.split(",") for line in lines[1:]]
+    assert [row[1] for row in rows] == ["1", "9"]
+    assert [row[2] for row in rows] == [writer, writer] and len(writer) >= 16
+    for name, *_ in rows:
+        with Image.open(folder / name) as picture:  # the canvas, as /predict gets it
+            assert (picture.format, picture.size) == ("PNG", (280, 280))
+    read = read_folder(folder)
+    assert read.labels.tolist() == [1, 9] and (read.images.reshape(2, -1).max(axis=1) > 200).all()
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [LABELS_FILE, *(row[0] for row in rows)])
 
 
 def test_api_docs_render_offline(browser: DevTools, server: str) -> None:

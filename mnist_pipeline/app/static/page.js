@@ -1,6 +1,8 @@
 // The drawing page of `mnist-pipeline serve`: plain JavaScript, nothing loaded from elsewhere.
 // Strokes are drawn white on black (as MNIST); while the user draws, the canvas is sent as a
 // PNG to POST /predict at most every THROTTLE_MS, one request at a time, and the answer shown.
+// When the server collects corrections (/health says `collect`), each answer is followed by
+// "Wrong? It is a ...": a digit chosen sends the picture and its label to POST /corrections.
 "use strict";
 
 const THROTTLE_MS = 150;
@@ -25,6 +27,11 @@ let inFlight = false;
 let lastSent = -Infinity;
 let timer = null;
 let uploads = 0; // picked files being predicted
+let collecting = false; // the server takes corrections (/health)
+let checking = 1; // /health being asked
+let shownSource = null; // what the answer shown is about: "pad", or the picked File
+let correcting = 0; // corrections being sent
+let corrections = 0; // corrections saved, for tests and the curious
 
 // --- bars ---------------------------------------------------------------------------------
 
@@ -123,7 +130,8 @@ function requestPrediction() {
 
 // body[data-state] is "busy" while anything is still to be sent or answered (tests wait on it).
 function settle() {
-  const busy = pending || inFlight || uploads > 0 || timer !== null;
+  const busy = pending || inFlight || uploads > 0 || timer !== null || checking > 0 ||
+    correcting > 0;
   document.body.dataset.state = busy ? "busy" : "idle";
 }
 
@@ -146,14 +154,14 @@ function send() {
   lastSent = performance.now();
   const sent = generation;
   pad.toBlob((blob) => {
-    predict(blob, "drawing.png", sent).finally(() => {
+    predict(blob, "drawing.png", sent, "pad").finally(() => {
       inFlight = false;
       pump();
     });
   }, "image/png");
 }
 
-async function predict(blob, name, sent) {
+async function predict(blob, name, sent, source) {
   const form = new FormData();
   form.append("file", blob, name);
   let response;
@@ -171,6 +179,7 @@ async function predict(blob, name, sent) {
     return;
   }
   show(body);
+  offerCorrection(source);
 }
 
 fileInput.addEventListener("change", () => {
@@ -179,11 +188,12 @@ fileInput.addEventListener("change", () => {
   generation++;
   pending = false;
   clearPad();
+  hideCorrection(); // until the picture's own answer
   statusLine.textContent = `Picture: ${file.name}`;
   statusLine.className = "";
   uploads++;
   settle();
-  predict(file, file.name, generation).finally(() => {
+  predict(file, file.name, generation, file).finally(() => {
     uploads--;
     settle();
   });
@@ -231,6 +241,7 @@ function showNothing(message) {
     item.classList.remove("best");
   }
   drawSeen(null);
+  hideCorrection();
   statusLine.textContent = message;
   statusLine.className = "";
 }
@@ -241,7 +252,106 @@ function showError(message) {
   document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1);
 }
 
+// --- corrections (serve --collect) -----------------------------------------------------
+
+const correction = document.getElementById("correction");
+const correctionStatus = document.getElementById("correction-status");
+const digitButtons = [];
+for (let digit = 0; digit < 10; digit++) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = String(digit);
+  button.setAttribute("aria-label", `It is a ${digit}`);
+  button.addEventListener("click", () => correct(digit));
+  document.getElementById("correction-digits").appendChild(button);
+  digitButtons.push(button);
+}
+
+// A random id per browser, so that the pipeline can hold out whole writers for its test.
+function writerId() {
+  const plain = /^[A-Za-z0-9_-]{1,64}$/;
+  let id = null;
+  try {
+    id = localStorage.getItem("mnist-writer");
+  } catch (error) {
+    // storage disabled: an id for this visit only
+  }
+  if (id && plain.test(id)) return id;
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  id = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  try {
+    localStorage.setItem("mnist-writer", id);
+  } catch (error) {
+    // as above
+  }
+  return id;
+}
+const writer = writerId();
+
+function enableDigits(enabled) {
+  for (const button of digitButtons) button.disabled = !enabled;
+}
+
+function offerCorrection(source) {
+  shownSource = source;
+  correction.hidden = !collecting;
+  correctionStatus.textContent = "";
+  correctionStatus.className = "";
+  enableDigits(true);
+}
+
+function hideCorrection() {
+  shownSource = null;
+  correction.hidden = true;
+}
+
+async function correct(digit) {
+  const source = shownSource;
+  if (!source || correcting > 0) return;
+  correcting++;
+  enableDigits(false);
+  settle();
+  let response;
+  let body;
+  try {
+    const blob = source === "pad"
+      ? await new Promise((resolve) => pad.toBlob(resolve, "image/png")) : source;
+    const form = new FormData();
+    form.append("file", blob, source === "pad" ? "drawing.png" : source.name);
+    form.append("label", String(digit));
+    form.append("writer", writer);
+    response = await fetch("/corrections", { method: "POST", body: form });
+    body = await response.json();
+  } catch (error) {
+    body = { detail: `the server did not answer (${error.message})` };
+  } finally {
+    correcting--;
+    settle();
+  }
+  if (response && response.ok) {
+    corrections++;
+    document.body.dataset.corrections = String(corrections);
+    correctionStatus.textContent = `Saved as a ${digit}. Thank you!`;
+    correctionStatus.className = "";
+    return; // the digits come back with the next answer
+  }
+  correctionStatus.textContent = `Not saved: ${body.detail || `error ${response.status}`}`;
+  correctionStatus.className = "error";
+  enableDigits(true);
+}
+
+fetch("/health")
+  .then((response) => response.json())
+  .then((health) => { collecting = health.collect === true; })
+  .catch(() => { collecting = false; })
+  .finally(() => {
+    checking--;
+    if (shownSource) correction.hidden = !collecting;
+    settle();
+  });
+
 clearPad();
 showNothing("Draw with the mouse, a finger or a pen.");
 document.body.dataset.answers = "0";
+document.body.dataset.corrections = "0";
 settle();
