@@ -381,3 +381,21 @@ def test_collect_max_must_be_a_whole_number(value, capsys):
     assert exit_status.value.code == 2
     assert "--collect-max" in capsys.readouterr().err
     assert cli.build_parser().parse_args(["serve"]).collect_max == limits.MAX_CORRECTIONS
+
+
+# --- the benchmark -------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a server process, the small model (TensorFlow's import)
+def test_the_corrections_benchmark_runs_in_smoke_mode(small_model, tmp_path, monkeypatch):
+    """benchmarks/corrections.py on a few pictures: a stale import or call fails here, not
+    on the day someone measures. Nothing is measured."""
+    import importlib
+    import json
+
+    monkeypatch.setenv("BENCHMARK_RESULTS_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    importlib.import_module("corrections").main(["--smoke", "--model",
+                                                 str(small_model.onnx_path)])
+    results = json.loads((tmp_path / "corrections.json").read_text())
+    assert results["posts"]["count"] == 5 and results["read_folder"]["pictures"] == 20
