@@ -35,16 +35,17 @@ from mnist_pipeline import plots_page
 TEMPLATE = PROJECT / "dvc_plots_template.html"
 NODE_MODULES = PROJECT / "node_modules"
 DVC_YAML = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
-# 6 top-level definitions (Loss, Accuracy, normalized confusion, reliability diagram,
-# robustness, false positives) and one chart per file of the stages' plot data: 3 class
-# counts, 4 dvclive TSVs, per_class.csv, predictions.csv (confusion counts), calibration.csv
-# (digits per confidence bin), robustness.csv (mean accuracy).
-VEGA_PLOTS = 6 + 3 + 4 + 1 + 1 + 1 + 1
+# 3 top-level definitions (Loss, Accuracy, robustness) and one chart per file of the stages'
+# plot data: 3 class counts, 4 dvclive TSVs, per test source (the dataset and the pen-drawn
+# digits here) errors per digit, confusion counts and the reliability diagram, and
+# robustness.csv (mean accuracy).
+SOURCES = ("mnist", "drawn")
+VEGA_PLOTS = 3 + 3 + 4 + 3 * len(SOURCES) + 1
 
 
 def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
-    """dvclive-style TSVs, class counts, per-class scores, predictions.csv and one PNG, as the
-    pipeline leaves them."""
+    """dvclive-style TSVs, class counts, per source per-class scores, predictions and the
+    reliability bins, and one PNG, as the pipeline leaves them."""
     steps = np.arange(epochs)
     for folder, offset in (("train", 0.0), ("eval", 0.05)):
         for metric, values in (("loss", 1.5 * np.exp(-steps / 2) + offset + shift),
@@ -54,20 +55,24 @@ def write_plot_data(repo: Path, epochs: int, shift: float) -> None:
             pd.DataFrame({"timestamp": 1_700_000_000_000 + steps, "step": steps,
                           metric: values.round(5)}).to_csv(target, sep="\t", index=False)
     rng = np.random.default_rng(0)
-    actual = rng.integers(0, 10, 200)
-    predicted = np.where(rng.random(200) < 0.1, rng.integers(0, 10, 200), actual)
-    pd.DataFrame({"index": range(200), "actual": actual, "predicted": predicted,
-                  "confidence": rng.uniform(0.5, 1, 200).round(4)}).to_csv(
-        repo / "plots/predictions.csv", index=False)
-    recall = np.clip(0.97 - shift + rng.normal(0, 0.01, 10), 0, 1).round(4)
-    errors = np.rint(20 * (1 - recall)).astype(int)
-    pd.DataFrame({"digit": range(10), "precision": recall[::-1], "recall": recall,
-                  "f1": recall, "support": 20, "errors": errors,
-                  "false_positives": errors[::-1]}).to_csv(repo / "plots/per_class.csv",
-                                                           index=False)
-    pd.DataFrame({"bin": [0.8, 0.933333, 1.0], "confidence": [0.75, 0.91, 0.99 - shift / 10],
-                  "accuracy": [0.5, 0.9, 1.0], "count": [4, 20, 176]}).to_csv(
-        repo / "plots/calibration.csv", index=False)
+    for source in SOURCES:
+        for folder in ("predictions", "per_class", "calibration"):
+            (repo / "plots" / folder).mkdir(parents=True, exist_ok=True)
+        actual = rng.integers(0, 10, 200)
+        predicted = np.where(rng.random(200) < 0.1, rng.integers(0, 10, 200), actual)
+        pd.DataFrame({"index": range(200), "actual": actual, "predicted": predicted,
+                      "confidence": rng.uniform(0.5, 1, 200).round(4)}).to_csv(
+            repo / f"plots/predictions/{source}.csv", index=False)
+        recall = np.clip(0.97 - shift + rng.normal(0, 0.01, 10), 0, 1).round(4)
+        errors = np.rint(20 * (1 - recall)).astype(int)
+        pd.DataFrame({"digit": range(10), "precision": recall[::-1], "recall": recall,
+                      "f1": recall, "support": 20, "errors": errors,
+                      "false_positives": errors[::-1]}).to_csv(
+            repo / f"plots/per_class/{source}.csv", index=False)
+        pd.DataFrame({"bin": [0.8, 0.933333, 1.0],
+                      "confidence": [0.75, 0.91, 0.99 - shift / 10],
+                      "accuracy": [0.5, 0.9, 1.0], "count": [4, 20, 176]}).to_csv(
+            repo / f"plots/calibration/{source}.csv", index=False)
     levels = np.arange(5)
     pd.DataFrame({"level": levels, **{name: (0.99 - shift - 0.05 * levels * (i + 1)).round(4)
                                       for i, name in enumerate(
@@ -237,9 +242,10 @@ def test_plots_diff_shows_both_revisions(repo, tmp_path):
     assert {point["rev"] for point in points} == {"HEAD~1", "HEAD"}
     # 4 epochs then 6, each with train and eval curves.
     assert len(points) == 2 * (4 + 6)
-    # Per-class recall of both revisions side by side: ten bars each.
-    recall = data["data"]["plots/per_class.csv"][0]["content"]["data"]["values"]
-    assert sorted(point["rev"] for point in recall) == ["HEAD"] * 10 + ["HEAD~1"] * 10
+    # Errors per digit of both revisions side by side, one chart per source: ten bars each.
+    for source in SOURCES:
+        errors = data["data"][f"plots/per_class/{source}.csv"][0]["content"]["data"]["values"]
+        assert sorted(point["rev"] for point in errors) == ["HEAD"] * 10 + ["HEAD~1"] * 10
 
     out = tmp_path / "diff_page"
     dvc("plots", "diff", "HEAD~1", "HEAD", "--out", str(out), cwd=repo)
