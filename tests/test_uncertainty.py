@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mnist_pipeline import uncertainty
-from mnist_pipeline.app import cli, predict, serve
+from mnist_pipeline.app import predict, serve
 
 CONFIDENT = np.eye(10)[[3]] * 0.98 + 0.002  # a sure "3"
 
@@ -78,7 +78,7 @@ def test_predict_rows_and_csv_say_uncertain(sample_digits):
     inputs = [predict.LoadedInput("digit.npy", digit), predict.LoadedInput("noise.npy", noise)]
     rows = predict.prediction_rows(inputs, sure(2))
     assert [row[4] for row in rows] == [False, True]
-    assert cli.format_csv(rows).splitlines()[1:] == ["digit.npy,0,3,0.9820,false",
+    assert predict.format_csv(rows).splitlines()[1:] == ["digit.npy,0,3,0.9820,false",
                                                      "noise.npy,0,3,0.9820,true"]
 
 
