@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,9 @@ def verify(content: bytes, origin: str, pen_file: PenFile) -> None:
 def fetch(pen_file: PenFile, mirrors: tuple[str, ...], reader: PenReader) -> tuple[bytes, str]:
     """(content, origin) from the first source with a verified copy, or DownloadError."""
     failures = []
-    attempts = [(mirror, lambda m=mirror: reader.from_mirror(m, pen_file)) for mirror in mirrors]
-    attempts.append((reader.zip_location, lambda: reader.from_zip(pen_file)))
-    for _location, attempt in attempts:
+    attempts = [partial(reader.from_mirror, mirror, pen_file) for mirror in mirrors]
+    attempts.append(partial(reader.from_zip, pen_file))
+    for attempt in attempts:
         try:
             content, origin = attempt()
             verify(content, origin, pen_file)
