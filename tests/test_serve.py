@@ -26,9 +26,9 @@ from mnist_pipeline import inference
 from mnist_pipeline.app import (
     batching,
     cli,
-    digit_image,
     guard,
     limits,
+    pictures,
     predict,
     requests,
     serve,
@@ -157,7 +157,7 @@ def test_an_upload_goes_through_predicts_picture_path(client: TestClient, small_
     path.write_bytes(data)
     as_predict_sees_it = predict.load_input(path)[0]
     assert np.array_equal(answer["digit"], np.rint(as_predict_sees_it))
-    assert np.array_equal(as_predict_sees_it, digit_image.picture_to_digit(data))
+    assert np.array_equal(as_predict_sees_it, pictures.picture_to_digit(data))
     expected = np.asarray(small_model.model(as_predict_sees_it[np.newaxis]))[0]
     assert answer["label"] == int(expected.argmax())
     assert np.allclose(answer["probabilities"], expected, atol=1e-5)

@@ -35,7 +35,7 @@ from headless_chromium import offline_command, stop
 from PIL import Image
 from sample_data import SmallModel, paper_scan
 
-from mnist_pipeline.app import digit_image
+from mnist_pipeline.app import pictures
 
 pytestmark = pytest.mark.slow  # a server process (TensorFlow's import) and a browser: ~20 s
 TIMEOUT_SECONDS = 30
@@ -278,7 +278,7 @@ def test_draw_and_upload_digits_offline(browser: DevTools, server: str, small_mo
     # A scan of a held-out digit, dark on paper, that the model gets right from the picture.
     for digit, label in zip(small_model.digits, small_model.labels, strict=True):
         scan = paper_scan(digit, size=200, paper=230.0, ink=0.8)  # a phone photo, cropped
-        seen = digit_image.picture_to_digit(Image.fromarray(scan.astype(np.uint8)))
+        seen = pictures.picture_to_digit(Image.fromarray(scan.astype(np.uint8)))
         if label not in (4, 7) and int(np.asarray(small_model.model(seen[None])).argmax()) == label:
             break
     else:

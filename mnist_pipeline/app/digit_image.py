@@ -54,19 +54,6 @@ class PictureError(ValueError):
     raises it for everything it cannot read."""
 
 
-# Moved to mnist_pipeline.app.pictures; served from there, lazily, so that importing this
-# module never loads the decoding code.
-_IN_PICTURES = frozenset({"DecodeBudget", "MAX_PICTURE_PIXELS", "picture_to_digit"})
-
-
-def __getattr__(name: str) -> object:
-    if name in _IN_PICTURES:  # re-exported for app.serve until it imports app.pictures
-        from mnist_pipeline.app import pictures
-
-        return getattr(pictures, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def border_pixels(gray: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:
     """The pixels of the outer ring of ``gray`` (H, W), ``fraction`` of the shorter side wide."""
     width = max(1, round(fraction * min(gray.shape)))

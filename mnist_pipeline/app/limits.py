@@ -30,7 +30,7 @@ MAX_BODIES = 16
 #   the connection is closed: a stalled or a slow sender is cut off;
 BODY_TIMEOUT_SECONDS = 30.0
 # - pictures being decoded hold this many bytes of pixels at most, all together
-#   (digit_image.DecodeBudget): a 40-megapixel RGBA PNG costs all of it, and decodes alone.
+#   (pictures.DecodeBudget): a 40-megapixel RGBA PNG costs all of it, and decodes alone.
 DECODE_BUDGET_BYTES = 320 * 1024 * 1024
 
 # Digits per JSON request.
