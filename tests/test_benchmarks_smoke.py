@@ -91,9 +91,25 @@ def test_the_shared_helpers_import_from_a_test() -> None:
     assert picture.size == (56, 56) and picture.mode == "L"
 
 
-# Scripts whose smoke runs live with their own tests (serving, hostile traffic, pen-drawn
-# digits); the shared modules are not scripts.
-ELSEWHERE = {"serve_latency.py", "serve_hostile.py", "drawn_recipes.py"}
+def test_drawn_recipes_on_a_pen_file_of_the_tests_own(results: Path, tmp_path, capsys) -> None:
+    """Both sources at once: the bundled digits and a small UNIPEN file made here (the smoke
+    mode reads any pen file; a measurement checks UCI's digest)."""
+    from pen_data import pen_text
+
+    pen = tmp_path / "pen.tra"
+    pen.write_text(pen_text(range(1, 11), per_writer=20, seed=0))
+    drawn_recipes = script("drawn_recipes")
+    drawn_recipes.main(["--smoke", "--pen", str(pen), "--label", "smoke"])
+    (run,) = json.loads((results / "drawn_recipes.json").read_text())
+    assert run["drawn_in_training"] and run["drawn_heldout"]["digits"] == 40
+    assert set(run) >= {"mnist_heldout", "drawn_heldout", "drawn_small", "train_cpu_s"}
+    drawn_recipes.main(["--smoke", "--table"])
+    assert "| smoke |" in capsys.readouterr().out
+
+
+# Scripts whose smoke runs live with their own tests (serving, hostile traffic, corrections);
+# the shared modules are not scripts.
+ELSEWHERE = {"serve_latency.py", "serve_hostile.py", "corrections.py"}
 SHARED = {"common.py", "harness.py"}
 
 
