@@ -135,13 +135,16 @@ def run(args: argparse.Namespace) -> dict:
                                          else logits, val[1])
     model = export_model(network, params.model.test_time_shifts, fitted.temperature)
 
-    def score(split: tuple[np.ndarray, np.ndarray]) -> dict:
+    def score(split: tuple[np.ndarray, np.ndarray], writers: list[str] | None = None) -> dict:
         pixels = split[0].astype(np.float32)
         probabilities = np.asarray(model.predict(pixels, batch_size=1024, verbose=0))
         predicted = probabilities.argmax(axis=1)
         right = predicted == split[1]
         flagged = uncertainty.uncertain(pixels, probabilities)
-        return {"accuracy": float(right.mean()), "errors": int((~right).sum()),
+        wrong = {} if writers is None else {"wrong": [
+            [writers[i], int(split[1][i]), int(predicted[i]), bool(flagged[i])]
+            for i in np.flatnonzero(~right)]}
+        return {**wrong, "accuracy": float(right.mean()), "errors": int((~right).sum()),
                 "digits": len(right),
                 "ece": metrics.expected_calibration_error(split[1], probabilities),
                 "wrong_flagged": float(flagged[~right].mean()) if (~right).any() else None,
@@ -152,7 +155,8 @@ def run(args: argparse.Namespace) -> dict:
             "epochs": train_config.epochs, "train_cpu_s": round(cpu, 1),
             "train_wall_s": round(wall, 1), "render_cpu_s": round(render_cpu, 1),
             "temperature": fitted.temperature, "mnist_heldout": score(mnist_held),
-            "drawn_heldout": score(pen_splits["test"]), "drawn_small": score(small)}
+            "drawn_heldout": score(pen_splits["test"], [d.writer for d in held_writers]),
+            "drawn_small": score(small, [d.writer for d in held_writers])}
 
 
 def save(result: dict) -> None:
