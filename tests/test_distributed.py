@@ -110,7 +110,8 @@ def prepared_arrays(sample_digits):
 
 
 def make_worker_dir(root: Path, arrays: dict, params: dict) -> Path:
-    """A folder standing in for one machine's checkout: params.yaml and data/prepared."""
+    """A folder standing in for one machine's checkout: params.yaml and data/prepared (the
+    splits, and sources.json naming the one test source)."""
     root.mkdir(parents=True)
     base = yaml.safe_load((PROJECT / "params.yaml").read_text())
     for section, values in params.items():
@@ -122,6 +123,7 @@ def make_worker_dir(root: Path, arrays: dict, params: dict) -> Path:
     for split, (images, labels) in arrays.items():
         fileio.save_npy(root / f"data/prepared/{split}_images.npy", images)
         fileio.save_npy(root / f"data/prepared/{split}_labels.npy", labels)
+    fileio.write_json(root / "data/prepared/sources.json", {"mnist-sample": "test"})
     return root
 
 
@@ -175,9 +177,9 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path, prepared_arrays):
     # The chief's model is what the evaluate stage expects.
     returncode, log = finish(start_stage("evaluate.py", chief_dir))
     assert returncode == 0, log
-    scores = json.loads((chief_dir / "metrics/evaluate.json").read_text())
+    scores = json.loads((chief_dir / "metrics/evaluate.json").read_text())["mnist-sample"]
     assert scores["errors"] <= 100  # scored every one of the 100 test digits
-    assert len(pd.read_csv(chief_dir / "plots/predictions.csv")) == 100
+    assert len(pd.read_csv(chief_dir / "plots/predictions/mnist-sample.csv")) == 100
 
 
 @pytest.mark.slow
