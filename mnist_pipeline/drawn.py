@@ -58,8 +58,11 @@ def training_placements(count: int, params: DrawnParams, rng: np.random.Generato
     slants = rng.uniform(-params.slant, params.slant, count)
     rotations = rng.uniform(-params.rotation_degrees, params.rotation_degrees, count)
     aspects = rng.uniform(1 - params.aspect, 1 + params.aspect, count)
-    return [Placement(float(h), float(s), float(a), float(r))
-            for h, s, a, r in zip(heights, slants, aspects, rotations, strict=True)]
+    # Drawn after the others, so that wobble: 0 leaves every other draw as it was.
+    wobble_seeds = rng.integers(0, 2**31, count)
+    return [Placement(float(h), float(s), float(a), float(r), params.wobble, int(w))
+            for h, s, a, r, w in zip(heights, slants, aspects, rotations, wobble_seeds,
+                                     strict=True)]
 
 
 def evaluation_placements(count: int, rng: np.random.Generator) -> list[Placement]:

@@ -108,6 +108,7 @@ class DrawnParams:
     slant: float = 0.3
     rotation_degrees: float = 8.0
     aspect: float = 0.15
+    wobble: float = 0.0
 
     def check(self) -> None:
         _require(1 <= self.val_writers <= 15, "preprocess.drawn.val_writers", self.val_writers,
@@ -120,6 +121,8 @@ class DrawnParams:
         _require(0 <= self.rotation_degrees <= 45, "preprocess.drawn.rotation_degrees",
                  self.rotation_degrees, "0..45")
         _require(0 <= self.aspect < 1, "preprocess.drawn.aspect", self.aspect, "[0, 1)")
+        _require(0 <= self.wobble <= 0.2, "preprocess.drawn.wobble", self.wobble,
+                 "0..0.2 (a share of the digit's size)")
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,18 @@ class Placement:
 
     ``height``: pixels between the top and bottom of the strokes' centre lines (the digit's
     size on the pad); ``slant``: horizontal shear (x += slant * height above the centre, so
-    positive leans right); ``aspect``: width multiplier; ``rotation_degrees``: clockwise.
+    positive leans right); ``aspect``: width multiplier; ``rotation_degrees``: clockwise;
+    ``wobble``: a smooth bend of the strokes, each point moved by up to this share of the
+    digit's size along a wave across the digit (as one hand draws a loop rounder or a stem
+    more bent than another), whose frequencies and phases ``wobble_seed`` draws.
     """
 
     height: float
     slant: float = 0.0
     aspect: float = 1.0
     rotation_degrees: float = 0.0
+    wobble: float = 0.0
+    wobble_seed: int = 0
 
 
 def place_on_pad(strokes: Sequence[np.ndarray], placement: Placement,
@@ -55,12 +60,24 @@ def place_on_pad(strokes: Sequence[np.ndarray], placement: Placement,
     pad), and centred. A digit with no extent at all (one point) becomes a dot in the middle.
     """
     points = np.concatenate([np.asarray(stroke, dtype=np.float64) for stroke in strokes])
-    centre = (points.min(axis=0) + points.max(axis=0)) / 2
+    low, high = points.min(axis=0), points.max(axis=0)
+    centre, size = (low + high) / 2, float(max(high - low))
     angle = math.radians(placement.rotation_degrees)
     cos, sin = math.cos(angle), math.sin(angle)
+    waves = np.random.default_rng(placement.wobble_seed).uniform((0.5, 0.5, 0, 0),
+                                                                  (1.5, 1.5, 1, 1))
+
+    def bend(stroke: np.ndarray) -> np.ndarray:
+        if not placement.wobble or size == 0:
+            return stroke
+        across = (stroke - low) / size  # 0..1 over the digit
+        amplitude = placement.wobble * size
+        shift_x = amplitude * np.sin(2 * np.pi * (waves[0] * across[:, 1] + waves[2]))
+        shift_y = amplitude * np.sin(2 * np.pi * (waves[1] * across[:, 0] + waves[3]))
+        return stroke + np.stack([shift_x, shift_y], axis=1)
 
     def transform(stroke: np.ndarray) -> np.ndarray:
-        x, y = (np.asarray(stroke, dtype=np.float64) - centre).T
+        x, y = (bend(np.asarray(stroke, dtype=np.float64)) - centre).T
         y = -y  # tablet y points up, the pad's down
         x = (x - placement.slant * y) * placement.aspect  # shear: the top (y < 0) goes right
         return np.stack([x * cos - y * sin, x * sin + y * cos], axis=1)

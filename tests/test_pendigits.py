@@ -188,3 +188,15 @@ def test_unipen_helper_writes_what_the_reader_reads():
     text = unipen([(3, 7, [np.array([[1, 2], [3, 4]])])])
     (digit,) = pendigits.parse(text, "one", "tra")
     assert (digit.label, digit.writer) == (3, "tra-7")
+
+
+def test_wobble_bends_strokes_smoothly_by_at_most_its_share_of_the_digit():
+    seven = strokes_of(7, np.random.default_rng(2))
+    straight = strokes.place_on_pad(seven, strokes.Placement(200))
+    again = strokes.place_on_pad(seven, strokes.Placement(200, wobble=0.0, wobble_seed=9))
+    assert all(np.array_equal(a, b) for a, b in zip(straight, again, strict=True))
+    bent = strokes.place_on_pad(seven, strokes.Placement(200, wobble=0.05, wobble_seed=9))
+    moved = np.concatenate(bent) - np.concatenate(straight)
+    assert 0 < np.abs(moved).max() <= 0.05 * 2 * 200 + 1e-9  # rescaled to the same height
+    assert bent[0].tolist() == strokes.place_on_pad(
+        seven, strokes.Placement(200, wobble=0.05, wobble_seed=9))[0].tolist()  # seeded
