@@ -52,6 +52,7 @@ from mnist_pipeline.strokes import Placement
 
 RESULTS_NAME = "drawn_recipes.json"
 SMALL_HEIGHT = 90.0
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 WRITER_FOLDS = 5
 
 
@@ -142,9 +143,18 @@ def run(args: argparse.Namespace) -> dict:
         right = predicted == split[1]
         flagged = uncertainty.uncertain(pixels, probabilities)
         wrong = {} if writers is None else {"wrong": [
-            [writers[i], int(split[1][i]), int(predicted[i]), bool(flagged[i])]
-            for i in np.flatnonzero(~right)]}
-        return {**wrong, "accuracy": float(right.mean()), "errors": int((~right).sum()),
+            [writers[i], int(split[1][i]), int(predicted[i]), bool(flagged[i]),
+             round(float(probabilities[i].max()), 4)] for i in np.flatnonzero(~right)]}
+        # The flag at other confidence thresholds than uncertainty.MIN_CONFIDENCE: the
+        # share of wrong and of right answers it would flag.
+        unlike = ~uncertainty.looks_like_a_digit(pixels)
+        by_threshold = {}
+        for threshold in THRESHOLDS:
+            at = unlike | (probabilities.max(axis=1) < threshold)
+            by_threshold[str(threshold)] = [
+                float(at[~right].mean()) if (~right).any() else None, float(at[right].mean())]
+        return {**wrong, "flagged_at": by_threshold,
+                "accuracy": float(right.mean()), "errors": int((~right).sum()),
                 "digits": len(right),
                 "ece": metrics.expected_calibration_error(split[1], probabilities),
                 "wrong_flagged": float(flagged[~right].mean()) if (~right).any() else None,
