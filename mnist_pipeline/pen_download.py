@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import zipfile
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ncompress
@@ -79,11 +79,12 @@ class PenReader:
     def from_zip(self, pen_file: PenFile) -> tuple[bytes, str]:
         """(content, origin) of the ``<name>.Z`` member of UCI's zip, not yet verified."""
         archive = self._archive()
-        origin = f"{self.zip_location}[{pen_file.name}.Z]"
-        try:
-            member = archive.getinfo(pen_file.name + ".Z")
-        except KeyError:
-            raise SourceError(self.zip_location, f"no member {pen_file.name}.Z") from None
+        # The member, at the top of the zip or in a folder of it: UCI has moved files before.
+        member = next((info for info in archive.infolist()
+                       if PurePosixPath(info.filename).name == pen_file.name + ".Z"), None)
+        if member is None:
+            raise SourceError(self.zip_location, f"no member {pen_file.name}.Z")
+        origin = f"{self.zip_location}[{member.filename}]"
         if member.file_size > download.largest_copy(pen_file.size):
             raise SourceError(origin, f"{member.file_size:,} bytes, more than the file can be")
         try:

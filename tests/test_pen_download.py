@@ -42,6 +42,15 @@ def test_ucis_zip_of_compress_members_gives_both_files_verified(server, tmp_path
     assert server.requests.count("/uci.zip") == 1  # fetched once for both files
 
 
+def test_the_members_may_sit_in_a_folder_of_the_zip(tmp_path):
+    archive = tmp_path / "uci.zip"
+    with zipfile.ZipFile(archive, "w") as made:
+        for name, content in CONTENT.items():
+            made.writestr(f"pendigits/{name}.Z", ncompress.compress(content))
+    entries = fetch_into(tmp_path / "raw", zip_location=str(archive))
+    assert entries["pendigits-orig.tes"]["source"] == f"{archive}[pendigits/pendigits-orig.tes.Z]"
+
+
 def test_a_local_mirror_with_plain_or_compressed_files_comes_first(server, tmp_path):  # noqa: F811
     mirror = tmp_path / "copy"
     mirror.mkdir()
