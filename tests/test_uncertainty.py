@@ -54,7 +54,8 @@ def test_an_unsure_answer_is_uncertain(sample_digits):
     digits = sample_digits[0][:2].astype(np.float32)
     split = np.full((2, 10), 0.02)
     split[:, 3] = split[:, 5] = 0.42  # a 3 or a 5: below MIN_CONFIDENCE
-    split[1, 3], split[1, 5] = uncertainty.MIN_CONFIDENCE, 0.84 - uncertainty.MIN_CONFIDENCE
+    split[1] = (1 - uncertainty.MIN_CONFIDENCE) / 9
+    split[1, 3] = uncertainty.MIN_CONFIDENCE  # just sure enough
     np.testing.assert_array_equal(uncertainty.uncertain(digits, split), [True, False])
     with pytest.raises(ValueError, match="probabilities of shape"):
         uncertainty.uncertain(digits, split[:1])
