@@ -181,27 +181,49 @@ def table() -> None:
     runs = json.loads(results.read_text()) if results.exists() else []
     labels = list(dict.fromkeys(run["label"] for run in runs))
     print("| recipe | folds | train CPU s | wall s | MNIST held-out % | drawn held-out % "
-          "| drawn small % | drawn ECE | wrong drawn flagged | right drawn flagged |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| drawn small % | drawn ECE |")
+    print("|---|---|---|---|---|---|---|---|")
 
     def mean(values: list[float], scale: float = 100.0) -> str:
-        values = [v for v in values if v is not None]
-        if not values:
-            return "-"
         std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
         return f"{statistics.mean(values) * scale:.2f} ± {std:.2f}"
 
     for label in labels:
-        mine = [run for run in runs if run["label"] == label]
+        mine = sorted((run for run in runs if run["label"] == label), key=lambda r: r["fold"])
         print(f"| {label} | {','.join(str(r['fold']) for r in mine)} "
               f"| {statistics.mean(r['train_cpu_s'] for r in mine):.0f} "
               f"| {statistics.mean(r['train_wall_s'] for r in mine):.0f} "
               f"| {mean([r['mnist_heldout']['accuracy'] for r in mine])} "
               f"| {mean([r['drawn_heldout']['accuracy'] for r in mine])} "
               f"| {mean([r['drawn_small']['accuracy'] for r in mine])} "
-              f"| {mean([r['drawn_heldout']['ece'] for r in mine], 1.0)} "
-              f"| {mean([r['drawn_heldout']['wrong_flagged'] for r in mine])} "
-              f"| {mean([r['drawn_heldout']['right_flagged'] for r in mine])} |")
+              f"| {mean([r['drawn_heldout']['ece'] for r in mine], 1.0)} |")
+    flag_table(runs)
+
+
+def flag_table(runs: list[dict]) -> None:
+    """The uncertain flag by confidence threshold, pooled over the runs trained on both
+    sources that recorded it: the share of wrong answers caught / of right answers flagged."""
+    pooled = [run for run in runs if run["drawn_in_training"]
+              and "flagged_at" in run["drawn_heldout"]]
+    if not pooled:
+        return
+    print(f"\nuncertain by threshold, {len(pooled)} runs trained on both sources: wrong "
+          "answers caught / right answers flagged, %")
+    print("| held-out digits | " + " | ".join(map(str, THRESHOLDS)) + " |")
+    print("|---|" + "---|" * len(THRESHOLDS))
+    for key, name in (("mnist_heldout", "MNIST"), ("drawn_heldout", "pen, page sizes"),
+                      ("drawn_small", "pen, small")):
+        cells = []
+        for threshold in THRESHOLDS:
+            caught = wrong = 0.0
+            right = []
+            for run in pooled:
+                share_wrong, share_right = run[key]["flagged_at"][str(threshold)]
+                caught += (share_wrong or 0.0) * run[key]["errors"]
+                wrong += run[key]["errors"]
+                right.append(share_right)
+            cells.append(f"{100 * caught / wrong:.0f} / {100 * statistics.mean(right):.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:
