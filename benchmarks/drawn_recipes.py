@@ -52,6 +52,7 @@ from mnist_pipeline.strokes import Placement
 
 RESULTS_NAME = "drawn_recipes.json"
 SMALL_HEIGHT = 90.0
+STYLE_POOL = 10  # --corrections: a writer's first 10 digits of the style may be learned
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 WRITER_FOLDS = 5
 
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> dict:
     trained_writers, held_writers = writer_fold(pen, args.fold)
     if args.smoke:
         trained_writers, held_writers = trained_writers[:200], held_writers[:100]
+    learned, style = corrections_of(held_writers, args.corrections)
+    held_writers = [digit for digit in held_writers if not any(digit is d for d in learned)]
     started = time.process_time(), time.perf_counter()
     pen_splits = drawn.drawn_splits(trained_writers, held_writers, params.preprocess.drawn, seed)
     small = drawn.render_all(held_writers, [Placement(SMALL_HEIGHT)] * len(held_writers))
@@ -120,6 +123,9 @@ def run(args: argparse.Namespace) -> dict:
     if not args.no_drawn:
         train = preprocess.concatenate(train, pen_splits["train"])
         val = preprocess.concatenate(val, pen_splits["val"])
+    if learned:  # as the page's corrections reach training: one picture each
+        placements = drawn.evaluation_placements(len(learned), np.random.default_rng(seed))
+        train = preprocess.concatenate(train, drawn.render_all(learned, placements))
     norm = preprocess.normalize
     training.set_determinism(seed)
     network = build_network(params.model)
@@ -166,7 +172,37 @@ def run(args: argparse.Namespace) -> dict:
             "train_wall_s": round(wall, 1), "render_cpu_s": round(render_cpu, 1),
             "temperature": fitted.temperature, "mnist_heldout": score(mnist_held),
             "drawn_heldout": score(pen_splits["test"], [d.writer for d in held_writers]),
-            "drawn_small": score(small, [d.writer for d in held_writers])}
+            "drawn_small": score(small, [d.writer for d in held_writers]),
+            **({"corrections": {"writer": style["writer"], "label": style["label"],
+                                "learned": len(learned),
+                                "style_accuracy": style_accuracy(pen_splits["test"],
+                                                                 held_writers, style, model)}}
+               if style else {})}
+
+
+def corrections_of(held_writers: list, spec: str | None) -> tuple[list, dict]:
+    """``WRITER:DIGIT:K``: the first K (at most STYLE_POOL) of that held-out writer's digits of
+    that label, which move into training as corrections would, and the style scored: the
+    writer's digits of that label after the first STYLE_POOL, the same whatever K."""
+    if not spec:
+        return [], {}
+    writer, label, count = spec.split(":")
+    same = [d for d in held_writers if d.writer == writer and d.label == int(label)]
+    if int(count) > STYLE_POOL:
+        raise SystemExit(f"--corrections: at most {STYLE_POOL} corrections")
+    return same[:int(count)], {"writer": writer, "label": int(label),
+                               "scored": [id(d) for d in same[STYLE_POOL:]]}
+
+
+def style_accuracy(test: tuple[np.ndarray, np.ndarray], held_writers: list, style: dict,
+                   model) -> dict:
+    """Accuracy on the held-out writer's remaining digits of the corrected label."""
+    chosen = np.array([id(d) in style["scored"] for d in held_writers])
+    if not chosen.any():
+        return {"digits": 0, "right": 0}
+    pixels = test[0][chosen].astype(np.float32)
+    predicted = np.asarray(model.predict(pixels, verbose=0)).argmax(axis=1)
+    return {"digits": int(chosen.sum()), "right": int((predicted == test[1][chosen]).sum())}
 
 
 def save(result: dict) -> None:
@@ -235,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.get("MNIST_TRAIN_DIR", "/work/shared/mnist-train")))
     parser.add_argument("--pen", type=Path, default=Path(
         os.environ.get("PEN_TRAIN_FILE", "/work/shared/pendigits/pendigits-orig.tra")))
+    parser.add_argument("--corrections", metavar="WRITER:DIGIT:K",
+                        help="move K of a held-out writer's digits of one label into training "
+                             "(as the page's corrections) and score the writer's others")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
