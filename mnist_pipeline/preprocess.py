@@ -214,18 +214,19 @@ def load_raw(directory: str | Path = paths.RAW_DIR) -> RawDataset:
     that are not N x 28 x 28, labels outside 0..9 or image and label counts that disagree.
     """
     directory = Path(directory)
-    name, splits = read_manifest(directory / paths.RAW_MANIFEST.name)
+    name, splits, drawn_files = read_manifest(directory / paths.RAW_MANIFEST.name)
     train = _read_pair(directory, "train")
     # A dataset without a test split of its own (mnist-sample) gets one carved out of train.
     test = _read_pair(directory, "test") if "test" in splits else None
-    return RawDataset(name=name, train=train, test=test, drawn=read_drawn(directory))
+    return RawDataset(name=name, train=train, test=test,
+                      drawn=read_drawn(directory, drawn_files))
 
 
-def read_drawn(directory: Path) -> tuple[list[PenDigit], list[PenDigit]] | None:
+def read_drawn(directory: Path, listed: tuple[str, ...]
+               ) -> tuple[list[PenDigit], list[PenDigit]] | None:
     """The pen digits of UCI's training and test writers, where the download stage fetched
-    them (manifest.json's "drawn"); None where it did not. PenFileError names the file, the
-    line and the problem."""
-    listed = fileio.read_json(directory / paths.RAW_MANIFEST.name).get("drawn") or []
+    them (``listed``: manifest.json's "drawn"); None where it did not. PenFileError names the
+    file, the line and the problem."""
     if not listed:
         return None
     parsed = []
@@ -243,8 +244,10 @@ def read_drawn(directory: Path) -> tuple[list[PenDigit], list[PenDigit]] | None:
     return parsed[0], parsed[1]
 
 
-def read_manifest(manifest_path: str | Path) -> tuple[str, tuple[str, ...]]:
-    """The ``dataset`` name and the published ``splits`` in the download stage's manifest."""
+def read_manifest(manifest_path: str | Path
+                  ) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The ``dataset`` name, the published ``splits`` and the pen-digit files fetched beside
+    the dataset (``drawn``; empty without them) in the download stage's manifest."""
     manifest_path = Path(manifest_path)
     try:
         manifest = fileio.read_json(manifest_path)
@@ -259,7 +262,11 @@ def read_manifest(manifest_path: str | Path) -> tuple[str, tuple[str, ...]]:
     if not isinstance(splits, list) or "train" not in splits:
         raise ValueError(f"{manifest_path}: no \"splits\" list with \"train\" in it; run "
                          "`dvc repro download` again")
-    return name, tuple(splits)
+    drawn_files = manifest.get("drawn") or []
+    if not isinstance(drawn_files, list):
+        raise ValueError(f"{manifest_path}: \"drawn\" is not a list of files; run `dvc repro "
+                         "download` again")
+    return name, tuple(splits), tuple(drawn_files)
 
 
 def _read_pair(directory: Path, split: str) -> Split:

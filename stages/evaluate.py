@@ -32,7 +32,6 @@ def main() -> None:
         return classifier.probabilities(pixels, params.evaluate.batch_size)
 
     # The saved model takes raw pixels, as `mnist-pipeline predict` feeds it.
-    started = time.perf_counter()
     main_images, main_labels = next(iter(test_sets.values()))
     try:
         results = {source: evaluation.score(labels, probabilities(to_pixels(images)))
