@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -104,22 +105,29 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(stage_name):
 
 
 def _params_sections_read(script: Path) -> set[str]:
-    """Params keys a stage script reads, as `params.<section>` attribute accesses, or
-    `params.<section>.<key>` where the script reads a single key of a section it does not
-    read whole (preprocess reads `data.extra` only)."""
-    sections = {f.name for f in dataclasses.fields(Params)}
+    """The params a stage script reads, as dvc.yaml should list them: a section it uses whole
+    (`params.train` passed on) or all of whose keys it reads, by name; otherwise the keys it
+    reads of it, dotted (preprocess reads `params.data.extra` alone: `data.extra`)."""
+    fields = {f.name for f in dataclasses.fields(Params)}
+    hints = typing.get_type_hints(Params)
     tree = ast.parse(script.read_text())
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    read = set()
+    whole: set[str] = set()
+    keys: dict[str, set[str]] = {}
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id == "params" and node.attr in sections):
+                and node.value.id == "params" and node.attr in fields):
             parent = parents.get(node)
-            if isinstance(parent, ast.Attribute) and parent.value is node and not isinstance(
-                    parent.ctx, ast.Store) and node.attr == "data" and script.stem != "download":
-                read.add(f"{node.attr}.{parent.attr}")
+            if (dataclasses.is_dataclass(hints[node.attr]) and isinstance(parent, ast.Attribute)
+                    and parent.value is node):
+                keys.setdefault(node.attr, set()).add(parent.attr)
             else:
-                read.add(node.attr)
+                whole.add(node.attr)
+    read = set(whole)
+    for section, names in keys.items():
+        all_keys = {f.name for f in dataclasses.fields(hints[section])}
+        if section not in whole:
+            read |= {section} if names == all_keys else {f"{section}.{name}" for name in names}
     return read
 
 
