@@ -53,13 +53,14 @@ def recipe_overrides(recipe: Path = SAMPLE_RECIPE) -> list[str]:
             for key, value in entries.items()]
 
 
-def argument_parser(doc: str | None) -> argparse.ArgumentParser:
-    """The scripts' parser: their docstring as help, and ``-S key=value`` (repeatable) into
-    ``overrides``, for :func:`apply_overrides`."""
+def argument_parser(doc: str | None, overrides: bool = True) -> argparse.ArgumentParser:
+    """The scripts' parser: their docstring as help, ``--smoke``, and (``overrides``) ``-S
+    key=value`` (repeatable) into ``overrides``, for :func:`apply_overrides`."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
+    if overrides:
+        parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
+                            metavar="KEY=VALUE", help="params override, as `dvc exp run -S`")
     add_smoke(parser)
     return parser
 

@@ -23,7 +23,6 @@ Writes benchmarks/results/corrections.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -134,9 +133,7 @@ def measure_reading(folder: Path, pictures: list[tuple[bytes, int]]) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_smoke(parser)
+    parser = common.argument_parser(__doc__, overrides=False)
     parser.add_argument("--model", type=Path, help="default: models/model.onnx if present")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--posts", type=int, default=200, help="timed corrections")

@@ -20,7 +20,6 @@ Writes benchmarks/results/inference.json (--name: another name).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -125,9 +124,7 @@ def serve_run(model: Path, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_smoke(parser)
+    parser = common.argument_parser(__doc__, overrides=False)
     parser.add_argument("--model", type=Path, help=f"default: {paths.MODEL_FILE} if present")
     parser.add_argument("--predict-runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")

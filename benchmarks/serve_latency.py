@@ -21,7 +21,6 @@ Writes benchmarks/results/serve_latency.json (``--name``: another name).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -122,9 +121,7 @@ async def throughput(url: str, request: dict, clients: int, seconds: float) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_smoke(parser)
+    parser = common.argument_parser(__doc__, overrides=False)
     parser.add_argument("--model", type=Path, help="default: models/model.keras if present")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--requests", type=int, default=300, help="per latency measurement")
