@@ -31,7 +31,7 @@ def non_digits(count: int, seed: int = SEED) -> dict[str, np.ndarray]:
     """Generated inputs that are not digits, float32 (n, 28, 28) 0..255, by kind."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from mnist_pipeline.app.digit_image import normalize_digit
+    from mnist_pipeline.digit_image import normalize_digit
 
     rng = np.random.default_rng(seed)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from mnist_pipeline.app.digit_image import normalize_digit
+from mnist_pipeline.digit_image import normalize_digit
 from mnist_pipeline.params import DrawnParams
 from mnist_pipeline.pendigits import PenDigit, check_writers_apart
 from mnist_pipeline.strokes import Placement, place_on_pad, render

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline.app.pictures import PictureError, picture_to_digit
+from mnist_pipeline.pictures import PictureError, picture_to_digit
 from mnist_pipeline.prepared import NUM_CLASSES
 
 LABELS_FILE = "labels.csv"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_pipeline.app import digit_image
+from mnist_pipeline import digit_image
 
 
 def on_paper(digit: np.ndarray, size: int = 150, at: tuple[int, int] = (30, 20),
@@ -104,18 +104,18 @@ def project():
     return {name for name in sys.modules if name.startswith("mnist_pipeline")}
 from mnist_pipeline import prepared
 before = project()
-from mnist_pipeline.app import digit_image
+from mnist_pipeline import digit_image
 print(" ".join(sorted(project() - before)))
 """
 
 
 def test_normalizing_needs_no_decoding_code() -> None:
     """A pipeline stage normalizes digits with this module: numpy, scipy, Pillow and
-    mnist_pipeline.prepared, not the code that reads untrusted files (app.pictures)."""
+    mnist_pipeline.prepared, not the code that reads untrusted files (pictures)."""
     import subprocess
     import sys
     from pathlib import Path
 
     result = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True,
                             timeout=120, check=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.stdout.split() == ["mnist_pipeline.app", "mnist_pipeline.app.digit_image"]
+    assert result.stdout.split() == ["mnist_pipeline.digit_image"]

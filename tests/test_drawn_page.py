@@ -25,8 +25,7 @@ from PIL import Image
 from scipy import ndimage
 from test_serve_browser import DevTools, browser, on_pad, open_page, pad_box  # noqa: F401
 
-from mnist_pipeline import strokes
-from mnist_pipeline.app import digit_image
+from mnist_pipeline import digit_image, strokes
 
 pytestmark = pytest.mark.slow  # a browser: several seconds
 STATIC = Path(__file__).resolve().parents[1] / "mnist_pipeline" / "app" / "static"

@@ -1,4 +1,4 @@
-"""Reading untrusted picture files (mnist_pipeline.app.pictures): formats, limits, corrupt PNGs,
+"""Reading untrusted picture files (mnist_pipeline.pictures): formats, limits, corrupt PNGs,
 EXIF, 16-bit and transparent pictures, and what decoding costs."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from test_digit_image import correlation, on_paper
 
-from mnist_pipeline.app import digit_image, pictures
+from mnist_pipeline import digit_image, pictures
 
 # --- reading pictures --------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ def test_the_decode_budget_lets_pictures_through_within_it() -> None:
 
 MEASURE_DECODE = """
 import sys
-from mnist_pipeline.app import pictures
+from mnist_pipeline import pictures
 def peak():
     with open("/proc/self/status") as status:
         return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))

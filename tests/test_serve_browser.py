@@ -35,7 +35,7 @@ from headless_chromium import offline_command, stop
 from PIL import Image
 from sample_data import SmallModel, paper_scan
 
-from mnist_pipeline.app import pictures
+from mnist_pipeline import pictures
 
 pytestmark = pytest.mark.slow  # a server process (TensorFlow's import) and a browser: ~20 s
 TIMEOUT_SECONDS = 30

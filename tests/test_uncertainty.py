@@ -100,7 +100,7 @@ def test_serve_answers_uncertain(small_model):
 def test_a_noisy_picture_made_mnist_style_is_many_marks_not_a_digit(sample_digits):
     """Uniform noise uploaded as a picture is cropped and fitted into 20x20 like a digit:
     its bright and frame shares then look like a digit's, its dozens of specks do not."""
-    from mnist_pipeline.app.digit_image import normalize_digit
+    from mnist_pipeline.digit_image import normalize_digit
 
     rng = np.random.default_rng(3)
     noise = np.stack([normalize_digit(rng.uniform(0, 255, (28, 28)).astype(np.float32),

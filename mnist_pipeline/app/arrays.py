@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnist_pipeline.app import digit_image
-from mnist_pipeline.app.digit_image import IMAGE_SIZE
+from mnist_pipeline import digit_image
+from mnist_pipeline.digit_image import IMAGE_SIZE
 
 
 class InputError(ValueError):

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mnist_pipeline import __version__, fileio, inference
-from mnist_pipeline.app import digit_image, limits, pictures, predict
+from mnist_pipeline import __version__, digit_image, fileio, inference, pictures
+from mnist_pipeline.app import limits, predict
 
 PROG = "mnist-pipeline"
 

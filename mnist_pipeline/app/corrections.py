@@ -29,7 +29,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from mnist_pipeline.app import pictures
+from mnist_pipeline import pictures
 from mnist_pipeline.app.guard import LOG, Refused
 from mnist_pipeline.app.limits import MAX_CORRECTIONS, MAX_REQUEST_BYTES
 from mnist_pipeline.app.requests import MULTIPART_TYPE, media_type, picture_digit

@@ -2,8 +2,8 @@
 
 Accepted inputs (see :func:`load_input`):
 
-- a PNG or JPEG picture of one digit, of any size: :mod:`mnist_pipeline.app.pictures` reads
-  it and :mod:`mnist_pipeline.app.digit_image` makes it MNIST-style;
+- a PNG or JPEG picture of one digit, of any size: :mod:`mnist_pipeline.pictures` reads
+  it and :mod:`mnist_pipeline.digit_image` makes it MNIST-style;
 - an IDX image file (raw or gzip-compressed), as MNIST ships them: N x 28 x 28 uint8;
 - a ``.npy`` array of shape (N, 28, 28) of pixels on the 0..255 scale, integers or floats
   alike (one scale, the model's: nothing is guessed from the values; an array on the [0, 1]
@@ -32,14 +32,13 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
-from mnist_pipeline import idx, inference, uncertainty
-from mnist_pipeline.app import pictures
+from mnist_pipeline import idx, inference, pictures, uncertainty
 from mnist_pipeline.app.arrays import (  # the pixel check that serve shares
     BlankDigitError,  # noqa: F401 - raised through as_pixel_batch; callers catch predict's
     InputError,
     as_pixel_batch,
 )
-from mnist_pipeline.app.digit_image import IMAGE_SIZE, InvertMode
+from mnist_pipeline.digit_image import IMAGE_SIZE, InvertMode
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 # Pictures that are not read, but are recognized by name too, so the error says why.

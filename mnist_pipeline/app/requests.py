@@ -19,10 +19,11 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from mnist_pipeline.app import arrays, pictures
-from mnist_pipeline.app.digit_image import IMAGE_SIZE
+from mnist_pipeline import pictures
+from mnist_pipeline.app import arrays
 from mnist_pipeline.app.guard import Refused
 from mnist_pipeline.app.limits import MAX_BATCH_IMAGES
+from mnist_pipeline.digit_image import IMAGE_SIZE
 
 # A JSON body is counted before it is parsed: building Python lists is what costs, holding
 # the GIL, so that every request would wait (benchmarks/serve_hostile.py). Twice what

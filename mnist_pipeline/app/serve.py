@@ -43,8 +43,8 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mnist_pipeline import __version__, inference, uncertainty
-from mnist_pipeline.app import corrections, pictures, tf_serving
+from mnist_pipeline import __version__, inference, pictures, uncertainty
+from mnist_pipeline.app import corrections, tf_serving
 from mnist_pipeline.app.batching import (
     MAX_MODEL_BATCH,
     PROBABILITY_DECIMALS,

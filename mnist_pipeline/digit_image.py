@@ -4,7 +4,7 @@ A photo or scan of a dark digit on light paper, or a light digit on a dark backg
 size, becomes what MNIST's digits are: light on black, cropped to the digit, scaled into a
 20x20 box and placed by its center of mass in a 28x28 field. Pure image processing (numpy,
 Pillow, scipy) on pixels already decoded: reading untrusted picture files is
-:mod:`mnist_pipeline.app.pictures`'s job, so that a pipeline stage can normalize digits with
+:mod:`mnist_pipeline.pictures`'s job, so that a pipeline stage can normalize digits with
 this module alone.
 
 - :func:`normalize_digit`: grayscale (H, W) 0..255 -> (28, 28);
@@ -50,7 +50,7 @@ EDGE_PIXELS = 2
 class PictureError(ValueError):
     """A picture cannot be read or holds no digit; the message says why (not which file).
 
-    Defined here, where a blank picture is refused; :mod:`mnist_pipeline.app.pictures`
+    Defined here, where a blank picture is refused; :mod:`mnist_pipeline.pictures`
     raises it for everything it cannot read."""
 
 

@@ -5,7 +5,7 @@ JPEG picture of at most ``MAX_PICTURE_PIXELS`` (told from its first bytes and it
 JPEG first set to decode at a reduced scale), whose PNG chunks are all intact; decoding then
 costs at most :func:`decode_cost` bytes, which a server reserves from a :class:`DecodeBudget`
 shared by its threads. Making the pixels an MNIST-style digit is
-:mod:`mnist_pipeline.app.digit_image`'s job, which needs nothing of this module.
+:mod:`mnist_pipeline.digit_image`'s job, which needs nothing of this module.
 
 - :func:`picture_to_digit`: a picture (path, bytes, binary stream or PIL image) -> (28, 28);
 - :func:`read_picture`: the same source -> grayscale float32 0..255 (H, W);
@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from mnist_pipeline.app.digit_image import InvertMode, PictureError, normalize_digit
+from mnist_pipeline.digit_image import InvertMode, PictureError, normalize_digit
 
 # A path, the file's bytes, an open binary stream, or a picture already opened with Pillow.
 PictureSource = str | os.PathLike[str] | bytes | BinaryIO | Image.Image
@@ -102,7 +102,7 @@ def picture_to_digit(source: PictureSource, invert: InvertMode = "auto",
     """A picture of one digit -> MNIST-style float32 0..255, shape (28, 28).
 
     :func:`read_picture` (decoding within ``budget``), then
-    :func:`~mnist_pipeline.app.digit_image.normalize_digit`; raises :class:`PictureError`.
+    :func:`~mnist_pipeline.digit_image.normalize_digit`; raises :class:`PictureError`.
     """
     return normalize_digit(read_picture(source, budget=budget), invert)
 
