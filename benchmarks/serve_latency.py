@@ -37,8 +37,8 @@ from mnist_pipeline import paths
 
 CONCURRENCY = (1, 8, 32)
 UNBATCHED_SERVER = (
-    "import sys, uvicorn; from mnist_pipeline.app import serve; "
-    "uvicorn.run(serve.create_app(sys.argv[1], max_model_batch=1), host='127.0.0.1', "
+    "import sys, uvicorn; from mnist_pipeline.app import api; "
+    "uvicorn.run(api.create_app(sys.argv[1], max_model_batch=1), host='127.0.0.1', "
     "port=int(sys.argv[2]), log_level='warning')"
 )
 

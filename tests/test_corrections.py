@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnist_pipeline import inference
-from mnist_pipeline.app import cli, corrections, limits, serve
+from mnist_pipeline.app import api, cli, corrections, limits
 from mnist_pipeline.labelled import LABELS_FILE, read_folder
 
 
@@ -52,7 +52,7 @@ def pictures(sample_digits) -> list[tuple[bytes, int]]:
 
 def collecting(folder: Path, **options) -> TestClient:
     folder_object = corrections.CorrectionFolder(folder, **options)
-    return TestClient(serve.create_app(STAND_IN, collect=folder_object))
+    return TestClient(api.create_app(STAND_IN, collect=folder_object))
 
 
 def post(client: TestClient, data: bytes, label: str | None = "3", writer: str | None = None,
@@ -110,7 +110,7 @@ def test_a_server_started_again_on_the_folder_adds_to_it(tmp_path, pictures):
 
 
 def test_without_collect_the_route_is_a_404_and_health_says_so(tmp_path, pictures):
-    with TestClient(serve.create_app(STAND_IN)) as client:
+    with TestClient(api.create_app(STAND_IN)) as client:
         response = post(client, pictures[0][0])
         assert response.status_code == 404
         assert "--collect DIR" in response.json()["detail"]
@@ -210,7 +210,7 @@ def test_a_full_disk_is_a_507_and_leaves_nothing(tmp_path, pictures, monkeypatch
     def no_space(descriptor: int) -> None:
         raise OSError(28, "No space left on device")
 
-    with TestClient(serve.create_app(STAND_IN, collect=folder)) as client:
+    with TestClient(api.create_app(STAND_IN, collect=folder)) as client:
         monkeypatch.setattr(corrections.os, "fsync", no_space)
         response = post(client, pictures[0][0])
         monkeypatch.undo()
@@ -227,7 +227,7 @@ def test_concurrent_corrections_all_land(tmp_path, pictures):
     """50 requests at once through the application (their pictures decoded and written in
     worker threads), then 50 saves from 50 threads straight into the folder."""
     folder = corrections.CorrectionFolder(tmp_path / "corrections")
-    app = serve.create_app(STAND_IN, collect=folder)
+    app = api.create_app(STAND_IN, collect=folder)
     sent = pictures[:50]
 
     async def post_all() -> list[httpx2.Response]:

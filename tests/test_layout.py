@@ -35,5 +35,5 @@ def test_the_library_never_imports_the_app() -> None:
 
 def test_the_check_sees_an_import_of_the_app(tmp_path: Path) -> None:
     module = tmp_path / "module.py"
-    module.write_text("from mnist_pipeline.app import serve\nimport mnist_pipeline.app.cli\n")
-    assert {"mnist_pipeline.app.serve", "mnist_pipeline.app.cli"} <= imported_modules(module)
+    module.write_text("from mnist_pipeline.app import api\nimport mnist_pipeline.app.cli\n")
+    assert {"mnist_pipeline.app.api", "mnist_pipeline.app.cli"} <= imported_modules(module)

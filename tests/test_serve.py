@@ -22,16 +22,15 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sample_data import SmallModel, paper_scan
 
-from mnist_pipeline import inference
+from mnist_pipeline import inference, pictures
 from mnist_pipeline.app import (
+    api,
     batching,
+    bodies,
     cli,
     guard,
     limits,
-    pictures,
     predict,
-    requests,
-    serve,
     tf_serving,
 )
 
@@ -43,7 +42,7 @@ def stand_in(model) -> inference.Classifier:
 
 @pytest.fixture(scope="module")
 def client(small_model: SmallModel):
-    with TestClient(serve.create_app(small_model.onnx_path)) as test_client:
+    with TestClient(api.create_app(small_model.onnx_path)) as test_client:
         yield test_client
 
 
@@ -371,7 +370,7 @@ def test_a_model_that_answers_nan_or_infinity_is_a_500_with_a_reason() -> None:
         probabilities[pixels.reshape(len(pixels), -1).max(axis=1) < 150] = np.nan
         return probabilities
 
-    with TestClient(serve.create_app(stand_in(broken))) as test_client:
+    with TestClient(api.create_app(stand_in(broken))) as test_client:
         bright, dim, fine = stroke(), stroke() * 100 / 255, stroke() * 200 / 255
         for pixels in (bright, dim, [fine, dim]):
             response = post_json(test_client, {"pixels": np.asarray(pixels).tolist()})
@@ -458,7 +457,7 @@ async def concurrent_predictions(app, count: int) -> list[dict]:
 @pytest.mark.parametrize("max_model_batch", [batching.MAX_MODEL_BATCH, 1])
 def test_requests_that_arrive_together_share_a_model_call(max_model_batch: int) -> None:
     model = SlowModel()
-    app = serve.create_app(stand_in(model), max_model_batch=max_model_batch)
+    app = api.create_app(stand_in(model), max_model_batch=max_model_batch)
     answers = asyncio.run(concurrent_predictions(app, 24))
     assert [answer["label"] for answer in answers] == [index % 10 for index in range(24)]
     if max_model_batch == 1:
@@ -502,7 +501,7 @@ def test_a_failing_model_fails_its_requests_only() -> None:
             raise RuntimeError("out of memory")
         return np.full((len(pixels), 10), 0.1, np.float32)
 
-    with TestClient(serve.create_app(stand_in(flaky)), raise_server_exceptions=False
+    with TestClient(api.create_app(stand_in(flaky)), raise_server_exceptions=False
                     ) as test_client:
         document = {"pixels": stroke().tolist()}
         assert post_json(test_client, document).status_code == 500
@@ -530,7 +529,7 @@ def test_create_app_loads_a_model_file_once(small_model: SmallModel, monkeypatch
     real_load = inference.load
     monkeypatch.setattr(inference, "load", lambda path, threads=None: loads.append(path)
                         or real_load(path, threads))
-    with TestClient(serve.create_app(path)) as test_client:
+    with TestClient(api.create_app(path)) as test_client:
         for digit, label in zip(small_model.digits[:3], small_model.predicted, strict=False):
             response = post_json(test_client, {"pixels": digit.tolist()})
             assert response.status_code == 200 and response.json()["label"] == label
@@ -678,9 +677,9 @@ def test_the_json_structure_is_counted_before_parsing() -> None:
     hostile = b'{"pixels": [' + b"[[]]," * 1_000_000 + b"[[]]]}"  # 5 MB
     start = time.perf_counter()
     with pytest.raises(guard.Refused, match="refused unparsed"):
-        requests.pixels_from_json(hostile)
+        bodies.pixels_from_json(hostile)
     assert time.perf_counter() - start < 0.5  # parsing it took 1.5 s
     largest = np.full((limits.MAX_BATCH_IMAGES, 28, 28), 0.123456789)  # long numbers
     largest[:, 6:22, 12:16] = 254.987654321  # a stroke: not blank
-    pixels, batch = requests.pixels_from_json(json.dumps({"pixels": largest.tolist()}).encode())
+    pixels, batch = bodies.pixels_from_json(json.dumps({"pixels": largest.tolist()}).encode())
     assert batch and pixels.shape == (limits.MAX_BATCH_IMAGES, 28, 28)

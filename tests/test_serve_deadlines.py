@@ -108,8 +108,8 @@ def test_a_new_connection_closes_the_longest_waiting_one_when_all_are_taken(
     """With every connection taken by sockets that ask nothing, a real client still gets in:
     the one that has waited longest for its headers is closed to make room."""
     command = [sys.executable, "-c",
-               "import uvicorn; from mnist_pipeline.app import serve, server; "
-               f"uvicorn.run(serve.create_app({str(small_model.onnx_path)!r}), "
+               "import uvicorn; from mnist_pipeline.app import api, server; "
+               f"uvicorn.run(api.create_app({str(small_model.onnx_path)!r}), "
                "host='127.0.0.1', port={port}, log_level='warning', "
                "http=server.protocol_class(60, max_connections=20), timeout_keep_alive=60)"]
     with serving(small_model.onnx_path, tmp_path / "server.log", command=command) as server:

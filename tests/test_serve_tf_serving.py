@@ -14,14 +14,14 @@ from fastapi.testclient import TestClient
 from sample_data import SmallModel
 
 from mnist_pipeline import inference
-from mnist_pipeline.app import serve, tf_serving
+from mnist_pipeline.app import api, tf_serving
 
 MODEL = f"/v1/models/{tf_serving.TF_SERVING_NAME}"
 
 
 @pytest.fixture(scope="module")
 def client(small_model: SmallModel):
-    with TestClient(serve.create_app(small_model.onnx_path)) as test_client:
+    with TestClient(api.create_app(small_model.onnx_path)) as test_client:
         yield test_client
 
 
@@ -123,7 +123,7 @@ def test_a_model_that_answers_nan_is_a_500_error_under_v1(small_model: SmallMode
         return np.full((len(pixels), 10), np.nan, np.float32)
 
     classifier = inference.Classifier(path=None, kind="onnx", run_batch=broken, native=None)
-    with TestClient(serve.create_app(classifier)) as test_client:
+    with TestClient(api.create_app(classifier)) as test_client:
         response = test_client.post(f"{MODEL}:predict",
                                     json={"instances": small_model.digits[:2].tolist()})
     assert response.status_code == 500

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mnist_pipeline import uncertainty
-from mnist_pipeline.app import predict, serve
+from mnist_pipeline.app import api, predict
 
 CONFIDENT = np.eye(10)[[3]] * 0.98 + 0.002  # a sure "3"
 
@@ -86,7 +86,7 @@ def test_predict_rows_and_csv_say_uncertain(sample_digits):
 def test_serve_answers_uncertain(small_model):
     noise = np.random.default_rng(2).uniform(0, 255, (28, 28)).round().tolist()
     digits = np.asarray(small_model.digits[:3]).round().tolist()
-    with TestClient(serve.create_app(small_model.onnx_path)) as client:
+    with TestClient(api.create_app(small_model.onnx_path)) as client:
         one = client.post("/predict", json={"pixels": noise})
         batch = client.post("/predict", json={"pixels": digits})
         schema = client.get("/openapi.json").json()

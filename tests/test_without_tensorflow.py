@@ -36,9 +36,9 @@ print(json.dumps({{"status": status, "heavy": heavy}}), file=sys.stderr)
 SERVE_APP_IMPORTS = """
 import json, sys
 from fastapi.testclient import TestClient
-from mnist_pipeline.app import serve
+from mnist_pipeline.app import api
 bar = [[0] * 28] * 10 + [[0] * 10 + [255] * 8 + [0] * 10] * 8 + [[0] * 28] * 10
-with TestClient(serve.create_app(sys.argv[1])) as client:
+with TestClient(api.create_app(sys.argv[1])) as client:
     answer = client.post("/predict", json={{"pixels": bar}})
 heavy = sorted({{name.split(".")[0] for name in sys.modules}} & set({heavy!r}))
 print(json.dumps({{"status": answer.status_code, "heavy": heavy}}))

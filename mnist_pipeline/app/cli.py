@@ -291,7 +291,7 @@ def check_folder(output: Path) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model once and serve it until interrupted; returns the exit status."""
-    from mnist_pipeline.app import corrections, serve, server  # only serve needs FastAPI
+    from mnist_pipeline.app import api, corrections, server  # only serve needs FastAPI
 
     collect = None
     if args.collect is not None:  # before the model: a mistyped folder fails at once
@@ -300,7 +300,7 @@ def run_serve(args: argparse.Namespace) -> int:
         except corrections.CollectError as error:
             report(str(error))
             return EXIT_OUTPUT_ERROR
-    classifier = load_classifier(args.model, serve.MODEL_THREADS)
+    classifier = load_classifier(args.model, api.MODEL_THREADS)
     if classifier is None:
         return EXIT_NO_MODEL
 

@@ -30,9 +30,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from mnist_pipeline import pictures
+from mnist_pipeline.app.bodies import MULTIPART_TYPE, media_type, picture_digit
 from mnist_pipeline.app.guard import LOG, Refused
 from mnist_pipeline.app.limits import MAX_CORRECTIONS, MAX_REQUEST_BYTES
-from mnist_pipeline.app.requests import MULTIPART_TYPE, media_type, picture_digit
 from mnist_pipeline.labelled import COLUMNS, LABELS_FILE, LabelledFolderError, read_labels
 from mnist_pipeline.prepared import NUM_CLASSES
 

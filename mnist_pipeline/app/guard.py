@@ -206,14 +206,14 @@ def safe_headers(headers: list[tuple[bytes, bytes]], html_policy: str | None = N
     return safe
 
 
-def content_security_policy(inline_scripts: Iterable[str] = ()) -> str:
+def content_security_policy(allowed_scripts: Iterable[str] = ()) -> str:
     """The one policy of every HTML answer: everything from this server only (the page
-    works offline), nothing may frame it, and of inline scripts only ``inline_scripts``
+    works offline), nothing may frame it, and of inline scripts only ``allowed_scripts``
     (the API docs' own, by their SHA-256), so that markup injected into a page cannot run.
 
     Inline styles are allowed: the API docs' scripts set them as they draw.
     """
-    digests = (hashlib.sha256(script.encode()).digest() for script in inline_scripts)
+    digests = (hashlib.sha256(script.encode()).digest() for script in allowed_scripts)
     hashes = "".join(f" 'sha256-{base64.b64encode(digest).decode()}'" for digest in digests)
     return ("default-src 'self'; "
             f"script-src 'self'{hashes}; "
@@ -222,7 +222,7 @@ def content_security_policy(inline_scripts: Iterable[str] = ()) -> str:
             "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-def inline_scripts(html: str) -> list[str]:
+def scripts_in_page(html: str) -> list[str]:
     """The text of each ``<script>`` of ``html`` without a ``src``."""
     return re.findall(r"<script>(.*?)</script>", html, flags=re.DOTALL)
 

@@ -21,13 +21,13 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_pipeline import inference
+from mnist_pipeline.app.api import create_app
 from mnist_pipeline.app.limits import (
     BODY_TIMEOUT_SECONDS,
     HEADER_TIMEOUT_SECONDS,
     IDLE_TIMEOUT_SECONDS,
     MAX_CONNECTIONS,
 )
-from mnist_pipeline.app.serve import create_app
 
 # File descriptors the process needs besides its connections (model, logs, pictures).
 SPARE_FILES = 256
@@ -121,7 +121,7 @@ def run(model: str | Path | inference.Classifier, host: str, port: int,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS, collect=None) -> None:
     """Serve ``model`` with uvicorn on ``host:port`` until interrupted: at most
     :data:`MAX_CONNECTIONS` connections, each with the deadlines above; corrections go to
-    ``collect`` (:func:`serve.create_app`)."""
+    ``collect`` (:func:`api.create_app`)."""
     return_freed_memory()
     allow_open_files(MAX_CONNECTIONS + SPARE_FILES)
     uvicorn.run(create_app(model, body_timeout=body_timeout, collect=collect), host=host,

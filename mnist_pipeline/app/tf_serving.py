@@ -25,9 +25,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from mnist_pipeline.app.batching import PROBABILITY_DECIMALS
+from mnist_pipeline.app.bodies import media_type, parse_json, pixels_from_value
 from mnist_pipeline.app.guard import Refused
 from mnist_pipeline.app.limits import MAX_BATCH_IMAGES, MAX_REQUEST_BYTES
-from mnist_pipeline.app.requests import media_type, parse_json, pixels_from_value
 
 # The model name in TensorFlow Serving's REST routes (/v1/models/<name>:predict).
 TF_SERVING_NAME = "mnist"

@@ -7,7 +7,7 @@
 - ``POST /predict``: a PNG or JPEG picture (multipart field ``file``, or the raw bytes with
   ``Content-Type: image/png`` / ``image/jpeg``), made MNIST-style by the code path of
   ``mnist-pipeline predict``; or JSON ``{"pixels": ...}``, one 28x28 array or a batch
-  N x 28 x 28 of pixels (:mod:`mnist_pipeline.app.requests` reads them all);
+  N x 28 x 28 of pixels (:mod:`mnist_pipeline.app.bodies` reads them all);
 - ``POST /corrections``: with ``collect``, a picture and the digit it is, saved in a folder of
   labelled pictures for the pipeline (:mod:`mnist_pipeline.app.corrections`); else 404;
 - ``/v1/models/mnist...``: TensorFlow Serving's REST API (:mod:`mnist_pipeline.app.tf_serving`);
@@ -51,11 +51,16 @@ from mnist_pipeline.app.batching import (
     ModelAnswerError,
     ModelBatcher,
 )
+from mnist_pipeline.app.bodies import (
+    JSON_TYPE,
+    MULTIPART_TYPE,
+    read_digits,
+)
 from mnist_pipeline.app.guard import (
     LOG,
     GuardRequests,
     content_security_policy,
-    inline_scripts,
+    scripts_in_page,
 )
 from mnist_pipeline.app.limits import (
     BODY_TIMEOUT_SECONDS,
@@ -65,11 +70,6 @@ from mnist_pipeline.app.limits import (
     MAX_REQUEST_BYTES,
     MAX_REQUESTS,
     STATUS_OF,
-)
-from mnist_pipeline.app.requests import (
-    JSON_TYPE,
-    MULTIPART_TYPE,
-    read_digits,
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -103,7 +103,7 @@ class BatchPrediction(BaseModel):
 
 class PixelsRequest(BaseModel):
     """JSON input (documentation only: the body is read by
-    :func:`mnist_pipeline.app.requests.pixels_from_json`)."""
+    :func:`mnist_pipeline.app.bodies.pixels_from_json`)."""
 
     pixels: list[list[float]] | list[list[list[float]]] = Field(
         description="one 28x28 array, or a batch N x 28 x 28 (N <= "
@@ -194,7 +194,7 @@ def create_app(model: str | Path | inference.Classifier, *,
     app.add_middleware(GuardRequests, max_bytes=MAX_REQUEST_BYTES, max_bodies=max_bodies,
                        body_timeout=body_timeout, max_requests=MAX_REQUESTS,
                        html_policy=content_security_policy(
-                           script for html in docs.values() for script in inline_scripts(html)))
+                           script for html in docs.values() for script in scripts_in_page(html)))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_error_answers(app)
 
