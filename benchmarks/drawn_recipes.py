@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> dict:
                 "wrong_flagged": float(flagged[~right].mean()) if (~right).any() else None,
                 "right_flagged": float(flagged[right].mean())}
 
+    if args.save:  # the base for benchmarks/corrections_teach.py: the model and its fold's data
+        save_base(args.save, network, model, train, val, mnist_held, pen_splits["test"],
+                  held_writers, fitted.temperature, params.model.test_time_shifts)
     return {"label": args.label, "fold": args.fold, "seed": seed, "overrides": args.overrides,
             "drawn_in_training": not args.no_drawn, "train_digits": int(len(train[1])),
             "epochs": train_config.epochs, "train_cpu_s": round(cpu, 1),
@@ -178,6 +181,23 @@ def run(args: argparse.Namespace) -> dict:
                                 "style_accuracy": style_accuracy(pen_splits["test"],
                                                                  held_writers, style, model)}}
                if style else {})}
+
+
+def save_base(folder: Path, network, model, train, val, mnist_held, drawn_held,
+              held_writers: list, temperature: float, test_time_shifts: int) -> None:
+    """The trained network and the saved model, with the fold's arrays: the training and
+    validation digits (uint8), MNIST's held-out digits, and the held-out writers' digits
+    drawn as on the page with each one's writer (in the writers' order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    network.save(folder / "network.keras")
+    model.save(folder / "model.keras")
+    np.savez(folder / "data.npz", train_images=train[0], train_labels=train[1],
+             val_images=val[0], val_labels=val[1],
+             mnist_images=mnist_held[0], mnist_labels=mnist_held[1],
+             drawn_images=drawn_held[0], drawn_labels=drawn_held[1],
+             drawn_writers=np.array([digit.writer for digit in held_writers]))
+    (folder / "base.json").write_text(json.dumps({"temperature": temperature,
+                                                  "test_time_shifts": test_time_shifts}))
 
 
 def corrections_of(held_writers: list, spec: str | None) -> tuple[list, dict]:
@@ -274,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corrections", metavar="WRITER:DIGIT:K",
                         help="move K of a held-out writer's digits of one label into training "
                              "(as the page's corrections) and score the writer's others")
+    parser.add_argument("--save", type=Path, metavar="DIR",
+                        help="keep the trained model and the fold's arrays in DIR")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
