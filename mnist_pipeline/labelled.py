@@ -40,6 +40,9 @@ class LabelledPictures:
     images: np.ndarray
     labels: np.ndarray
     writers: tuple[str, ...]
+    # The row's time (ISO 8601, as serve writes it), or "" where labels.csv has none: the
+    # order in which a writer's pictures came (rows without a time keep the file's order).
+    times: tuple[str, ...] = ()
 
 
 def read_folder(folder: str | Path) -> LabelledPictures:
@@ -50,7 +53,7 @@ def read_folder(folder: str | Path) -> LabelledPictures:
     cannot be read or holds no digit."""
     folder = Path(folder)
     rows = read_labels(folder)
-    images, labels, writers = [], [], []
+    images, labels, writers, times = [], [], [], []
     for line, row in rows:
         where = f"{folder / LABELS_FILE}: line {line} ({row['file']})"
         try:
@@ -60,9 +63,11 @@ def read_folder(folder: str | Path) -> LabelledPictures:
         images.append(np.round(digit).astype(np.uint8))
         labels.append(int(row["label"]))
         writers.append(f"{folder.name}/{row.get('writer') or row['file']}")
+        times.append(row.get("time") or "")
     if not images:
-        return LabelledPictures(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), ())
-    return LabelledPictures(np.stack(images), np.array(labels, np.uint8), tuple(writers))
+        return LabelledPictures(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), (), ())
+    return LabelledPictures(np.stack(images), np.array(labels, np.uint8), tuple(writers),
+                            tuple(times))
 
 
 def read_labels(folder: Path) -> list[tuple[int, dict[str, str]]]:
