@@ -53,7 +53,8 @@ def test_row_format_named_or_not_answers_predictions(client: TestClient, digits,
     pixels, expected = digits
     for document in ({"instances": pixels},
                      {"instances": [{"pixels": digit} for digit in pixels]},
-                     {"signature_name": "serving_default", "instances": pixels}):
+                     {"signature_name": "serving_default", "instances": pixels},
+                     {"signature_name": "", "instances": pixels}):  # "": the default, as TF's
         response = curl_d(client, path, document)
         assert response.status_code == 200, response.text
         assert list(response.json()) == ["predictions"]
@@ -116,6 +117,16 @@ def test_every_failure_under_v1_is_one_error_line(client: TestClient, method, pa
     assert list(response.json()) == ["error"], response.json()
     error = response.json()["error"]
     assert reason in error and "\n" not in error, error
+
+
+@pytest.mark.parametrize("path", [MODEL, f"{MODEL}/versions/1"])
+def test_a_post_without_a_verb_is_405_for_the_model_and_its_version(client: TestClient,
+                                                                    digits, path) -> None:
+    """TF Serving answers a POST of the model's (or a version's) URL, no `:predict`, with 405."""
+    response = curl_d(client, path, {"instances": digits[0]})
+    assert response.status_code == 405, response.text
+    assert response.json() == {"error": f"POST {path}: POST .../{path.rsplit('/', 1)[1]}"
+                                        ":predict, or GET it"}
 
 
 def test_a_model_that_answers_nan_is_a_500_error_under_v1(small_model: SmallModel) -> None:

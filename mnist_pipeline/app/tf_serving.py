@@ -4,10 +4,12 @@ Serving work unchanged. What it documents for a model of one input and one outpu
 - ``POST /v1/models/mnist[/versions/1]:predict``: rows ``{"instances": [28x28, ...]}`` or
   ``{"instances": [{"pixels": 28x28}, ...]}`` answer ``{"predictions": [[10 probabilities],
   ...]}``; columns ``{"inputs": N x 28 x 28}`` or ``{"inputs": {"pixels": N x 28 x 28}}``
-  answer ``{"outputs": [[...], ...]}``; ``signature_name`` may name ``serving_default``;
+  answer ``{"outputs": [[...], ...]}``; ``signature_name`` may name ``serving_default``,
+  or be empty or absent for it (the default signature, as TF Serving takes it);
 - ``GET /v1/models/mnist[/versions/1]``: the model's status; ``.../metadata``: its
   signature (input ``pixels`` float (-1, 28, 28), output ``probabilities`` float (-1, 10));
-- every failure under ``/v1``, 404 and 405 included, is ``{"error": "<one line>"}``.
+- every failure under ``/v1``, 404 and 405 included, is ``{"error": "<one line>"}``; a
+  ``POST`` of a model or a version without a verb is 405, as in TF Serving.
 
 Pixels are read as ``POST /predict`` reads them, within the same limits; the status codes
 are those of ``/predict`` (:data:`limits.STATUS_OF`). ``:classify`` and ``:regress`` are not
@@ -45,7 +47,8 @@ class InstancesRequest(BaseModel):
     :func:`pixels_from_request`)."""
 
     signature_name: str | None = Field(default=None,
-                                       description=f"`{SIGNATURE}` (the only signature)")
+                                       description=f"`{SIGNATURE}` (the only signature); "
+                                       "empty or absent means the default, the same")
     instances: list[list[list[float]]] | list[dict[str, list[list[float]]]] | None = Field(
         default=None,
         description=f"rows: N x 28 x 28 (N <= {MAX_BATCH_IMAGES}) pixels 0..255, or "
@@ -85,8 +88,9 @@ def pixels_from_request(body: bytes) -> tuple[np.ndarray, bool]:
     if not isinstance(document, dict) or ("instances" in document) == ("inputs" in document):
         raise Refused("invalid", 'expected a JSON object {"instances": [28x28, ...]} or '
                       '{"inputs": N x 28 x 28}, one of the two')
-    signature = document.get("signature_name", SIGNATURE)
-    if signature != SIGNATURE:
+    # TF Serving reads an absent or empty signature_name as the default signature's key.
+    signature = document.get("signature_name")
+    if signature not in (None, "", SIGNATURE):
         raise Refused("invalid", f"signature_name {str(signature)[:80]!r} not found: the "
                       f"model's only signature is {SIGNATURE!r}")
     columnar = "inputs" in document
@@ -179,6 +183,9 @@ def router() -> APIRouter:
     @routes.post("/v1/models/{name}/versions/{target}", **predict_doc)
     async def predict_version(name: str, target: str, request: Request) -> Any:
         """The same, for version 1: `POST /v1/models/mnist/versions/1:predict`."""
+        if ":" not in target:  # a version without a verb, as the model without one: 405
+            raise HTTPException(405, f"POST {request.url.path}: POST .../{target}:predict, "
+                                     "or GET it")
         return await answer(request, f"{name}:{target.partition(':')[2]}",
                             target.partition(":")[0])
 
