@@ -142,8 +142,12 @@ def normalize_digit(gray: np.ndarray, invert: InvertMode = "auto") -> np.ndarray
     Returns float32 0..255, shape (28, 28); raises :class:`PictureError` for a blank picture.
     """
     gray = np.asarray(gray, dtype=np.float32)
-    if gray.ndim != 2 or min(gray.shape) < 2:
+    if gray.ndim != 2:
         raise PictureError(f"expected a grayscale picture (H, W), got shape {gray.shape}")
+    if min(gray.shape) < 2:
+        height, width = gray.shape
+        raise PictureError(f"too small: a {width}x{height} pixel picture cannot hold a digit "
+                           "(it needs at least 2x2 pixels)")
     if should_invert(gray, invert):
         gray = 255.0 - gray
     stretched = stretch_contrast(gray)

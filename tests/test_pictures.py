@@ -57,6 +57,17 @@ def test_unreadable_bytes_are_a_picture_error(content: bytes) -> None:
         pictures.picture_to_digit(content)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 40), (40, 1)])
+def test_a_picture_too_small_for_a_digit_is_refused_as_too_small(size: tuple[int, int]) -> None:
+    stream = io.BytesIO()
+    Image.new("L", size, 0).save(stream, format="PNG")
+    width, height = size
+    with pytest.raises(pictures.PictureError) as caught:
+        pictures.picture_to_digit(stream.getvalue())
+    assert str(caught.value) == (f"too small: a {width}x{height} pixel picture cannot hold a "
+                                 "digit (it needs at least 2x2 pixels)")
+
+
 def test_huge_picture_is_shrunk(tmp_path: Path) -> None:
     Image.new("L", (2000, 1000), 255).save(tmp_path / "huge.png")
     assert pictures.read_picture(tmp_path / "huge.png").shape == (256, 512)
