@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from committed import committed_params_text
 
 from mnist_pipeline import plots_page
 
@@ -92,6 +93,9 @@ def copy_project(destination: Path) -> None:
             continue
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
+        if relative == "params.yaml":  # the defaults, not the experiment the workspace holds
+            target.write_text(committed_params_text())
+            continue
         shutil.copy2(source, target)
 
 

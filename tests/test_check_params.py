@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from committed import committed_params_text
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE = PROJECT / "stages" / "check_params.py"
@@ -21,13 +23,16 @@ RUN_STAGE = (
 
 
 def run_stage(workspace: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUN_STAGE], cwd=workspace,
+    # This checkout's library first, as for the test itself (the venv may have another's)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", RUN_STAGE], cwd=workspace, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(committed_params_text())  # not a run's
     return tmp_path
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from committed import committed_params
 
 from mnist_pipeline import distribute, fileio
 from mnist_pipeline.params import params_from_dict
@@ -113,7 +114,7 @@ def make_worker_dir(root: Path, arrays: dict, params: dict) -> Path:
     """A folder standing in for one machine's checkout: params.yaml and data/prepared (the
     splits, and sources.json naming the one test source)."""
     root.mkdir(parents=True)
-    base = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    base = committed_params()  # the defaults, not the experiment the workspace holds
     for section, values in params.items():
         if isinstance(values, dict):
             base[section].update(values)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from committed import committed_params, committed_params_text
 
 from mnist_pipeline.params import (
     DrawnParams,
@@ -23,7 +24,8 @@ from mnist_pipeline.params import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+# The committed params.yaml: a run or `dvc exp run -S` changes the workspace's, not this.
+REAL_PARAMS = committed_params()
 
 
 def with_value(dotted_key: str, value) -> dict:
@@ -37,8 +39,15 @@ def with_value(dotted_key: str, value) -> dict:
     return raw
 
 
-def test_the_real_params_file_loads():
-    params = load_params(ROOT / "params.yaml")
+@pytest.fixture
+def real_params_file(tmp_path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(committed_params_text())
+    return path
+
+
+def test_the_real_params_file_loads(real_params_file):
+    params = load_params(real_params_file)
     assert isinstance(params, Params)
     assert params.seed == REAL_PARAMS["seed"]
     assert params.data.dataset == REAL_PARAMS["data"]["dataset"]
@@ -50,8 +59,8 @@ def test_the_real_params_file_loads():
     ]
 
 
-def test_the_real_file_sets_every_key_so_defaults_cannot_drift_from_it():
-    assert as_dict(load_params(ROOT / "params.yaml")) == REAL_PARAMS
+def test_the_real_file_sets_every_key_so_defaults_cannot_drift_from_it(real_params_file):
+    assert as_dict(load_params(real_params_file)) == REAL_PARAMS
 
 
 def test_params_are_frozen():
