@@ -27,10 +27,10 @@ from mnist_pipeline.prepared import NUM_CLASSES
 
 UCI_ZIP = ("https://archive.ics.uci.edu/static/public/81/"
            "pen+based+recognition+of+handwritten+digits.zip")
-CREDIT = ("UCI pen digits: E. Alpaydin and F. Alimoglu, Pen-Based Recognition of Handwritten "
-          "Digits, UCI Machine Learning Repository (1998), doi:10.24432/C5MG6K, CC BY 4.0")
-# The side of the writers' tablet boxes, in tablet units.
-TABLET_BOX = 500
+# The largest coordinate read, in tablet units: float32 (the strokes' type) holds every whole
+# number up to 2**24 exactly. UCI's are under 1,000; a larger one is a hand-edited file, and
+# past float32's range it would turn into infinity and draw nothing.
+MAX_COORDINATE = 2**24
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def parse(text: str, name: str, writer_prefix: str) -> list[PenDigit]:
     ``name`` is used in messages; ``writer_prefix`` makes writer ids unique across files.
     Raises :class:`PenFileError` ("<name>: line N: ...") for a label that is not one digit
     0-9, a digit without a writer or without a stroke, a stroke without points, a point
-    line that is not two numbers, points outside a pen stroke, or a file with no digit.
+    line that is not two numbers or has a coordinate beyond ``MAX_COORDINATE``, points
+    outside a pen stroke, or a file with no digit.
     """
     digits: list[PenDigit] = []
     label: int | None = None
@@ -141,11 +142,22 @@ def parse(text: str, name: str, writer_prefix: str) -> list[PenDigit]:
                                    f"{line.strip()[:40]!r}")
             if points is None:
                 raise PenFileError(f"{name}: line {line_number}: a point outside a stroke")
-            points.append((float(match.group(1)), float(match.group(2))))
+            points.append(point(match.group(1), match.group(2), f"{name}: line {line_number}"))
     close_digit(len(lines))
     if not digits:
         raise PenFileError(f"{name}: no digit in it (expected UNIPEN .SEGMENT DIGIT entries)")
     return digits
+
+
+def point(x: str, y: str, where: str) -> tuple[float, float]:
+    """The numbers of a point line's two fields, or PenFileError (``where``: file and line)
+    for one beyond ``MAX_COORDINATE``: float() reads 400 digits as infinity, silently."""
+    for field in (x, y):
+        if not abs(float(field)) <= MAX_COORDINATE:
+            shown = field if len(field) <= 20 else f"{field[:12]}... ({len(field)} characters)"
+            raise PenFileError(f"{where}: coordinate {shown} out of range (tablet units are "
+                               f"at most {MAX_COORDINATE:,} either way)")
+    return float(x), float(y)
 
 
 def check_count(digits: list[PenDigit], pen_file: PenFile) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,24 @@ def test_a_generated_file_reads_back_whole():
 def test_a_bad_file_is_refused_naming_the_line_and_the_problem(edit, message):
     with pytest.raises(PenFileError, match=message):
         pendigits.parse(edit(UCI_EXCERPT), "excerpt", "tra")
+
+
+@pytest.mark.parametrize(("coordinate", "shown"), [
+    ("9" * 400, "999999999999... (400 characters)"),  # float() reads it as infinity
+    ("-" + "1" * 39, "-11111111111... (40 characters)"),  # beyond float32: inf once cast
+    ("16777217", "16777217"),  # one past what float32 holds exactly
+])
+def test_a_hand_edited_coordinate_out_of_range_is_refused_with_file_and_line(coordinate, shown):
+    edited = UCI_EXCERPT.replace(" 267  336\n", f" 267  {coordinate}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning on the way
+        with pytest.raises(PenFileError) as caught:
+            pendigits.parse(edited, "pendigits-orig.tra", "tra")
+    assert str(caught.value) == (f"pendigits-orig.tra: line 10: coordinate {shown} out of "
+                                 "range (tablet units are at most 16,777,216 either way)")
+    # The largest allowed coordinate is read as it is written.
+    near = pendigits.parse(UCI_EXCERPT.replace(" 267  336\n", " 267  -16777216\n"), "x", "t")
+    assert near[0].strokes[0][1].tolist() == [267.0, -16777216.0]
 
 
 def test_a_writer_in_two_splits_is_refused():
