@@ -115,6 +115,13 @@ def write_bytes(target: str | Path, data: bytes) -> None:
         os.fsync(stream.fileno())
 
 
+def copy_file(source: str | Path, target: str | Path) -> None:
+    """``source``'s bytes into ``target``, atomically (a reader sees the old file or the
+    whole copy)."""
+    with atomic_path(target) as temporary:
+        shutil.copyfile(source, temporary)
+
+
 def write_text(target: str | Path, text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
 

@@ -109,19 +109,26 @@ def read_labels(folder: Path) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-def split_by_writer(writers: Sequence[str], test_fraction: float, val_fraction: float,
-                    seed: int | Sequence[int]) -> dict[str, np.ndarray]:
-    """Indices of ``writers``' pictures for {"train", "val", "test"}: whole writers, drawn by
-    ``seed``, about ``test_fraction`` and ``val_fraction`` of the writers each (at least one
-    writer in test when there are three or more, so that the source is scored)."""
-    distinct = sorted(set(writers))
-    order = np.random.default_rng(seed).permutation(len(distinct))
-    test_count = round(test_fraction * len(distinct))
-    val_count = round(val_fraction * len(distinct))
-    if len(distinct) >= 3:
-        test_count = max(test_count, 1)
-    groups = {"test": order[:test_count], "val": order[test_count:test_count + val_count],
-              "train": order[test_count + val_count:]}
-    index_of = {writer: number for number, writer in enumerate(distinct)}
-    numbers = np.array([index_of[writer] for writer in writers], dtype=np.int64)
-    return {split: np.flatnonzero(np.isin(numbers, members)) for split, members in groups.items()}
+def split_by_time(writers: Sequence[str], times: Sequence[str], test_fraction: float
+                  ) -> dict[str, np.ndarray]:
+    """Indices of the pictures for {"train", "test"}: of each writer's pictures in the order
+    they came (``times``, ISO 8601 or "", then the rows' order), the latest
+    ``test_fraction`` (rounded down, at least one of three or more, never all) are the test
+    split, so that the score answers "does it read my next digit now?"; every writer's
+    earlier pictures are learned."""
+    if len(times) != len(writers):
+        raise ValueError(f"{len(writers)} writers but {len(times)} times")
+    test: list[int] = []
+    by_writer: dict[str, list[int]] = {}
+    for index, writer in enumerate(writers):
+        by_writer.setdefault(writer, []).append(index)
+    for indices in by_writer.values():
+        ordered = sorted(indices, key=lambda index: (times[index], index))
+        count = int(test_fraction * len(ordered))
+        if len(ordered) >= 3 and test_fraction > 0:
+            count = max(count, 1)
+        count = min(count, len(ordered) - 1)
+        test.extend(ordered[len(ordered) - count:] if count else [])
+    test_index = np.array(sorted(test), dtype=np.int64)
+    return {"train": np.setdiff1d(np.arange(len(writers), dtype=np.int64), test_index),
+            "test": test_index}

@@ -75,9 +75,6 @@ class DataParams:
     # UCI's pen-drawn digits of 44 writers as a second source (train, validation and a test
     # split of their own); only beside a digits dataset.
     drawn: bool = True
-    # Folders of labelled pictures under data/extra/ (labels.csv: file,label[,writer,time];
-    # mnist_pipeline/labelled.py), e.g. the corrections `serve --collect` saves.
-    extra: tuple[str, ...] = ()
     mirrors: tuple[str, ...] = ()
     timeout_seconds: float = 30.0
     retries: int = 3
@@ -89,12 +86,6 @@ class DataParams:
             _require(bool(mirror.strip()), "data.mirrors", mirror, "non-empty URL or directory")
         _require(not (self.drawn and self.dataset == "fashion-mnist"), "data.drawn", self.drawn,
                  "false with fashion-mnist (the pen data are digits, not clothes)")
-        for folder in self.extra:
-            _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", folder) is not None
-                     and folder not in (".", ".."), "data.extra", folder,
-                     "names of folders under data/extra/ (no slashes)")
-        _require(len(set(self.extra)) == len(self.extra), "data.extra", list(self.extra),
-                 "each folder once")
 
 
 @dataclass(frozen=True)
@@ -130,12 +121,9 @@ class PreprocessParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     drawn: DrawnParams = field(default_factory=DrawnParams)
-    extra_test_fraction: float = 0.2
 
     def check(self) -> None:
         self.drawn.check()
-        _require(0 <= self.extra_test_fraction < 1, "preprocess.extra_test_fraction",
-                 self.extra_test_fraction, "[0, 1)")
         _require(0 < self.val_fraction < 1, "preprocess.val_fraction", self.val_fraction,
                  "a fraction in (0, 1)")
         _require(0 < self.test_fraction < 1, "preprocess.test_fraction", self.test_fraction,
@@ -179,12 +167,12 @@ class AugmentationParams:
     def enabled(self) -> bool:
         return any((self.rotation_degrees, self.translation_fraction, self.zoom_fraction))
 
-    def check(self) -> None:
-        _require(0 <= self.rotation_degrees <= 180, "train.augmentation.rotation_degrees",
+    def check(self, section: str = "train.augmentation") -> None:
+        _require(0 <= self.rotation_degrees <= 180, f"{section}.rotation_degrees",
                  self.rotation_degrees, "0..180")
-        _require(0 <= self.translation_fraction < 0.5, "train.augmentation.translation_fraction",
+        _require(0 <= self.translation_fraction < 0.5, f"{section}.translation_fraction",
                  self.translation_fraction, "[0, 0.5)")
-        _require(0 <= self.zoom_fraction < 1, "train.augmentation.zoom_fraction",
+        _require(0 <= self.zoom_fraction < 1, f"{section}.zoom_fraction",
                  self.zoom_fraction, "[0, 1)")
 
 
@@ -238,6 +226,55 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class CorrectionAugmentationParams(AugmentationParams):
+    """The same transforms, stronger by default: a few pictures of one writer need them to
+    teach a style rather than those pictures (benchmarks/README.md)."""
+
+    rotation_degrees: float = 10.0
+    translation_fraction: float = 0.1
+    zoom_fraction: float = 0.1
+
+    def check(self, section: str = "corrections.augmentation") -> None:
+        super().check(section)
+
+
+@dataclass(frozen=True)
+class CorrectionsParams:
+    """A round of corrections (the finetune stage, mnist_pipeline/finetune.py)."""
+
+    # Folders of labelled pictures under data/extra/ (labels.csv: file,label[,writer,time];
+    # mnist_pipeline/labelled.py), e.g. the corrections `serve --collect` saves.
+    folders: tuple[str, ...] = ()
+    # Of each writer's pictures, the latest this share (rounded down; one of three or more;
+    # never all) is held out as the `extra` test source; the earlier ones are learned.
+    test_fraction: float = 0.2
+    repeats: int = 10
+    replay: int = 2000
+    epochs: int = 3
+    learning_rate: float = 0.0003
+    batch_size: int = 64
+    augmentation: CorrectionAugmentationParams = field(
+        default_factory=CorrectionAugmentationParams)
+
+    def check(self) -> None:
+        for folder in self.folders:
+            _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", folder) is not None
+                     and folder not in (".", ".."), "corrections.folders", folder,
+                     "names of folders under data/extra/ (no slashes)")
+        _require(len(set(self.folders)) == len(self.folders), "corrections.folders",
+                 list(self.folders), "each folder once")
+        _require(0 <= self.test_fraction < 1, "corrections.test_fraction", self.test_fraction,
+                 "[0, 1)")
+        _require(1 <= self.repeats <= 1000, "corrections.repeats", self.repeats, "1..1000")
+        _require(0 <= self.replay <= 1_000_000, "corrections.replay", self.replay,
+                 "0..1000000")
+        _require(1 <= self.epochs <= 100, "corrections.epochs", self.epochs, "1..100")
+        _require(self.learning_rate > 0, "corrections.learning_rate", self.learning_rate, "> 0")
+        _require(self.batch_size >= 1, "corrections.batch_size", self.batch_size, ">= 1")
+        self.augmentation.check()
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = 1024
 
@@ -265,13 +302,14 @@ class Params:
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
+    corrections: CorrectionsParams = field(default_factory=CorrectionsParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     plot: PlotParams = field(default_factory=PlotParams)
 
     def check(self) -> None:
         _require(0 <= self.seed < 2**31, "seed", self.seed, "an integer in 0..2**31-1")
-        for section in (self.data, self.preprocess, self.model, self.train, self.evaluate,
-                        self.plot):
+        for section in (self.data, self.preprocess, self.model, self.train, self.corrections,
+                        self.evaluate, self.plot):
             section.check()
 
 

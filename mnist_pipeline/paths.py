@@ -21,8 +21,12 @@ RAW_FILES = {
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
 
-# Folders of labelled pictures (data.extra names them): a dependency of preprocess.
+# Folders of labelled pictures (corrections.folders names them): read by read_corrections.
 EXTRA_DIR = Path("data/extra")
+# Those pictures MNIST-style, split by time (read_corrections): train_* are learned by the
+# finetune stage, test_* are the `extra` test source; summary.json says what was read.
+CORRECTIONS_DIR = Path("data/corrections")
+CORRECTIONS_SUMMARY = CORRECTIONS_DIR / "summary.json"
 
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
@@ -31,23 +35,28 @@ SPLITS = ("train", "val", "test")
 PREPARED_SOURCES = PREPARED_DIR / "sources.json"
 
 
-def prepared_images(split: str) -> Path:
+def prepared_images(split: str, folder: Path = PREPARED_DIR) -> Path:
     """Normalized float32 images of one split, shape (N, 28, 28), values in [0, 1]."""
-    return PREPARED_DIR / f"{split}_images.npy"
+    return folder / f"{split}_images.npy"
 
 
-def prepared_labels(split: str) -> Path:
+def prepared_labels(split: str, folder: Path = PREPARED_DIR) -> Path:
     """uint8 class labels 0..9 of one split, shape (N,)."""
-    return PREPARED_DIR / f"{split}_labels.npy"
+    return folder / f"{split}_labels.npy"
 
 
 MODELS_DIR = Path("models")
+# The train stage's model (every source's training digits), and the model everything uses:
+# the base after the finetune stage has learned the corrections (the base itself when there
+# are none).
+BASE_MODEL_FILE = MODELS_DIR / "base.keras"
 MODEL_FILE = MODELS_DIR / "model.keras"
 SERVING_DIR = MODELS_DIR / "serving"  # the same model as a TensorFlow SavedModel (TF Serving)
 ONNX_MODEL_FILE = MODELS_DIR / "model.onnx"  # the same model for onnxruntime (no TensorFlow)
 
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"
+CORRECTIONS_METRICS = METRICS_DIR / "corrections.json"  # pictures read, learned, held out
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 EXPORT_METRICS = METRICS_DIR / "export.json"  # the ONNX model's parity with the .keras model
 

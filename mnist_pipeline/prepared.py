@@ -44,6 +44,16 @@ def test_split(source: str | None) -> str:
     return f"test_{source}" if source in (DRAWN_SOURCE, EXTRA_SOURCE) else "test"
 
 
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels 0..255 (any shape) -> float32 in [0, 1], i.e. ``x * float32(1/255)``.
+
+    Only uint8 is accepted, so already-normalized floats cannot be scaled twice.
+    """
+    if images.dtype != np.uint8:
+        raise ValueError(f"normalize expects uint8 pixels 0..255, got {images.dtype}")
+    return images.astype(np.float32) * np.float32(PIXEL_SCALE)
+
+
 def check_normalized_images(images: np.ndarray, name: str) -> None:
     """Raise ValueError (naming ``name``) unless ``images`` are finite float32 (N, 28, 28) in
     [0, 1]."""
@@ -71,9 +81,12 @@ def check_labels(labels: np.ndarray, name: str, num_classes: int = NUM_CLASSES) 
                          f"(min {labels.min()}, max {labels.max()})")
 
 
-def save(split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """Check one split against the contract, then write its two files atomically."""
-    images_path, labels_path = paths.prepared_images(split), paths.prepared_labels(split)
+def save(split: str, images: np.ndarray, labels: np.ndarray,
+         folder: Path = paths.PREPARED_DIR) -> None:
+    """Check one split against the contract, then write its two files (in ``folder``)
+    atomically."""
+    images_path = paths.prepared_images(split, folder)
+    labels_path = paths.prepared_labels(split, folder)
     check_normalized_images(images, str(images_path))
     check_labels(labels, str(labels_path))
     if labels.dtype != np.uint8 or len(images) != len(labels):
@@ -83,14 +96,16 @@ def save(split: str, images: np.ndarray, labels: np.ndarray) -> None:
     fileio.save_npy(labels_path, labels)
 
 
-def load(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The images (N, 28, 28) float32 in [0, 1] and int64 labels (N,) of ``split``, checked.
+def load(split: str, folder: Path = paths.PREPARED_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 28, 28) float32 in [0, 1] and int64 labels (N,) of ``split`` (in
+    ``folder``), checked.
 
     Raises FileNotFoundError / ValueError naming the offending file: missing or corrupt
     arrays, wrong shapes or dtypes, NaNs or values outside [0, 1], labels outside 0..9, an
     empty split, or image and label counts that differ.
     """
-    images_path, labels_path = paths.prepared_images(split), paths.prepared_labels(split)
+    images_path = paths.prepared_images(split, folder)
+    labels_path = paths.prepared_labels(split, folder)
     images, labels = fileio.load_npy(images_path), fileio.load_npy(labels_path)
     check_normalized_images(images, str(images_path))
     check_labels(labels, str(labels_path))

@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import drawn, fileio, idx, labelled, paths, pendigits
+from mnist_pipeline import drawn, fileio, idx, paths, pendigits
 from mnist_pipeline.params import PreprocessParams
 from mnist_pipeline.pendigits import PenDigit
-from mnist_pipeline.prepared import (
+from mnist_pipeline.prepared import (  # normalize: the stage's, kept in the contract's module
     DRAWN_SOURCE,
-    EXTRA_SOURCE,
     NUM_CLASSES,
-    PIXEL_SCALE,
+    normalize,
     test_split,
 )
 
@@ -35,8 +34,6 @@ _VAL_STREAM = 2
 Split = tuple[np.ndarray, np.ndarray]  # (images, labels)
 
 
-# Independent random stream for the labelled pictures' writer split.
-_EXTRA_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -48,16 +45,6 @@ class RawDataset:
     train: Split
     test: Split | None  # None for datasets without a published test split
     drawn: tuple[list[PenDigit], list[PenDigit]] | None = None  # (train writers, test writers)
-
-
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels 0..255 (any shape) -> float32 in [0, 1], i.e. ``x * float32(1/255)``.
-
-    Only uint8 is accepted, so already-normalized floats cannot be scaled twice.
-    """
-    if images.dtype != np.uint8:
-        raise ValueError(f"normalize expects uint8 pixels 0..255, got {images.dtype}")
-    return images.astype(np.float32) * np.float32(PIXEL_SCALE)
 
 
 def class_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> list[int]:
@@ -132,26 +119,20 @@ def split_dataset(
     }
 
 
-def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int,
-                   extra: labelled.LabelledPictures | None = None) -> dict[str, Split]:
-    """The stage's whole computation: split, add the other sources, normalize each split.
+def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int) -> dict[str, Split]:
+    """The stage's whole computation: split, add the drawn digits, normalize each split.
 
-    The other sources are the drawn digits (``raw.drawn``) and the labelled pictures of
-    ``data.extra`` (``extra``), each split by writer. Returns {"train", "val", "test"[,
-    "test_drawn"][, "test_extra"]} of (float32 images in [0, 1], uint8 labels): train and val
-    hold every source (the model learns and is calibrated on all), and each source keeps a
-    test split of its own (:func:`test_splits`). Splitting before normalizing copies uint8
-    arrays, a quarter of the bytes of float32 ones.
+    The drawn digits (``raw.drawn``) are split by writer. Returns {"train", "val", "test"[,
+    "test_drawn"]} of (float32 images in [0, 1], uint8 labels): train and val hold both
+    sources (the model learns and is calibrated on both), and each source keeps a test split
+    of its own (:func:`test_splits`). Splitting before normalizing copies uint8 arrays, a
+    quarter of the bytes of float32 ones. (Labelled pictures, such as the page's
+    corrections, are the read_corrections and finetune stages' work.)
     """
     splits = split_dataset(raw.train, raw.test, params, seed)
     others = {}
     if raw.drawn is not None:
         others[DRAWN_SOURCE] = drawn.drawn_splits(*raw.drawn, params.drawn, seed)
-    if extra is not None and len(extra.labels):
-        parts = labelled.split_by_writer(extra.writers, params.extra_test_fraction,
-                                         params.val_fraction, (seed, _EXTRA_STREAM))
-        others[EXTRA_SOURCE] = {name: (extra.images[index], extra.labels[index])
-                                for name, index in parts.items()}
     for source, parts in others.items():
         for name in ("train", "val"):
             splits[name] = concatenate(splits[name], parts[name])
@@ -160,27 +141,13 @@ def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int,
     return {name: (normalize(images), labels) for name, (images, labels) in splits.items()}
 
 
-def read_extra(folders: Sequence[str], root: str | Path = paths.EXTRA_DIR
-               ) -> labelled.LabelledPictures | None:
-    """The labelled pictures of ``folders`` (names under ``root``), one after the other;
-    None for no folder. LabelledFolderError names the folder, the row and the problem."""
-    if not folders:
-        return None
-    read = [labelled.read_folder(Path(root) / folder) for folder in folders]
-    return labelled.LabelledPictures(
-        np.concatenate([part.images for part in read]),
-        np.concatenate([part.labels for part in read]),
-        tuple(writer for part in read for writer in part.writers))
-
-
 def test_splits(dataset: str, splits: Mapping[str, Split]) -> dict[str, str]:
     """{source: prepared split} for every test split in ``splits``: the main dataset under
     its own name, the drawn digits under :data:`DRAWN_SOURCE`. Written to
     data/prepared/sources.json, which evaluate reads."""
     sources = {dataset: test_split(None)}
-    for source in (DRAWN_SOURCE, EXTRA_SOURCE):
-        if test_split(source) in splits:
-            sources[source] = test_split(source)
+    if test_split(DRAWN_SOURCE) in splits:
+        sources[DRAWN_SOURCE] = test_split(DRAWN_SOURCE)
     return sources
 
 

@@ -1,9 +1,11 @@
 """Evaluate stage: score the saved model on each source's test digits, as predict uses it.
 
 Reads   params.yaml (evaluate), models/model.keras, data/prepared/sources.json ({source: test
-        split}) and those splits' data/prepared/<split>_{images,labels}.npy
+        split}) and those splits' data/prepared/<split>_{images,labels}.npy, and the held-out
+        latest corrections of each writer, data/corrections/test_*.npy, where there are any
 Writes  metrics/evaluate.json: per source (the dataset's name; "drawn" for the pen digits'
-        test writers) accuracy, errors and ece (expected calibration error, 15 bins)
+        test writers; "extra" for the corrections) accuracy, errors and ece (expected
+        calibration error, 15 bins)
         plots/predictions/<source>.csv: index,actual,predicted,confidence (one row per digit)
         plots/per_class/<source>.csv: digit,precision,recall,f1,support,errors,false_positives
         plots/calibration/<source>.csv: bin,confidence,accuracy,count (reliability diagram)
@@ -24,6 +26,9 @@ def main() -> None:
         params = load_params()
         sources = prepared.read_sources()
         test_sets = {source: prepared.load(split) for source, split in sources.items()}
+        main_source = next(source for source, split in sources.items() if split == "test")
+        if paths.prepared_labels("test", paths.CORRECTIONS_DIR).exists():
+            test_sets[prepared.EXTRA_SOURCE] = prepared.load("test", paths.CORRECTIONS_DIR)
         classifier = inference.load(paths.MODEL_FILE)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"evaluate: {error}")
@@ -31,8 +36,9 @@ def main() -> None:
     def probabilities(pixels):
         return classifier.probabilities(pixels, params.evaluate.batch_size)
 
-    # The saved model takes raw pixels, as `mnist-pipeline predict` feeds it.
-    main_images, main_labels = next(iter(test_sets.values()))
+    # The saved model takes raw pixels, as `mnist-pipeline predict` feeds it. The robustness
+    # curve is drawn on the dataset's own test digits.
+    main_images, main_labels = test_sets[main_source]
     try:
         results = {source: evaluation.score(labels, probabilities(to_pixels(images)))
                    for source, (images, labels) in test_sets.items()}

@@ -1,12 +1,10 @@
 """Preprocess stage: raw IDX files -> normalized, stratified train / val / test arrays.
 
-Reads  params `seed`, `preprocess` and `data.extra` (via load_params), data/raw/ (IDX files,
-       manifest.json, and the UCI pen-digit files where the download stage fetched them),
-       and the folders of labelled pictures under data/extra/ that data.extra names.
+Reads  params `seed` and `preprocess` (via load_params), data/raw/ (IDX files,
+       manifest.json, and the UCI pen-digit files where the download stage fetched them).
 Writes data/prepared/<split>_images.npy (float32, N x 28 x 28, values in [0, 1]) and
        data/prepared/<split>_labels.npy (uint8 0..9) for train and val (both sources), test
-       (the dataset's), test_drawn (the pen digits' test writers, with data.drawn) and
-       test_extra (data.extra's held-out writers);
+       (the dataset's) and test_drawn (the pen digits' test writers, with data.drawn);
        data/prepared/sources.json ({source: test split}), metrics/data.json (dataset and
        split sizes), plots/class_counts/<split>.csv (digit,count).
 On bad params or raw files it prints one line naming the problem, writes nothing and exits 1.
@@ -23,8 +21,7 @@ def main() -> None:
     try:
         params = load_params()
         raw = preprocess.load_raw(paths.RAW_DIR)
-        extra = preprocess.read_extra(params.data.extra)
-        splits = preprocess.prepare_splits(raw, params.preprocess, params.seed, extra)
+        splits = preprocess.prepare_splits(raw, params.preprocess, params.seed)
     except (FileNotFoundError, ValueError) as error:  # ParamsError, IdxFormatError included
         sys.exit(f"preprocess: {error}")
 

@@ -1,9 +1,12 @@
 """Train stage: fit the network on the prepared digits and save the pixel-input model.
 
 Reads   params.yaml (seed, model, train) and data/prepared/{train,val}_{images,labels}.npy
-Writes  models/model.keras: raw pixels 0..255, float32 (N, 28, 28) -> probabilities (N, 10),
-        calibrated: the temperature is fitted on the validation split after training
-        dvclive/metrics.json (the last epoch's validation accuracy, `temperature`) and
+Writes  models/base.keras: raw pixels 0..255, float32 (N, 28, 28) -> probabilities (N, 10),
+        calibrated: the temperature is fitted on the validation split after training (the
+        finetune stage makes it models/model.keras, learning the corrections if any), and so
+        is the model's `uncertain` threshold, which the saved model carries too
+        dvclive/metrics.json (the last epoch's validation accuracy, `temperature`,
+        `min_confidence`: that threshold) and
         dvclive/plots/metrics/{train,eval}/{loss,accuracy}.tsv (one row per epoch; `eval`
         is the validation split)
 
@@ -17,12 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from mnist_pipeline import calibration, distribute, fileio, paths, prepared, training
-from mnist_pipeline.model import build_network, export_logits, export_model, to_pixels
+from mnist_pipeline.model import build_network, export_model
 from mnist_pipeline.model_file import save_model
 from mnist_pipeline.params import load_params
 
@@ -56,36 +58,36 @@ def main() -> None:
         print(f"train: {time.perf_counter() - started:.1f} s of training")
         fitted = fit_calibration(network, params.model.test_time_shifts, val_data)
         print(f"train: temperature {fitted.temperature} (validation NLL "
-              f"{fitted.nll_before:.4f} -> {fitted.nll_after:.4f})")
+              f"{fitted.nll_before:.4f} -> {fitted.nll_after:.4f}), uncertain below "
+              f"{fitted.min_confidence}")
         if live is not None:
             live.log_metric("temperature", fitted.temperature, plot=False)
+            live.log_metric("min_confidence", fitted.min_confidence, plot=False)
         try:
             save_model(export_model(network, params.model.test_time_shifts,
-                                    fitted.temperature), model_file)
+                                    fitted.temperature, fitted.min_confidence), model_file)
         except OSError as error:  # a full disk, say: one line, and no half-written model
-            sys.exit(f"train: {paths.MODEL_FILE}: could not be written "
+            sys.exit(f"train: {paths.BASE_MODEL_FILE}: could not be written "
                      f"({error.strerror or error}); an earlier model there is unchanged")
 
 
 def fit_calibration(network, test_time_shifts: int, val_data) -> calibration.Calibration:
     """The temperature that makes the saved model's probabilities honest on the validation
-    digits (see mnist_pipeline.calibration), fitted on the trained network's logits."""
-    images, labels = val_data
-    logits = export_logits(network, test_time_shifts).predict(
-        to_pixels(images), batch_size=CALIBRATION_BATCH_SIZE, verbose=0)
-    return calibration.fit_temperature(np.stack(logits) if isinstance(logits, list) else logits,
-                                       labels)
+    digits, and the `uncertain` threshold of those probabilities (one mixed validation
+    split: one source), fitted on the trained network (see mnist_pipeline.calibration)."""
+    return calibration.calibrate_network(network, test_time_shifts, val_data,
+                                         batch_size=CALIBRATION_BATCH_SIZE)
 
 
 @contextlib.contextmanager
 def outputs(worker: distribute.Worker) -> Iterator[tuple[Path, Live | None]]:
     """Where this worker saves the model, and the dvclive logger of its training.
 
-    The chief saves to models/model.keras, after checking that it can (minutes of training
+    The chief saves to models/base.keras, after checking that it can (minutes of training
     would be lost on a folder that cannot take the model), and logs to dvclive/. Any other
     worker logs nothing and saves into a scratch folder (see distribute.model_destination).
     """
-    with distribute.model_destination(paths.MODEL_FILE, worker.chief) as model_file:
+    with distribute.model_destination(paths.BASE_MODEL_FILE, worker.chief) as model_file:
         if not worker.chief:
             yield model_file, None
             return

@@ -107,7 +107,7 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(stage_name):
 def _params_sections_read(script: Path) -> set[str]:
     """The params a stage script reads, as dvc.yaml should list them: a section it uses whole
     (`params.train` passed on) or all of whose keys it reads, by name; otherwise the keys it
-    reads of it, dotted (preprocess reads `params.data.extra` alone: `data.extra`)."""
+    reads of it, dotted (finetune reads `params.model.test_time_shifts` alone)."""
     fields = {f.name for f in dataclasses.fields(Params)}
     hints = typing.get_type_hints(Params)
     tree = ast.parse(script.read_text())
@@ -170,7 +170,10 @@ def test_dvc_yaml_paths_match_the_paths_module():
     assert declared("preprocess", "outs") == {str(paths.PREPARED_DIR)}
     assert declared("preprocess", "metrics") == {str(paths.DATA_METRICS)}
     assert declared("preprocess", "plots") == {str(paths.CLASS_COUNTS_DIR)}
-    assert declared("train", "outs") == {str(paths.MODEL_FILE)}
+    assert declared("train", "outs") == {str(paths.BASE_MODEL_FILE)}
+    assert declared("read_corrections", "outs") == {str(paths.CORRECTIONS_DIR)}
+    assert declared("read_corrections", "metrics") == {str(paths.CORRECTIONS_METRICS)}
+    assert declared("finetune", "outs") == {str(paths.MODEL_FILE)}
     assert declared("train", "metrics") == {str(paths.TRAINING_METRICS)}
     assert declared("train", "plots") == {str(paths.TRAINING_PLOTS_DIR.parent)}
     assert declared("export", "outs") == {str(paths.SERVING_DIR), str(paths.ONNX_MODEL_FILE)}
@@ -216,5 +219,5 @@ def test_each_stage_reads_what_the_previous_one_writes():
         for dep in _deps(stage):
             if not dep.endswith(".py") and dep != str(paths.EXTRA_DIR):
                 assert dep in outs, f"{name}: data dep {dep} is no stage's output"
-    assert str(paths.EXTRA_DIR) in _deps(STAGES["preprocess"])
+    assert str(paths.EXTRA_DIR) in _deps(STAGES["read_corrections"])
     assert (ROOT / paths.EXTRA_DIR / "README.md").is_file()  # DVC needs the folder to exist
