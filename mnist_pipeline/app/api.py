@@ -1,6 +1,8 @@
 """``mnist-pipeline serve``: a page to draw digits on, and a JSON API, over the trained model.
 
-:func:`create_app` builds the FastAPI application around a model loaded once:
+:func:`create_app` builds the FastAPI application around a model, loaded at start and again
+whenever its file is replaced (:mod:`mnist_pipeline.app.model_watch`, as TensorFlow Serving
+follows its model folder):
 
 - ``GET /``: the drawing page (``static/index.html``, ``page.js``, ``page.css``; nothing is
   loaded from the internet);
@@ -11,8 +13,9 @@
 - ``POST /corrections``: with ``collect``, a picture and the digit it is, saved in a folder of
   labelled pictures for the pipeline (:mod:`mnist_pipeline.app.corrections`); else 404;
 - ``/v1/models/mnist...``: TensorFlow Serving's REST API (:mod:`mnist_pipeline.app.tf_serving`);
-- ``GET /health``, and FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``, whose scripts
-  come from the ``fastapi-offline`` package rather than a CDN.
+- ``GET /health``: which model answers (its file's SHA-256 and times), and counts;
+- FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``, whose scripts come from the
+  ``fastapi-offline`` package rather than a CDN.
 
 Every HTML answer carries one Content-Security-Policy (:func:`guard.content_security_policy`)
 that allows the docs pages' own inline script and nothing else inline. A model that fails,
@@ -44,7 +47,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnist_pipeline import __version__, inference, pictures, uncertainty
-from mnist_pipeline.app import corrections, tf_serving
+from mnist_pipeline.app import corrections, model_watch, tf_serving
 from mnist_pipeline.app.batching import (
     MAX_MODEL_BATCH,
     PROBABILITY_DECIMALS,
@@ -115,7 +118,13 @@ class PixelsRequest(BaseModel):
 
 class HealthAnswer(BaseModel):
     status: str
-    model: str
+    model: str = Field(description="the model file's path (a model built in memory: its kind)")
+    model_sha256: str | None = Field(description="SHA-256 of the model file that answers")
+    model_modified: str | None = Field(description="that file's modification time (UTC)")
+    model_loaded: str = Field(description="when the model that answers was loaded (UTC)")
+    model_reloads: int = Field(description="new versions of the file served since start")
+    model_refused: str | None = Field(description="why the file's latest version was refused "
+                                      "(the model above keeps answering); null when it is served")
     version: str
     requests: int = Field(description="images predicted since start")
     model_calls: int = Field(description="model calls since start (batches)")
@@ -157,12 +166,16 @@ def create_app(model: str | Path | inference.Classifier, *,
                max_model_batch: int = MAX_MODEL_BATCH, window_seconds: float = 0.0,
                body_timeout: float = BODY_TIMEOUT_SECONDS, max_bodies: int = MAX_BODIES,
                decode_budget_bytes: int = DECODE_BUDGET_BYTES,
-               collect: corrections.CorrectionFolder | str | Path | None = None) -> FastAPI:
+               collect: corrections.CorrectionFolder | str | Path | None = None,
+               poll_seconds: float | None = model_watch.POLL_SECONDS) -> FastAPI:
     """The application around ``model``: a ``.onnx`` or ``.keras`` file, or a loaded
     :class:`mnist_pipeline.inference.Classifier`.
 
     The model takes raw pixels 0..255 (N, 28, 28) and returns probabilities (N, 10), as
-    every model file of the pipeline; it is loaded once here. ``max_model_batch`` and
+    every model file of the pipeline; it is loaded here, and its file is polled every
+    ``poll_seconds`` (None: never) while the app runs: a new version that passes the checks
+    of a start answers from the next model call on (:class:`model_watch.ModelWatcher`),
+    one that fails is refused and the model before keeps answering. ``max_model_batch`` and
     ``window_seconds`` tune :class:`ModelBatcher` (1 and 0: one request per model call);
     ``body_timeout`` and ``max_bodies``, :class:`GuardRequests`; ``decode_budget_bytes``,
     the pixels that pictures decoded at once may hold (:class:`pictures.DecodeBudget`);
@@ -172,12 +185,25 @@ def create_app(model: str | Path | inference.Classifier, *,
         collect = corrections.CorrectionFolder(collect)
     classifier = (model if isinstance(model, inference.Classifier)
                   else inference.load(model, MODEL_THREADS))
-    model_name = str(classifier.path) if classifier.path else classifier.kind
     batcher = ModelBatcher(classifier.run_batch, max_model_batch, window_seconds)
+    served = model_watch.describe(classifier)
+    watcher = None
+
+    def serve_model(new: model_watch.ServedModel) -> None:  # from the watcher's thread
+        batcher.swap(new.classifier.run_batch)
+        app.state.model = new
+
+    if classifier.path is not None and poll_seconds is not None:
+        watcher = model_watch.ModelWatcher(classifier.path, served, serve_model, MODEL_THREADS,
+                                           poll_seconds)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if watcher is not None:
+            watcher.start()
         yield
+        if watcher is not None:
+            watcher.stop()
         batcher.close()
 
     app = FastAPIOffline(
@@ -189,6 +215,7 @@ def create_app(model: str | Path | inference.Classifier, *,
         docs_url=None, redoc_url=None,  # made below, so that their inline script is known
     )
     app.state.batcher = batcher
+    app.state.model, app.state.model_watcher = served, watcher
     app.state.decode_budget = budget = pictures.DecodeBudget(decode_budget_bytes)
     docs = docs_pages(app)
     app.add_middleware(GuardRequests, max_bytes=MAX_REQUEST_BYTES, max_bodies=max_bodies,
@@ -207,8 +234,13 @@ def create_app(model: str | Path | inference.Classifier, *,
 
     @app.get("/health", response_model=HealthAnswer)
     async def health() -> dict[str, Any]:
-        """Whether the server is up, which model it serves and how much it has done."""
-        return {"status": "ok", "model": model_name,
+        """Whether the server is up, which model answers (the file's SHA-256 and times) and
+        how much it has done."""
+        model = app.state.model
+        return {"status": "ok", "model": model.name, "model_sha256": model.sha256,
+                "model_modified": model.modified, "model_loaded": model.loaded,
+                "model_reloads": watcher.reloads if watcher else 0,
+                "model_refused": watcher.refused if watcher else None,
                 "version": __version__, "requests": batcher.images,
                 "model_calls": batcher.model_calls, "collect": collect is not None}
 
@@ -243,7 +275,8 @@ def create_app(model: str | Path | inference.Classifier, *,
         """
         pixels, batch = await read_digits(request, budget)
         probabilities = await request.app.state.batcher.predict(pixels)
-        flags = uncertainty.uncertain(pixels, probabilities)
+        flags = uncertainty.uncertain(  # with the served model's own threshold
+            pixels, probabilities, request.app.state.model.classifier.min_confidence)
         if not batch:
             return {**answer(probabilities[0], flags[0]),
                     "digit": np.rint(pixels[0]).astype(int).tolist()}

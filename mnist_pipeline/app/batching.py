@@ -1,7 +1,8 @@
 """The model, shared by concurrent requests of ``serve``: one call for all who wait.
 
 :class:`ModelBatcher` queues the digits of each request; while the model runs on one batch
-the next requests queue, and the next call takes all of them.
+the next requests queue, and the next call takes all of them. The model it calls can be
+replaced while it serves (:meth:`ModelBatcher.swap`): between two calls, never during one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ModelBatcher:
     thread, so the event loop keeps accepting and parsing requests meanwhile; with one
     client at a time every call has one request and nothing waits. A request whose answers
     are not finite probabilities of 10 digits gets :class:`ModelAnswerError` instead.
+    :meth:`swap` replaces ``predict_fn`` for the calls that start after it.
     """
 
     def __init__(self, predict_fn: Callable[[np.ndarray], np.ndarray],
@@ -46,6 +48,11 @@ class ModelBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
+
+    def swap(self, predict_fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Call ``predict_fn`` from the next model call on (from any thread): a call in
+        progress finishes on the function it started with, and so do its requests."""
+        self.predict_fn = predict_fn
 
     async def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (n, 10) for ``pixels`` (n, 28, 28); more than ``max_images`` run alone."""
@@ -77,8 +84,9 @@ class ModelBatcher:
     async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         pixels = np.concatenate([item[0] for item in batch])
         loop = asyncio.get_running_loop()
+        predict_fn = self.predict_fn  # the whole batch runs on one model, whatever swaps
         try:
-            probabilities = await loop.run_in_executor(self._executor, self.predict_fn, pixels)
+            probabilities = await loop.run_in_executor(self._executor, predict_fn, pixels)
         except Exception as error:  # noqa: BLE001 - handed to every waiting request
             for _, future in batch:
                 if not future.done():
