@@ -35,8 +35,7 @@ class SourceResult:
 def score(labels: np.ndarray, probabilities: np.ndarray) -> SourceResult:
     """The results for test ``labels`` (N,) given the model's ``probabilities`` (N, 10)."""
     predicted = probabilities.argmax(axis=1)
-    headline = classification_metrics(labels, predicted)
-    scores = {"accuracy": headline["accuracy"], "errors": headline["errors"],
+    scores = {**classification_metrics(labels, predicted),
               "ece": expected_calibration_error(labels, probabilities)}
     predictions = pd.DataFrame({
         "index": np.arange(len(labels)),

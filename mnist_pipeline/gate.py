@@ -57,8 +57,7 @@ EVALUATE_FILE = str(paths.EVALUATE_METRICS)
 DATA_FILE = str(paths.DATA_METRICS)
 # The metrics of each source and their valid values; accuracy and errors must be there.
 REQUIRED = ("accuracy", "errors")
-FRACTIONS = ("accuracy", "ece")  # finite numbers in 0..1
-COUNTS = ("errors",)  # non-negative integers
+FRACTIONS = ("accuracy", "ece")  # finite numbers in 0..1; the others (errors) are counts
 CHECKED = (*REQUIRED, "ece")
 SHOWN_PATHS = 3  # per kind of change in a stale stage's line
 # Tiny float noise (0.91 - 0.907 = 0.0030000000000000027) must not tip a comparison.

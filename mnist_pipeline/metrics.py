@@ -1,12 +1,13 @@
 """Classification metrics from labels and probabilities: numpy and pandas, no TensorFlow.
 
 :func:`classification_metrics` gives the headline numbers that ``metrics/evaluate.json``
-holds (a handful of columns in ``dvc metrics show`` and ``dvc exp show``);
-:func:`per_class_metrics` gives the per-digit table that ``plots/per_class.csv`` holds, which
-``dvc plots show/diff`` draws as bar charts (errors per digit: at 99% accuracy, counts show
-differences that precision, recall and F1 bars on a 0..1 axis hide);
+holds per test source (a handful of columns in ``dvc metrics show`` and ``dvc exp show``);
+:func:`per_class_metrics` gives the per-digit table that ``plots/per_class/<source>.csv``
+holds, which ``dvc plots show/diff`` draws as bar charts (errors per digit: at 99% accuracy,
+counts show differences that precision, recall and F1 bars on a 0..1 axis hide);
 :func:`expected_calibration_error` and :func:`reliability_table` say whether the
-probabilities mean what they say (``ece`` in metrics/evaluate.json, plots/calibration.csv).
+probabilities mean what they say (``ece`` in metrics/evaluate.json,
+plots/calibration/<source>.csv).
 """
 
 from __future__ import annotations
@@ -48,29 +49,14 @@ def cross_entropy(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.log(chosen).mean())
 
 
-def classification_metrics(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    probabilities: np.ndarray | None = None,
-    num_classes: int = NUM_CLASSES,
-) -> dict:
-    """The numbers a person compares first, JSON-ready::
-
-        {"accuracy": float, "errors": int, "macro_f1": float, "loss": float (with probabilities)}
-
-    Macro F1 is the mean of the per-class F1 of :func:`per_class_metrics`.
-    """
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           num_classes: int = NUM_CLASSES) -> dict:
+    """The numbers a person compares first, JSON-ready: ``{"accuracy": float, "errors": int}``
+    (metrics/evaluate.json adds the calibration error, :func:`expected_calibration_error`)."""
     matrix = confusion_matrix(y_true, y_pred, num_classes)
     total = int(matrix.sum())
     correct = int(np.trace(matrix))
-    result: dict = {
-        "accuracy": _round(correct / total if total else 0.0),
-        "errors": total - correct,
-        "macro_f1": _round(_per_class_scores(matrix)["f1"].mean()),
-    }
-    if probabilities is not None:
-        result["loss"] = _round(cross_entropy(y_true, probabilities))
-    return result
+    return {"accuracy": _round(correct / total if total else 0.0), "errors": total - correct}
 
 
 def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES

@@ -34,8 +34,6 @@ DISTORTIONS: dict[str, tuple[float, ...]] = {
     "thicker": (1.0, 2.0, 3.0, 4.0),  # pixels added to the stroke width (grey dilation)
     "noise": (15.0, 30.0, 45.0, 60.0),  # std of Gaussian pixel noise, 0..255 scale, clipped
 }
-UNITS = {"rotation": "degrees", "shift": "pixels", "zoom_out": "scale", "zoom_in": "scale",
-         "thicker": "pixels", "noise": "pixel std"}
 
 
 def distort(pixels: np.ndarray, distortion: str, severity: float,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mnist_pipeline import training
-from mnist_pipeline.metrics import classification_metrics
+from mnist_pipeline.metrics import classification_metrics, cross_entropy
 from mnist_pipeline.model import build_network
 from mnist_pipeline.params import AugmentationParams, ModelParams, TrainParams
 
@@ -132,7 +132,8 @@ def _train_and_score(splits, seed, train_config=TINY_TRAIN):
     history = training.train(network, *splits, train_config, seed, verbose=0)
     val_images, val_labels = splits[1]
     probabilities = network.predict(val_images, verbose=0)
-    scores = classification_metrics(val_labels, probabilities.argmax(1), probabilities)
+    scores = {**classification_metrics(val_labels, probabilities.argmax(1)),
+              "loss": cross_entropy(val_labels, probabilities)}
     return history.history, scores
 
 
