@@ -18,14 +18,24 @@ digits. It costs nothing on a large split (6,000 digits: e = 0.0002, far below a
 error rate) and keeps a small one where its evidence puts it: on the `make sample` model,
 T = 0.54 (0.05 without), against 0.45 fitted on 10,000 held-out MNIST digits
 (benchmarks/README.md).
+
+The same validation digits then give the model its ``uncertain`` threshold
+(:func:`mnist_pipeline.uncertainty.fit_min_confidence`) on the calibrated probabilities:
+:func:`fit` does both from logits (numpy), :func:`calibrate_network` from a trained network
+(Keras, imported only there), and the saved model carries both
+(:func:`mnist_pipeline.model.export_model`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+
+from mnist_pipeline import uncertainty
 
 # The search range of T: far wider than any fitted value (0.3..3 in practice), narrow enough
 # that exp() cannot overflow on logits of a few dozen.
@@ -38,11 +48,14 @@ EPSILON = 1e-7  # probabilities are clipped as Keras's cross-entropy does
 
 @dataclass(frozen=True)
 class Calibration:
-    """The fitted temperature and the validation NLL (natural log) before and after it."""
+    """The fitted temperature, the validation NLL (natural log) before and after it, and the
+    ``uncertain`` threshold fitted on the calibrated probabilities (:func:`fit`; the default
+    :data:`mnist_pipeline.uncertainty.MIN_CONFIDENCE` from :func:`fit_temperature` alone)."""
 
     temperature: float
     nll_before: float
     nll_after: float
+    min_confidence: float = uncertainty.MIN_CONFIDENCE
 
 
 def averaged_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -108,3 +121,38 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> Calibration:
         nll_before=round(negative_log_likelihood(logits, labels, 1.0), 6),
         nll_after=round(negative_log_likelihood(logits, labels, temperature), 6),
     )
+
+
+def fit(logits: np.ndarray, labels: np.ndarray,
+        sources: Mapping[str, np.ndarray] | None = None) -> Calibration:
+    """The temperature (:func:`fit_temperature`) and then the ``uncertain`` threshold
+    (:func:`mnist_pipeline.uncertainty.fit_min_confidence`) of the answers at that
+    temperature, from the validation ``logits`` (copies, N, classes) and ``labels`` (N,).
+
+    ``sources``: {name: row indices (or a boolean mask) of the validation digits}, so that
+    the threshold spares each source's right answers; None treats them as one source.
+    """
+    fitted = fit_temperature(logits, labels)
+    probabilities = averaged_probabilities(logits, fitted.temperature)
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = {"val": slice(None)} if sources is None else sources
+    threshold = uncertainty.fit_min_confidence(
+        {name: (probabilities[index], labels[index]) for name, index in rows.items()})
+    return replace(fitted, min_confidence=threshold)
+
+
+def calibrate_network(network: Any, test_time_shifts: int,
+                      val_data: tuple[np.ndarray, np.ndarray],
+                      sources: Mapping[str, np.ndarray] | None = None,
+                      batch_size: int = 1024) -> Calibration:
+    """:func:`fit` on a trained ``network`` (from :func:`mnist_pipeline.model.build_network`)
+    and its validation digits ``val_data`` (images in [0, 1] (N, 28, 28), labels (N,)): the
+    logits of the digits and of their ``test_time_shifts`` shifted copies, as the saved model
+    computes them. What the train stage calls before it saves the model; any stage that
+    changes the weights afterwards calls it again. Imports Keras."""
+    from mnist_pipeline.model import export_logits, to_pixels
+
+    images, labels = val_data
+    logits = export_logits(network, test_time_shifts).predict(
+        to_pixels(images), batch_size=batch_size, verbose=0)
+    return fit(np.stack(logits) if isinstance(logits, list) else logits, labels, sources)

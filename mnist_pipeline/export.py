@@ -2,7 +2,11 @@
 
 Both keep the contract of ``models/model.keras`` (raw pixels 0..255, float32 (N, 28, 28) in,
 probabilities (N, 10) out; scaling, test-time shifts and calibration are layers inside), so
-whoever loads either file feeds pixels and reads probabilities.
+whoever loads either file feeds pixels and reads probabilities. The model's ``uncertain``
+threshold (a layer of the Keras model, see :func:`mnist_pipeline.model.export_model`) goes
+along: into the ONNX model's ``metadata_props`` (key ``min_confidence``, read by
+:func:`mnist_pipeline.inference.load`) and into the SavedModel's graph, with a copy in
+``assets.extra/mnist_pipeline.json`` for readers without TensorFlow.
 
 The ONNX file is what ``mnist-pipeline predict`` and ``serve`` run by default: onnxruntime
 loads it without TensorFlow. :func:`onnx_parity` measures how far it is from the Keras model
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_pipeline import fileio
+from mnist_pipeline import fileio, inference, uncertainty
 from mnist_pipeline.prepared import IMAGE_SHAPE
 
 # Largest |p_onnx - p_keras| over all digits and classes that the export accepts: float32
@@ -26,6 +30,7 @@ from mnist_pipeline.prepared import IMAGE_SHAPE
 # off by far more, and changes labels.
 MAX_PROBABILITY_DIFFERENCE = 1e-4
 ONNX_INPUT, ONNX_OUTPUT, BATCH_DIMENSION = "pixels", "probabilities", "N"
+SAVED_MODEL_METADATA = Path("assets.extra") / "mnist_pipeline.json"
 ONNX_DESCRIPTION = ("MNIST digit classifier: pixels float32 (N, 28, 28), raw values 0..255, "
                     "light digit on black -> probabilities float32 (N, 10) of the digits 0-9")
 
@@ -39,6 +44,11 @@ def save_saved_model(model: Any, target: Path) -> None:
     atomically: the folder is replaced whole or not at all."""
     with fileio.atomic_directory(target) as temporary:
         model.export(str(temporary), format="tf_saved_model", verbose=False)
+        threshold = inference.keras_threshold(model)
+        if threshold is not None:  # TF Serving ignores other files in assets.extra
+            (temporary / SAVED_MODEL_METADATA).parent.mkdir(exist_ok=True)
+            fileio.write_json(temporary / SAVED_MODEL_METADATA,
+                              {uncertainty.METADATA_KEY: float(threshold)})
 
 
 def save_onnx(model: Any, target: Path) -> None:
@@ -55,7 +65,12 @@ def save_onnx(model: Any, target: Path) -> None:
         staged = temporary.with_name(temporary.name + ".onnx")
         try:
             model.export(str(staged), format="onnx", verbose=False)
-            onnx.save_model(readable_onnx(onnx.load_model(staged)), temporary)
+            proto = readable_onnx(onnx.load_model(staged))
+            threshold = inference.keras_threshold(model)
+            if threshold is not None:  # an older model without one: predict uses the default
+                onnx.helper.set_model_props(
+                    proto, {uncertainty.METADATA_KEY: repr(float(threshold))})
+            onnx.save_model(proto, temporary)
         finally:
             staged.unlink(missing_ok=True)
 

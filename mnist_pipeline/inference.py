@@ -7,10 +7,11 @@ so they cannot disagree. The contract of every model file of this project:
     output  float32 (N, 10), the probabilities of the digits 0-9
 
 The scaling, the test-time shifts and the calibration are layers inside the model, so a
-caller feeds pixels and needs to know nothing else. :func:`load` checks the contract when it
-opens the file, and every answer is checked to be finite: a model that answers NaN or
-infinity is broken (:class:`ModelOutputError`), never an answer. TensorFlow is imported only
-for a ``.keras`` file, and only after the file's zip members are bounded
+caller feeds pixels and needs to know nothing else; the model's own ``uncertain`` threshold
+travels in the file too (:attr:`Classifier.min_confidence`). :func:`load` checks the
+contract when it opens the file, and every answer is checked to be finite: a model that
+answers NaN or infinity is broken (:class:`ModelOutputError`), never an answer. TensorFlow
+is imported only for a ``.keras`` file, and only after the file's zip members are bounded
 (:func:`check_keras_archive`): with an ONNX model nothing here needs more than numpy and
 onnxruntime (``pip install mnist-pipeline``).
 """
@@ -30,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mnist_pipeline import paths
+from mnist_pipeline import paths, uncertainty
 from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES
 
 ModelKind = Literal["onnx", "keras"]
@@ -68,6 +69,9 @@ class Classifier:
     kind: ModelKind
     run_batch: Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) -> (n, 10), n >= 1
     native: Any  # the keras.Model or onnxruntime.InferenceSession, for export and tests
+    # The top probability below which an answer is `uncertain`: the model's own, fitted when
+    # it was trained (uncertainty.fit_min_confidence), or the default for older files.
+    min_confidence: float = uncertainty.MIN_CONFIDENCE
 
     def probabilities(self, pixels: np.ndarray,
                       batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -169,7 +173,36 @@ def load(path: str | Path, threads: int | None = None) -> Classifier:
 def from_keras_model(model: Any, path: Path | None = None) -> Classifier:
     """A ``keras.Model`` of the contract above (e.g. :func:`mnist_pipeline.model.export_model`
     of a network being trained) as a :class:`Classifier`, run as a loaded file is run."""
-    return Classifier(path, "keras", keras_runner(model), model)
+    return Classifier(path, "keras", keras_runner(model), model,
+                      min_confidence_of(keras_threshold(model), path))
+
+
+def min_confidence_of(value: object, path: Path | None = None) -> float:
+    """The ``uncertain`` threshold a model file holds (``value``: the Keras layer's slope or
+    the ONNX metadata's text; None when the file is older than per-model thresholds, which
+    gives :data:`mnist_pipeline.uncertainty.MIN_CONFIDENCE`). :class:`ModelError` for a
+    value that is no number in (0, 1)."""
+    if value is None:
+        return uncertainty.MIN_CONFIDENCE
+    try:
+        threshold = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0 < threshold < 1:
+        source = f"{path}: " if path is not None else ""
+        raise ModelError(f"{source}the model's uncertain threshold {str(value)[:40]!r} is not "
+                         "a number between 0 and 1")
+    return threshold
+
+
+def keras_threshold(model: Any) -> object:
+    """The negative slope of ``model``'s :data:`mnist_pipeline.uncertainty.THRESHOLD_LAYER`
+    (see :func:`mnist_pipeline.model.export_model`), or None when it has no such layer."""
+    try:
+        layer = model.get_layer(uncertainty.THRESHOLD_LAYER)
+    except (ValueError, AttributeError):  # Keras: "No such layer"
+        return None
+    return layer.get_config().get("negative_slope")
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,11 +236,13 @@ def _load_onnx(path: Path, threads: int | None) -> Classifier:
                          f"probabilities, got {describe_nodes(inputs)} -> "
                          f"{describe_nodes(outputs)}")
     input_name = inputs[0].name
+    threshold = min_confidence_of(
+        session.get_modelmeta().custom_metadata_map.get(uncertainty.METADATA_KEY), path)
 
     def run_batch(pixels: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: pixels})[0]
 
-    return Classifier(path, "onnx", run_batch, session)
+    return Classifier(path, "onnx", run_batch, session, threshold)
 
 
 def describe_nodes(nodes: list[Any]) -> str:

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from mnist_pipeline import uncertainty
 from mnist_pipeline.params import AugmentationParams, ModelParams
 from mnist_pipeline.prepared import IMAGE_SHAPE, NUM_CLASSES, PIXEL_MAX, PIXEL_SCALE
 
@@ -119,7 +120,8 @@ SHIFTS = {
 
 
 def export_model(network: keras.Model, test_time_shifts: int = 0,
-                 temperature: float = 1.0) -> keras.Model:
+                 temperature: float = 1.0,
+                 min_confidence: float = uncertainty.MIN_CONFIDENCE) -> keras.Model:
     """Wrap ``network`` (trained on [0, 1]) into the model that takes raw pixels 0..255.
 
     The two share weights: no copy, no retraining. Input float32 (N, 28, 28) pixel values,
@@ -133,9 +135,19 @@ def export_model(network: keras.Model, test_time_shifts: int = 0,
     ``temperature`` (calibration, see :mod:`mnist_pipeline.calibration`) divides the logits
     of the digit and of each copy before their softmax (a ``Rescaling(1 / temperature)``
     layer): above 1 the probabilities soften, below 1 they sharpen, and no label changes.
+
+    ``min_confidence`` (the model's ``uncertain`` threshold, fitted with the temperature) rides
+    in the model as the negative slope of a last ``LeakyReLU`` layer named
+    :data:`mnist_pipeline.uncertainty.THRESHOLD_LAYER`: probabilities are never negative, so
+    that layer is the identity (no answer and no gradient changes), it is a built-in layer
+    (safe mode, no custom object), and whoever loads the file reads the value from its config
+    (:func:`mnist_pipeline.inference.load`; the export stage copies it into the ONNX model's
+    metadata).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < min_confidence < 1:
+        raise ValueError(f"min_confidence must be in (0, 1), got {min_confidence}")
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
     scaled = layers.Rescaling(PIXEL_SCALE, name="pixels_to_unit")(inputs)
     logits = logits_network(network)
@@ -144,10 +156,11 @@ def export_model(network: keras.Model, test_time_shifts: int = 0,
     softmax = layers.Activation("softmax", name="calibrated_probabilities")
     probabilities = [softmax(calibrate(logits(copy)))
                      for copy in shifted_copies(scaled, test_time_shifts)]
-    if len(probabilities) == 1:
-        return keras.Model(inputs, probabilities[0], name="mnist_classifier")
-    averaged = layers.Average(name="mean_probabilities")(probabilities)
-    return keras.Model(inputs, averaged, name="mnist_classifier")
+    if len(probabilities) > 1:
+        probabilities = [layers.Average(name="mean_probabilities")(probabilities)]
+    outputs = layers.LeakyReLU(negative_slope=min_confidence,
+                               name=uncertainty.THRESHOLD_LAYER)(probabilities[0])
+    return keras.Model(inputs, outputs, name="mnist_classifier")
 
 
 def export_logits(network: keras.Model, test_time_shifts: int = 0) -> keras.Model:

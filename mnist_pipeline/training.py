@@ -171,7 +171,7 @@ def train(
 
 # What dvclive/metrics.json keeps of dvclive's summary: the validation accuracy of the last
 # epoch and the fitted temperature. The losses and train accuracy are in the per-epoch plots.
-HEADLINE_METRICS = (("eval", "accuracy"), ("temperature",))
+HEADLINE_METRICS = (("eval", "accuracy"), ("temperature",), ("min_confidence",))
 
 
 def headline_metrics(summary: dict) -> dict:

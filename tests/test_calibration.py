@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_pipeline import calibration, inference, paths
+from mnist_pipeline import calibration, inference, paths, uncertainty
 from mnist_pipeline.metrics import expected_calibration_error, reliability_table
 from mnist_pipeline.model import build_network, export_logits, export_model
 from mnist_pipeline.model_file import save_model
@@ -173,3 +173,76 @@ def test_the_same_network_and_temperature_give_the_same_bytes(trained, tmp_path)
     for name in ("first", "second"):  # two builds of the model, as two train runs make
         save_model(export_model(network, 4, temperature=0.5392), tmp_path / f"{name}.keras")
     assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()
+
+
+# --- the uncertain threshold, fitted with the temperature and carried by the model ---------
+
+def test_calibrate_network_fits_the_temperature_and_the_threshold(trained):
+    network, pixels, labels = trained
+    fitted = calibration.calibrate_network(network, 4, ((pixels / 255).astype(np.float32), labels))
+    logits = np.stack(export_logits(network, 4).predict(pixels, verbose=0))
+    assert fitted.temperature == calibration.fit_temperature(logits, labels).temperature
+    probabilities = calibration.averaged_probabilities(logits, fitted.temperature)
+    assert fitted.min_confidence in uncertainty.CANDIDATE_THRESHOLDS
+    assert fitted.min_confidence == uncertainty.fit_min_confidence({"val": (probabilities,
+                                                                            labels)})
+    flagged = uncertainty.flagged_right_share(probabilities, labels, fitted.min_confidence)
+    assert flagged <= uncertainty.MAX_FLAGGED_RIGHT or fitted.min_confidence == 0.5
+    # by source: the threshold spares the right answers of each part
+    halves = {"first": np.arange(150), "second": np.arange(150, 300)}
+    by_source = calibration.fit(logits, labels, halves)
+    for rows in halves.values():
+        assert uncertainty.flagged_right_share(
+            probabilities[rows], labels[rows],
+            by_source.min_confidence) <= uncertainty.MAX_FLAGGED_RIGHT or (
+                by_source.min_confidence == 0.5)
+    assert by_source.min_confidence <= max(
+        uncertainty.fit_min_confidence({"one": (probabilities[rows], labels[rows])})
+        for rows in halves.values())
+
+
+def test_every_model_file_carries_its_threshold(trained, tmp_path, monkeypatch):
+    """.keras, ONNX (metadata_props) and SavedModel keep the threshold; the answers are
+    unchanged by it; predict's classifier flags with it."""
+    import onnx
+    import tensorflow as tf
+
+    network, pixels, labels = trained
+    monkeypatch.chdir(tmp_path)
+    save_model(export_model(network, 4, 0.5, min_confidence=0.7), paths.MODEL_FILE)
+    paths.PREPARED_DIR.mkdir(parents=True)
+    np.save(paths.prepared_images("test"), (pixels / 255).astype(np.float32))
+    np.save(paths.prepared_labels("test"), labels)
+    export_stage.main()
+    keras_model = inference.load(paths.MODEL_FILE)
+    assert keras_model.min_confidence == 0.7
+    np.testing.assert_array_equal(  # the threshold layer is the identity
+        keras_model.probabilities(pixels),
+        export_model(network, 4, 0.5, min_confidence=0.95).predict(pixels, verbose=0))
+    onnx_model = inference.load(paths.ONNX_MODEL_FILE)
+    assert onnx_model.min_confidence == 0.7
+    assert {prop.key: prop.value for prop in onnx.load_model(
+        paths.ONNX_MODEL_FILE).metadata_props} == {uncertainty.METADATA_KEY: "0.7"}
+    np.testing.assert_allclose(onnx_model.probabilities(pixels),
+                               keras_model.probabilities(pixels), atol=1e-5)
+    saved = json.loads((paths.SERVING_DIR / "assets.extra/mnist_pipeline.json").read_text())
+    assert saved == {"min_confidence": 0.7}
+    served = tf.saved_model.load(str(paths.SERVING_DIR))
+    np.testing.assert_allclose(served.serve(tf.constant(pixels)).numpy(),
+                               keras_model.probabilities(pixels), atol=1e-5)
+
+    # an older file without a threshold: the default; a forged one: refused
+    proto = onnx.load_model(paths.ONNX_MODEL_FILE)
+    del proto.metadata_props[:]
+    onnx.save_model(proto, tmp_path / "old.onnx")
+    assert inference.load(tmp_path / "old.onnx").min_confidence == uncertainty.MIN_CONFIDENCE
+    onnx.helper.set_model_props(proto, {uncertainty.METADATA_KEY: "1.5"})
+    onnx.save_model(proto, tmp_path / "forged.onnx")
+    with pytest.raises(inference.ModelError, match=r"forged\.onnx: the model's uncertain "
+                                                   r"threshold '1\.5' is not a number"):
+        inference.load(tmp_path / "forged.onnx")
+    old = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                            keras.layers.Dense(10, activation="softmax")])
+    assert inference.from_keras_model(old).min_confidence == uncertainty.MIN_CONFIDENCE
+    with pytest.raises(ValueError, match=r"min_confidence must be in \(0, 1\)"):
+        export_model(network, 0, min_confidence=1.0)

@@ -112,3 +112,55 @@ def test_a_noisy_picture_made_mnist_style_is_many_marks_not_a_digit(sample_digit
     digits = sample_digits[0].astype(np.float32)
     assert uncertainty.pixel_features(digits)["marks"].max() <= uncertainty.MAX_MARKS
     np.testing.assert_array_equal(uncertainty.bright_marks(np.zeros((0, 28, 28))), [])
+
+
+# --- the threshold of each model -------------------------------------------------------------
+
+def answers(confidences, right=None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities whose top class 3 has ``confidences``, and labels: 3 where ``right``
+    (default all), else 5."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    probabilities = np.tile((1 - confidences)[:, None] / 9, (1, 10))
+    probabilities[:, 3] = confidences
+    right = np.ones(len(confidences), bool) if right is None else np.asarray(right)
+    return probabilities, np.where(right, 3, 5)
+
+
+def test_the_threshold_is_the_largest_that_spares_each_sources_right_answers():
+    # 1,000 right answers: 10 below 0.9 (1.0%), 20 below 0.95 (2.0%)
+    confident = np.r_[np.full(10, 0.88), np.full(10, 0.93), np.full(980, 0.99)]
+    mnist = answers(confident)
+    assert uncertainty.flagged_right_share(*mnist, 0.9) == pytest.approx(0.01)
+    assert uncertainty.flagged_right_share(*mnist, 0.95) == pytest.approx(0.02)
+    assert uncertainty.fit_min_confidence({"mnist": mnist}) == 0.9
+    # wrong answers never count, however unsure: 500 more at 0.6 change nothing
+    with_wrong = answers(np.r_[confident, np.full(500, 0.6)], np.r_[np.ones(1000), np.zeros(500)])
+    assert uncertainty.flagged_right_share(*with_wrong, 0.9) == pytest.approx(0.01)
+    assert uncertainty.fit_min_confidence({"mnist": with_wrong}) == 0.9
+    # a second, smaller source is not drowned by the first: 2 of its 100 right answers at
+    # 0.75 (2%) hold the threshold down to 0.7, although pooled they are 0.2%
+    drawn = answers(np.r_[np.full(2, 0.75), np.full(98, 0.99)])
+    assert uncertainty.fit_min_confidence({"mnist": mnist, "drawn": drawn}) == 0.7
+    pooled = tuple(np.concatenate(parts) for parts in zip(mnist, drawn, strict=True))
+    assert uncertainty.fit_min_confidence({"val": pooled}) == 0.9
+    # a model sure of everything gets the largest candidate; a weak one the smallest
+    assert uncertainty.fit_min_confidence({"val": answers(np.full(50, 0.999))}) == 0.95
+    assert uncertainty.fit_min_confidence({"val": answers(np.full(50, 0.45))}) == 0.5
+    # a source with no right answer flags none of them
+    assert uncertainty.fit_min_confidence({"val": answers([0.99, 0.4], [False, False])}) == 0.95
+    with pytest.raises(ValueError, match="no validation digits"):
+        uncertainty.fit_min_confidence({"val": answers([])})
+    with pytest.raises(ValueError, match="no validation digits"):
+        uncertainty.fit_min_confidence({})
+
+
+def test_the_threshold_flags_by_the_models_own_value(sample_digits):
+    digits = sample_digits[0][:3].astype(np.float32)
+    probabilities, _labels = answers([0.6, 0.8, 0.97])
+    np.testing.assert_array_equal(uncertainty.uncertain(digits, probabilities),
+                                  [True, True, False])  # MIN_CONFIDENCE, 0.9
+    np.testing.assert_array_equal(uncertainty.uncertain(digits, probabilities, 0.7),
+                                  [True, False, False])
+    inputs = [predict.LoadedInput("digits.npy", digits)]
+    assert [row[4] for row in predict.prediction_rows(inputs, probabilities, 0.5)] == [
+        False, False, False]

@@ -222,16 +222,17 @@ def load_inputs(
 
 
 def prediction_rows(
-    inputs: Sequence[LoadedInput], probabilities: np.ndarray
+    inputs: Sequence[LoadedInput], probabilities: np.ndarray,
+    min_confidence: float = uncertainty.MIN_CONFIDENCE,
 ) -> list[tuple[str, int, int, float, bool]]:
     """(input, index, label, confidence, uncertain) per image; ``probabilities`` rows follow
-    ``inputs``. ``uncertain``: not a digit, or the model is unsure (:mod:`mnist_pipeline.
-    uncertainty`)."""
+    ``inputs``. ``uncertain``: not a digit, or the model is unsure, its top probability below
+    ``min_confidence``, the model's own threshold (:mod:`mnist_pipeline.uncertainty`)."""
     rows = []
     offset = 0
     for loaded in inputs:
         answers = probabilities[offset:offset + len(loaded.images)]
-        flags = uncertainty.uncertain(loaded.images, answers)
+        flags = uncertainty.uncertain(loaded.images, answers, min_confidence)
         for index, (row, flag) in enumerate(zip(answers, flags, strict=True)):
             label = int(np.argmax(row))
             rows.append((loaded.name, index, label, float(row[label]), bool(flag)))
@@ -247,7 +248,8 @@ def predict_rows(
     images = np.concatenate([loaded.images for loaded in inputs]) if inputs else np.zeros(
         (0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32
     )
-    return prediction_rows(inputs, classifier.probabilities(images, batch_size))
+    return prediction_rows(inputs, classifier.probabilities(images, batch_size),
+                           classifier.min_confidence)
 
 
 def format_csv(rows: Iterable[tuple[str, int, int, float, bool]]) -> str:
