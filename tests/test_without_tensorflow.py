@@ -105,7 +105,7 @@ def test_predict_and_serve_in_an_install_without_tensorflow(small_model: SmallMo
     source = tmp_path / "source"  # a copy: building the package writes build/ into its tree
     shutil.copytree(PROJECT / "mnist_pipeline", source / "mnist_pipeline",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md", "requirements.lock"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "requirements.lock"):
         shutil.copy(PROJECT / name, source / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
