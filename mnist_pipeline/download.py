@@ -1,10 +1,11 @@
 """Fetch a dataset's raw IDX files from the first source that has them, verified, into a folder.
 
 For each file the sources are tried in order: ``data.mirrors`` from params.yaml, then the
-dataset's own list (well-known local copies, then public mirrors; see datasets.py). Whatever
-a source gives is decompressed and verified in memory; only verified bytes are written, so a
-bad mirror never leaves anything in the output folder. When every source fails for a file,
-one :class:`DownloadError` lists each source and why it failed.
+dataset's own list (well-known local copies, then public mirrors; see datasets.py); within a
+folder or URL base, ``<name>.gz`` then ``<name>``, so a bad ``.gz`` never hides a good plain
+copy. Whatever a source gives is decompressed and verified in memory; only verified bytes
+are written, so a bad mirror never leaves anything in the output folder. When every copy
+fails for a file, one :class:`DownloadError` lists each one tried and why it failed.
 
 The output folder is built beside the target and swapped in at the end, so it never mixes
 files of two datasets or of a failed run. HTTP is :mod:`mnist_pipeline.http` (stdlib urllib);
@@ -19,7 +20,7 @@ import io
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,13 @@ import numpy as np
 
 from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline.datasets import Dataset, IdxFolder, MlxtendSample, NpzArchive, RawFile, Source
-from mnist_pipeline.http import HttpStatusError, NetworkSettings, SourceError, http_get
+from mnist_pipeline.http import (
+    HostError,
+    HttpStatusError,
+    NetworkSettings,
+    SourceError,
+    http_get,
+)
 from mnist_pipeline.prepared import IMAGE_SHAPE
 
 OFFLINE_HINT = "No network? Run `make sample` to use the bundled 5,000-digit mnist-sample offline."
@@ -93,15 +100,18 @@ def sources_in_order(dataset: Dataset, mirrors: tuple[str, ...]) -> tuple[Source
 def fetch_verified(
     raw_file: RawFile, sources: tuple[Source, ...], reader: SourceReader, dataset: Dataset
 ) -> Candidate:
-    """The first candidate for ``raw_file`` that passes :func:`verify`, or DownloadError."""
+    """The first copy of ``raw_file`` (sources in order, each source's copies in its order)
+    that passes :func:`verify_idx_file`, or DownloadError naming every copy tried and why."""
     failures = []
     for source in sources:
-        try:
-            candidate = reader.read(source, raw_file)
-            verify(raw_file, candidate)
-            return candidate
-        except SourceError as error:
-            failures.append(f"{error.origin}: {error.reason}")
+        for copy in reader.copies(source, raw_file):
+            try:
+                if isinstance(copy, SourceError):
+                    raise copy
+                verify_idx_file(raw_file, copy)
+                return copy
+            except SourceError as error:
+                failures.append(f"{error.origin}: {error.reason}")
     raise DownloadError(describe_failures(raw_file.name, dataset, failures))
 
 
@@ -115,8 +125,8 @@ def describe_failures(file_name: str, dataset: Dataset, failures: list[str]) -> 
     return "\n".join(lines)
 
 
-def verify(raw_file: RawFile, candidate: Candidate) -> None:
-    """Raise SourceError unless the candidate is exactly the published file.
+def verify_idx_file(raw_file: RawFile, candidate: Candidate) -> None:
+    """Raise SourceError unless the candidate is exactly the published IDX file.
 
     The sha256 of the decompressed content decides where it is known (every file of the
     three datasets); where a dataset lists none, the original .gz's MD5 or a verified
@@ -160,10 +170,21 @@ class SourceReader:
         self.network = network
         self._archives: dict[str, dict[str, np.ndarray] | SourceError] = {}
 
-    def read(self, source: Source, raw_file: RawFile) -> Candidate:
-        """The file's decompressed bytes from ``source``, not yet verified; or SourceError."""
+    def copies(self, source: Source, raw_file: RawFile) -> Iterator[Candidate | SourceError]:
+        """Every copy of ``raw_file`` that ``source`` holds, decompressed and not yet verified,
+        in the order to try them; a copy that could not be had comes as its SourceError.
+        Each is fetched only when the caller asks for it (the first good one ends the hunt)."""
         if isinstance(source, IdxFolder):
-            return self._read_idx_folder(source.location, raw_file.name, raw_file.size)
+            yield from self._idx_folder_copies(source.location, raw_file.name, raw_file.size)
+            return
+        try:
+            yield self.read_archive(source, raw_file)
+        except SourceError as error:
+            yield error
+
+    def read_archive(self, source: Source, raw_file: RawFile) -> Candidate:
+        """The file's bytes out of an archive source (NpzArchive, MlxtendSample), not yet
+        verified; or SourceError."""
         if isinstance(source, NpzArchive):
             arrays = self._cached(source.location, lambda: self._load_npz(source))
             key = dict(source.arrays).get(raw_file.name)
@@ -190,36 +211,60 @@ class SourceReader:
             raise result
         return result
 
-    def _read_idx_folder(self, location: str, name: str, raw_file_size: int) -> Candidate:
-        """``<name>.gz``, else ``<name>``, from a URL base or a local directory. Neither what
-        is fetched (:func:`largest_copy`) nor what the .gz unpacks may exceed what a copy of a
-        file of ``raw_file_size`` bytes can be: a bad mirror cannot fill the memory."""
+    def _idx_folder_copies(self, location: str, name: str, raw_file_size: int
+                           ) -> Iterator[Candidate | SourceError]:
+        """``<name>.gz``, then ``<name>``, from a URL base or a local directory: each one
+        there is a copy (a corrupt .gz does not hide a good plain file); when neither is,
+        one SourceError says so. A server that fails as a whole (:class:`HostError`) is not
+        asked for the second name. Neither what is fetched (:func:`largest_copy`) nor what
+        the .gz unpacks may exceed what a copy of a file of ``raw_file_size`` bytes can be:
+        a bad mirror cannot fill the memory."""
         limit = largest_copy(raw_file_size)
-        if is_url(location):
-            data, origin = self._get_idx_url(location.rstrip("/") + "/", name, limit)
-        else:
-            folder = local_folder(location)
-            path = next((folder / f for f in (name + ".gz", name) if (folder / f).is_file()), None)
-            if path is None:
-                raise SourceError(location, f"no {name}.gz or {name} there")
-            data, origin = read_local(path, limit), str(path)
+        try:
+            base = location.rstrip("/") + "/" if is_url(location) else local_folder(location)
+        except SourceError as error:
+            yield error
+            return
+        found = False
+        for file_name in (name + ".gz", name):
+            try:
+                got = self._get_copy(base, file_name, name, limit)
+                if got is None:
+                    continue
+                found = True
+                yield self._decompressed(*got, raw_file_size)
+            except HostError as error:
+                yield error
+                return
+            except SourceError as error:
+                found = True
+                yield error
+        if not found and isinstance(base, str):
+            yield SourceError(base, f"HTTP 404 for both {name}.gz and {name}")
+        elif not found:
+            yield SourceError(location, f"no {name}.gz or {name} there")
+
+    def _get_copy(self, base: str | Path, file_name: str, label: str, limit: int
+                  ) -> tuple[bytes, str] | None:
+        """(bytes, origin) of ``file_name`` at a URL base or in a folder; None where it is
+        not there (404, no such file)."""
+        if isinstance(base, str):
+            try:
+                return self._get_url(base + file_name, label, limit), base + file_name
+            except HttpStatusError as error:
+                if error.status == 404:
+                    return None
+                raise
+        path = base / file_name
+        if not path.is_file():
+            return None
+        return read_local(path, limit), str(path)
+
+    @staticmethod
+    def _decompressed(data: bytes, origin: str, raw_file_size: int) -> Candidate:
         if not is_gzip(data):
             return Candidate(data, origin)
         return Candidate(gunzip(data, origin, raw_file_size), origin, original_gz=data)
-
-    def _get_idx_url(self, base: str, name: str, limit: int) -> tuple[bytes, str]:
-        """``base/<name>.gz``, or ``base/<name>`` where the .gz is not found: (bytes, URL)."""
-        try:
-            return self._get_url(base + name + ".gz", name, limit), base + name + ".gz"
-        except HttpStatusError as error:
-            if error.status != 404:
-                raise
-        try:
-            return self._get_url(base + name, name, limit), base + name
-        except HttpStatusError as error:
-            if error.status != 404:
-                raise
-            raise SourceError(base, f"HTTP 404 for both {name}.gz and {name}") from None
 
     def _load_npz(self, source: NpzArchive) -> dict[str, np.ndarray]:
         location = source.location

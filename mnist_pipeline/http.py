@@ -1,7 +1,12 @@
-"""HTTP GET of a whole body: timeouts, retries with exponential backoff, a size bound, progress.
+"""HTTP GET of a whole body: timeouts, retries with exponential backoff, a size bound, a
+deadline per file, progress.
 
 Stdlib urllib only. A failure worth retrying (a timeout, a dropped connection, a 5xx answer)
 is retried; anything else fails at once as a :class:`SourceError` naming the URL and why.
+``timeout_seconds`` bounds each connect and each read; a whole-file deadline
+(:func:`file_deadline`) bounds an attempt at the file, so a mirror that drips a few bytes a
+second, each read well within the timeout, is still given up on.
+Progress is a tqdm bar on a terminal and a few plain lines otherwise (logs, CI).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -21,6 +27,13 @@ from tqdm import tqdm
 # (which also keeps an offline run from waiting on every mirror).
 RETRYABLE_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 CHUNK_BYTES = 1 << 16
+# The slowest average a mirror may send a file at: far below any working mirror (UCI's and the
+# MNIST mirrors send megabytes a second), far above one stuck dripping bytes. With the file's
+# largest size it sets the deadline of an attempt (:func:`file_deadline`).
+MIN_BYTES_PER_SECOND = 32 * 1024
+# The size assumed for the deadline of a body whose size is bounded by nothing (no
+# ``max_bytes``): larger than any archive the datasets list.
+UNBOUNDED_FILE_BYTES = 128 << 20
 
 
 class SourceError(Exception):
@@ -40,6 +53,12 @@ class HttpStatusError(SourceError):
         self.status = status
 
 
+class HostError(SourceError):
+    """The server, not one file of it, failed: it could not be reached, kept failing or was
+    too slow. Any other file asked of it now would fail the same way, so a caller trying a
+    mirror's other names for a file may skip them."""
+
+
 class TransientError(Exception):
     """A failure worth retrying: a timeout, a dropped connection, a 5xx answer."""
 
@@ -49,6 +68,7 @@ class NetworkSettings:
     """How to talk to mirrors: per-request timeout, extra attempts, first backoff delay.
 
     Attempt ``n`` (from 0) that fails waits ``backoff_seconds * 2**n`` before the next.
+    Each attempt at a file has :func:`file_deadline` to finish.
     """
 
     timeout_seconds: float = 30.0
@@ -57,74 +77,180 @@ class NetworkSettings:
     progress: bool = True
 
 
+def file_deadline(network: NetworkSettings, max_bytes: int | None) -> float:
+    """Seconds one attempt at a file may take: ``timeout_seconds`` to connect and start, then
+    the file's largest size (``max_bytes``; unknown: ``UNBOUNDED_FILE_BYTES``) at
+    ``MIN_BYTES_PER_SECOND``. E.g. 30 s + 112 s for a 3.6 MB pen file, 30 s + 24 min for
+    MNIST's 47 MB training images served uncompressed."""
+    size = UNBOUNDED_FILE_BYTES if max_bytes is None else max_bytes
+    return network.timeout_seconds + size / MIN_BYTES_PER_SECOND
+
+
 def http_get(
-    url: str, network: NetworkSettings, label: str = "", max_bytes: int | None = None
+    url: str, network: NetworkSettings, label: str = "", max_bytes: int | None = None,
+    deadline_seconds: float | None = None,
 ) -> bytes:
     """The whole body of ``url``, retrying transient failures with exponential backoff.
 
-    Raises HttpStatusError for an error status, SourceError for anything else that failed,
-    including a body of more than ``max_bytes``.
+    Each attempt must finish within ``deadline_seconds`` (default :func:`file_deadline`);
+    one that does not is given up on at once, not retried (a mirror that slow is no better a
+    few seconds later). Raises HttpStatusError for an error status, SourceError for anything
+    else that failed, including a body of more than ``max_bytes``.
     """
+    if deadline_seconds is None:
+        deadline_seconds = file_deadline(network, max_bytes)
     for attempt in range(network.retries):
         try:
-            return http_get_once(url, network, label, max_bytes)
+            return http_get_once(url, network, label, max_bytes, deadline_seconds)
         except TransientError:
             time.sleep(network.backoff_seconds * 2**attempt)
     try:  # the last attempt
-        return http_get_once(url, network, label, max_bytes)
+        return http_get_once(url, network, label, max_bytes, deadline_seconds)
     except TransientError as error:
         attempts = network.retries + 1
-        raise SourceError(url, f"{error} (gave up after {attempts} attempt(s))") from None
+        raise HostError(url, f"{error} (gave up after {attempts} attempt(s))") from None
 
 
 def http_get_once(
-    url: str, network: NetworkSettings, label: str, max_bytes: int | None = None
+    url: str, network: NetworkSettings, label: str, max_bytes: int | None = None,
+    deadline_seconds: float | None = None,
 ) -> bytes:
-    """One GET of ``url``; TransientError when a retry could help, SourceError when not."""
+    """One GET of ``url`` within ``deadline_seconds`` (default :func:`file_deadline`);
+    TransientError when a retry could help, SourceError when not."""
+    if deadline_seconds is None:
+        deadline_seconds = file_deadline(network, max_bytes)
+    deadline = Deadline(url, deadline_seconds)
     try:
-        with urllib.request.urlopen(url, timeout=network.timeout_seconds) as response:
-            return read_body(response, network, label or url, max_bytes)
+        # No single connect or read may outlast the deadline either.
+        timeout = min(network.timeout_seconds, deadline_seconds)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return read_body(response, network, label or url, max_bytes, deadline)
     except urllib.error.HTTPError as error:
         if error.code in RETRYABLE_HTTP_STATUSES:
             raise TransientError(f"HTTP {error.code} {error.reason}") from None
         raise HttpStatusError(url, error.code, str(error.reason)) from None
     except urllib.error.URLError as error:
+        if deadline.passed():  # connecting took the whole deadline
+            raise deadline.error() from None
         if is_transient(error.reason):
             raise TransientError(describe_os_error(error.reason)) from None
-        raise SourceError(url, describe_os_error(error.reason)) from None
+        raise HostError(url, describe_os_error(error.reason)) from None
     except (http.client.IncompleteRead, http.client.RemoteDisconnected) as error:
         raise TransientError(f"connection dropped mid-file ({error!r})") from None
     except (http.client.HTTPException, OSError) as error:
+        if deadline.passed():  # a read timed out because the deadline had come
+            raise deadline.error() from None
         if is_transient(error):
             raise TransientError(describe_os_error(error)) from None
         raise SourceError(url, describe_os_error(error)) from None
 
 
+class Deadline:
+    """The moment an attempt at ``url`` must be done by, ``seconds`` from now."""
+
+    def __init__(self, url: str, seconds: float):
+        self.url, self.seconds = url, seconds
+        self.start = time.monotonic()
+        self.received: int | None = None
+
+    def passed(self) -> bool:
+        return time.monotonic() - self.start >= self.seconds
+
+    def check(self, received: int) -> None:
+        """Raise :meth:`error` once the deadline has passed; ``received``: bytes so far."""
+        self.received = received
+        if self.passed():
+            raise self.error()
+
+    def error(self) -> HostError:
+        got = "" if self.received is None else f", {self.received:,} bytes received"
+        return HostError(self.url, f"too slow: not done within this file's deadline of "
+                                     f"{self.seconds:,.1f} s{got}")
+
+
 def read_body(
     response: http.client.HTTPResponse, network: NetworkSettings, label: str,
-    max_bytes: int | None = None,
+    max_bytes: int | None = None, deadline: Deadline | None = None,
 ) -> bytes:
-    """Read a response in chunks behind a progress bar; TransientError if it falls short,
-    SourceError as soon as it announces or sends more than ``max_bytes``."""
+    """Read a response in chunks, showing progress; TransientError if it falls short,
+    SourceError as soon as it announces or sends more than ``max_bytes``, or once
+    ``deadline`` has passed."""
     length_header = response.headers.get("Content-Length")
     expected = int(length_header) if length_header and length_header.isdigit() else None
     if max_bytes is not None and expected is not None and expected > max_bytes:
         raise SourceError(response.url, f"announces {expected:,} bytes, more than the "
                                         f"{max_bytes:,} a copy of this file can be")
     chunks, received = [], 0
-    with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              file=sys.stderr, disable=not network.progress, leave=False) as bar:
-        while chunk := response.read(CHUNK_BYTES):
+    with progress(label, expected, network.progress) as bar:
+        # read1, not read: read(n) waits for all n bytes, so a server dripping a byte at a
+        # time would hold it for hours while every single recv stays within the timeout.
+        while chunk := response.read1(CHUNK_BYTES):
             chunks.append(chunk)
             received += len(chunk)
             if max_bytes is not None and received > max_bytes:
                 raise SourceError(response.url, f"sends more than the {max_bytes:,} bytes a "
                                                 "copy of this file can be")
             bar.update(len(chunk))
+            if deadline is not None:
+                deadline.check(received)
     data = b"".join(chunks)
     if expected is not None and len(data) != expected:
         raise TransientError(f"connection dropped mid-file ({len(data)} of {expected} bytes)")
     return data
+
+
+class ProgressLines:
+    """Progress as a few plain lines, for a stream that is not a terminal (a log, CI): one at
+    each quarter of a file of known size, one when it is done. tqdm's bar would leave a line
+    per refresh there."""
+
+    def __init__(self, label: str, total: int | None, stream: TextIO):
+        self.label, self.total, self.stream = label, total, stream
+        self.received, self.quarters = 0, 0
+        self.start = time.monotonic()
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def update(self, count: int) -> None:
+        self.received += count
+        if not self.total:
+            return
+        quarters = min(3, self.received * 4 // self.total)
+        if quarters > self.quarters:
+            self.quarters = quarters
+            self._line(f"{quarters * 25}% of {self.total:,} bytes")
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:  # a failed download is reported by its error, not here
+            self._line(f"{self.received:,} bytes in {time.monotonic() - self.start:.1f} s")
+
+    def _line(self, text: str) -> None:
+        print(f"{self.label}: {text}", file=self.stream, flush=True)
+
+
+class NoProgress:
+    def __enter__(self) -> NoProgress:
+        return self
+
+    def update(self, count: int) -> None:
+        pass
+
+    def __exit__(self, *exception: object) -> None:
+        pass
+
+
+def progress(label: str, total: int | None, enabled: bool,
+             stream: TextIO | None = None) -> tqdm | ProgressLines | NoProgress:
+    """What shows a download's progress on ``stream`` (default stderr): a tqdm bar on a
+    terminal, :class:`ProgressLines` elsewhere, nothing unless ``enabled``."""
+    stream = sys.stderr if stream is None else stream
+    if not enabled:
+        return NoProgress()
+    if stream.isatty():
+        return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                    file=stream, leave=False)
+    return ProgressLines(label, total, stream)
 
 
 def is_transient(error: object) -> bool:

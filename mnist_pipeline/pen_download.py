@@ -1,25 +1,33 @@
 """Fetch UCI's pen-digit files, verified, for the download stage (stdlib HTTP, no TensorFlow).
 
-Sources, in order: ``data.mirrors`` (a folder or URL base holding ``<name>`` decompressed or
-``<name>.Z`` as ``compress`` writes it), then UCI's zip, whose members are ``<name>.Z``.
-Whatever a source gives is decompressed in memory, never beyond what the file can be, and
-kept only when the sha256 of the content is the published one and it parses as the expected
-number of digits. When no source works, one :class:`download.DownloadError` names every
-source tried and why.
+Sources, in order: ``data.mirrors`` (a folder or URL base holding ``<name>.Z`` as
+``compress`` writes it, or ``<name>`` decompressed), then UCI's zip, whose members are
+``<name>.Z``. Every copy is a candidate, tried in that order until one verifies: a mirror's
+``.Z``, then its plain file, then each member of the zip of that name (at the top or in a
+folder), so a bad copy never hides a good one. Whatever a candidate gives is decompressed in
+memory, never beyond what the file can be, and kept only when the sha256 of the content is
+the published one and it parses as the expected number of digits. When none works, one
+:class:`download.DownloadError` names every candidate tried and why.
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ncompress
 
 from mnist_pipeline import download, fileio, pendigits
-from mnist_pipeline.http import HttpStatusError, NetworkSettings, SourceError, http_get
+from mnist_pipeline.http import (
+    HostError,
+    HttpStatusError,
+    NetworkSettings,
+    SourceError,
+    http_get,
+)
 from mnist_pipeline.pendigits import PenFile
 
 # UCI's zip holds the two .Z files and a few small text files; a copy larger than this is
@@ -59,6 +67,9 @@ def uncompress_z(data: bytes, origin: str, max_bytes: int) -> bytes:
     return bytes(out.buffer)
 
 
+Copy = tuple[bytes, str]  # (content, origin) of one candidate, not yet verified
+
+
 class PenReader:
     """Reads pen files from mirrors and UCI's zip; the zip is fetched at most once per run."""
 
@@ -67,38 +78,68 @@ class PenReader:
         self.zip_location = zip_location or pendigits.UCI_ZIP
         self._zip: zipfile.ZipFile | SourceError | None = None
 
-    def from_mirror(self, location: str, pen_file: PenFile) -> tuple[bytes, str]:
-        """(content, origin) of ``<name>.Z`` or ``<name>`` at a mirror, not yet verified."""
+    def copies(self, pen_file: PenFile, mirrors: tuple[str, ...]) -> Iterator[Copy | SourceError]:
+        """Every candidate copy of ``pen_file``, in the order to try them: each mirror's, then
+        the zip's. A candidate that could not be had comes as its SourceError. Each is
+        fetched only when the caller asks for the next (the zip not at all if a mirror's
+        copy verifies)."""
+        for mirror in mirrors:
+            yield from self.from_mirror(mirror, pen_file)
+        yield from self.from_zip(pen_file)
+
+    def from_mirror(self, location: str, pen_file: PenFile) -> Iterator[Copy | SourceError]:
+        """``<name>.Z``, then ``<name>``, at a mirror: each one there is a candidate; when
+        neither is, one SourceError says so. A server that fails as a whole
+        (:class:`HostError`) is not asked for the plain name."""
         limit = download.largest_copy(pen_file.size)
+        found = False
         for name in (pen_file.name + ".Z", pen_file.name):
-            data, origin = self._get(location, name, limit)
-            if data is not None:
-                return self._unpack(data, origin, pen_file), origin
-        raise SourceError(location, f"no {pen_file.name}.Z or {pen_file.name} there")
+            try:
+                data, origin = self._get(location, name, limit)
+                if data is None:
+                    continue
+                found = True
+                yield self._unpack(data, origin, pen_file), origin
+            except HostError as error:
+                yield error
+                return
+            except SourceError as error:
+                found = True
+                yield error
+        if not found:
+            yield SourceError(location, f"no {pen_file.name}.Z or {pen_file.name} there")
 
-    def from_zip(self, pen_file: PenFile) -> tuple[bytes, str]:
-        """(content, origin) of the ``<name>.Z`` member of UCI's zip, not yet verified."""
-        archive = self._archive()
-        # The member, at the top of the zip or in a folder of it: UCI has moved files before.
-        member = next((info for info in archive.infolist()
-                       if PurePosixPath(info.filename).name == pen_file.name + ".Z"), None)
-        if member is None:
-            raise SourceError(self.zip_location, f"no member {pen_file.name}.Z")
-        origin = f"{self.zip_location}[{member.filename}]"
-        if member.file_size > download.largest_copy(pen_file.size):
-            raise SourceError(origin, f"{member.file_size:,} bytes, more than the file can be")
+    def from_zip(self, pen_file: PenFile) -> Iterator[Copy | SourceError]:
+        """Each member of UCI's zip named ``<name>.Z`` or ``<name>``, at the top or in a
+        folder (UCI has moved files before), in the zip's order; one SourceError when the
+        zip cannot be had or holds none."""
         try:
-            data = archive.read(member)
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            raise SourceError(origin, f"corrupt zip member ({error})") from None
-        return self._unpack(data, origin, pen_file), origin
+            archive = self._archive()
+        except SourceError as error:
+            yield error
+            return
+        names = (pen_file.name + ".Z", pen_file.name)
+        members = [info for info in archive.infolist()
+                   if not info.is_dir() and PurePosixPath(info.filename).name in names]
+        if not members:
+            yield SourceError(self.zip_location, f"no member {pen_file.name}.Z or "
+                                                 f"{pen_file.name}")
+        for member in members:
+            origin = f"{self.zip_location}[{member.filename}]"
+            try:
+                yield self._unpack(read_member(archive, member, origin, pen_file), origin,
+                                   pen_file), origin
+            except SourceError as error:
+                yield error
 
-    def _unpack(self, data: bytes, origin: str, pen_file: PenFile) -> bytes:
+    @staticmethod
+    def _unpack(data: bytes, origin: str, pen_file: PenFile) -> bytes:
         if data[:2] == b"\x1f\x9d":
             return uncompress_z(data, origin, pen_file.size)
         return data
 
     def _get(self, location: str, name: str, limit: int) -> tuple[bytes | None, str]:
+        """(bytes, origin) of ``name`` at a mirror; bytes None where it is not there."""
         if download.is_url(location):
             url = location.rstrip("/") + "/" + name
             try:
@@ -107,7 +148,10 @@ class PenReader:
                 if error.status == 404:
                     return None, url
                 raise
-        path = download.local_folder(location) / name
+        try:
+            path = download.local_folder(location) / name
+        except SourceError as error:  # a scheme that is no folder: the mirror, not one file
+            raise HostError(error.origin, error.reason) from None
         if not path.is_file():
             return None, str(path)
         return download.read_local(path, limit), str(path)
@@ -134,8 +178,33 @@ class PenReader:
             raise SourceError(location, f"not a zip file ({error})") from None
 
 
-def verify(content: bytes, origin: str, pen_file: PenFile) -> None:
-    """SourceError unless ``content`` is exactly the published file (sha256, then digits)."""
+def read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, origin: str,
+                pen_file: PenFile) -> bytes:
+    """The bytes of one zip member, or a one-line SourceError naming it (``origin``): larger
+    than a copy can be, encrypted, compressed by a method Python's zipfile lacks, corrupt."""
+    if member.file_size > download.largest_copy(pen_file.size):
+        raise SourceError(origin, f"{member.file_size:,} bytes, more than the file can be")
+    if member.flag_bits & 0x1:
+        raise SourceError(origin, "encrypted zip member (needs a password)")
+    try:
+        return archive.read(member)
+    except NotImplementedError:
+        raise SourceError(origin, f"zip compression method {member.compress_type} is not "
+                                  "supported by Python's zipfile") from None
+    except RuntimeError as error:  # zipfile's "File ... is encrypted, password required"
+        raise SourceError(origin, f"unreadable zip member ({one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 (any other zip failure: one line, next copy)
+        reason = f"{type(error).__name__}: {one_line(error)}"
+        raise SourceError(origin, f"corrupt zip member ({reason})") from None
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
+def verify_pen_file(content: bytes, origin: str, pen_file: PenFile) -> None:
+    """SourceError unless ``content`` is exactly the published pen file (sha256, then the
+    UNIPEN digits and their count)."""
     actual = download.sha256_hex(content)
     if actual != pen_file.sha256:
         raise download.sha256_mismatch(origin, actual, pen_file.sha256)
@@ -146,20 +215,21 @@ def verify(content: bytes, origin: str, pen_file: PenFile) -> None:
         raise SourceError(origin, str(error)) from None
 
 
-def fetch(pen_file: PenFile, mirrors: tuple[str, ...], reader: PenReader) -> tuple[bytes, str]:
-    """(content, origin) from the first source with a verified copy, or DownloadError."""
+def fetch(pen_file: PenFile, mirrors: tuple[str, ...], reader: PenReader) -> Copy:
+    """(content, origin) of the first candidate that verifies, or DownloadError naming every
+    candidate tried and why it failed."""
     failures = []
-    attempts = [partial(reader.from_mirror, mirror, pen_file) for mirror in mirrors]
-    attempts.append(partial(reader.from_zip, pen_file))
-    for attempt in attempts:
+    for copy in reader.copies(pen_file, mirrors):
         try:
-            content, origin = attempt()
-            verify(content, origin, pen_file)
+            if isinstance(copy, SourceError):
+                raise copy
+            content, origin = copy
+            verify_pen_file(content, origin, pen_file)
             return content, origin
         except SourceError as error:
             failures.append(f"{error.origin}: {error.reason}")
     lines = [f"could not get a verified {pen_file.name} (UCI pen digits); tried "
-             f"{len(failures)} source(s):", *(f"  - {failure}" for failure in failures),
+             f"{len(failures)} candidate(s):", *(f"  - {failure}" for failure in failures),
              "No network? Put pendigits-orig.tra and pendigits-orig.tes in a folder listed in "
              "data.mirrors, or set data.drawn: false."]
     raise download.DownloadError("\n".join(lines))

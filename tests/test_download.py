@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_pipeline import http as mirror_http
 from mnist_pipeline import idx, paths
 from mnist_pipeline.datasets import (
     FASHION_MNIST,
@@ -35,7 +37,7 @@ from mnist_pipeline.datasets import (
     RawFile,
 )
 from mnist_pipeline.download import DownloadError, download_dataset
-from mnist_pipeline.http import NetworkSettings
+from mnist_pipeline.http import HostError, NetworkSettings, http_get
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = NetworkSettings(timeout_seconds=5, retries=2, backoff_seconds=0.01, progress=False)
@@ -63,7 +65,9 @@ def tiny_dataset(contents: dict[str, bytes], *sources) -> Dataset:
 
 class LoopbackHandler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.files`` by path; the first GET of a path in ``server.drop_first``
-    announces the full Content-Length, sends half the body and hangs up."""
+    announces the full Content-Length, sends half the body and hangs up; a path in
+    ``server.drip`` ({path: (bytes, seconds)}) is sent that many bytes at a time, that many
+    seconds apart, until the client hangs up."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         self.server.requests.append(self.path)
@@ -79,6 +83,14 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
             return
+        if self.path in self.server.drip:
+            step, pause = self.server.drip[self.path]
+            with contextlib.suppress(ConnectionError):
+                for start in range(0, len(body), step):
+                    self.wfile.write(body[start:start + step])
+                    self.wfile.flush()
+                    time.sleep(pause)
+            return
         with contextlib.suppress(ConnectionError):  # a client that stops reading (too big)
             self.wfile.write(body)
 
@@ -88,10 +100,11 @@ class LoopbackHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[http.server.ThreadingHTTPServer]:
-    """A loopback HTTP server; set ``.files`` ({"/path": bytes}), ``.drop_first`` and
-    ``.statuses`` ({"/path": error status instead of 404})."""
+    """A loopback HTTP server; set ``.files`` ({"/path": bytes}), ``.drop_first``, ``.drip``
+    and ``.statuses`` ({"/path": error status instead of 404})."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoopbackHandler)
     httpd.files, httpd.drop_first, httpd.requests, httpd.statuses = {}, set(), [], {}
+    httpd.drip = {}
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -444,3 +457,99 @@ def test_each_dataset_says_which_splits_it_publishes_and_whether_it_needs_a_netw
         "mnist": ("train", "test"), "fashion-mnist": ("train", "test"),
         "mnist-sample": ("train",)}
     assert [name for name, dataset in DATASETS.items() if dataset.bundled] == ["mnist-sample"]
+
+
+def test_a_bad_gz_never_hides_a_good_plain_file_beside_it(server, tmp_path):
+    contents = tiny_idx_files()
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name, data in contents.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(data)[:-8])  # truncated
+        (folder / name).write_bytes(data)
+        server.files[f"/copy/{name}.gz"] = gzip.compress(data[:-1] + b"\x07")  # one byte off
+        server.files[f"/copy/{name}"] = data
+    for mirror in (str(folder), server.url + "copy"):
+        manifest = download_dataset(tiny_dataset(contents), tmp_path / "raw", mirrors=(mirror,),
+                                    network=FAST)
+        assert manifest["files"][IMAGES]["source"] == f"{mirror.rstrip('/')}/{IMAGES}"
+
+    # Neither copy good: both are named, in the order tried.
+    (folder / IMAGES).write_bytes(contents[IMAGES][:-1])
+    with pytest.raises(DownloadError) as caught:
+        download_dataset(tiny_dataset(contents), tmp_path / "raw", mirrors=(str(folder),),
+                         network=FAST)
+    assert str(caught.value).splitlines()[1:3] == [
+        f"  - {folder / IMAGES}.gz: corrupt gzip data (Compressed file ended before the "
+        "end-of-stream marker was reached)",
+        f"  - {folder / IMAGES}: sha256 mismatch: got "
+        f"{sha256(contents[IMAGES][:-1])}, expected {sha256(contents[IMAGES])}"]
+
+
+def test_a_mirror_that_drips_is_cut_off_at_the_files_deadline(server):
+    server.files["/slow.gz"] = bytes(100_000)
+    server.drip["/slow.gz"] = (10, 0.01)  # each read comes within the timeout; the file: 100 s
+    started = time.monotonic()
+    with pytest.raises(HostError) as caught:
+        http_get(server.url + "slow.gz", FAST, "slow.gz", deadline_seconds=0.5)
+    assert 0.5 <= time.monotonic() - started < 3
+    assert caught.value.reason.startswith("too slow: not done within this file's deadline of "
+                                          "0.5 s, ")
+    assert caught.value.reason.endswith(" bytes received")
+    assert server.requests == ["/slow.gz"]  # given up on, not retried
+
+
+def test_the_deadline_follows_data_timeout_seconds_and_the_files_size(server, tmp_path,
+                                                                       monkeypatch):
+    assert mirror_http.file_deadline(NetworkSettings(timeout_seconds=30), 3_276_800) == 130
+    unknown = mirror_http.UNBOUNDED_FILE_BYTES / mirror_http.MIN_BYTES_PER_SECOND
+    assert mirror_http.file_deadline(NetworkSettings(timeout_seconds=5), None) == 5 + unknown
+
+    # The download's own deadline, from the params alone: a dripping mirror gives way to the
+    # next source once data.timeout_seconds plus the file at the slowest rate has passed.
+    monkeypatch.setattr(mirror_http, "MIN_BYTES_PER_SECOND", 10**9)  # the file: no time
+    contents = tiny_idx_files()
+    serve_gzipped(server, contents, prefix="/slow/")
+    serve_gzipped(server, contents, prefix="/good/")
+    server.drip[f"/slow/{IMAGES}.gz"] = (10, 0.01)
+    network = dataclasses.replace(FAST, timeout_seconds=0.5)
+    started = time.monotonic()
+    manifest = download_dataset(tiny_dataset(contents, IdxFolder(server.url + "good")),
+                                tmp_path / "raw", mirrors=(server.url + "slow",),
+                                network=network)
+    assert time.monotonic() - started < 3
+    assert manifest["files"][IMAGES]["source"] == f"{server.url}good/{IMAGES}.gz"
+    assert f"/slow/{IMAGES}" not in server.requests  # a mirror that slow: not asked again
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_few_plain_lines_in_a_log(server, capsys):
+    server.files["/f.gz"] = bytes(300_000)
+    http_get(server.url + "f.gz", dataclasses.replace(FAST, progress=True), "f.gz")
+    log = capsys.readouterr().err  # not a terminal
+    lines = log.splitlines()
+    assert "\r" not in log and "B/s" not in log and 1 <= len(lines) <= 4
+    assert all(line in ("f.gz: 25% of 300,000 bytes", "f.gz: 50% of 300,000 bytes",
+                        "f.gz: 75% of 300,000 bytes") for line in lines[:-1])
+    assert lines[-1].startswith("f.gz: 300,000 bytes in ") and lines[-1].endswith(" s")
+
+    stream = io.StringIO()
+    with mirror_http.progress("x", 1000, True, stream) as shown:
+        for _ in range(10):
+            shown.update(100)
+    assert stream.getvalue().splitlines()[:3] == [
+        "x: 25% of 1,000 bytes", "x: 50% of 1,000 bytes", "x: 75% of 1,000 bytes"]
+    with mirror_http.progress("x", None, True, stream := io.StringIO()) as shown:
+        shown.update(5)  # size unknown: only the line at the end
+    assert stream.getvalue().startswith("x: 5 bytes in ") and stream.getvalue().count("\n") == 1
+
+    terminal = Terminal()
+    with mirror_http.progress("x", 1000, True, terminal) as shown:
+        shown.update(1000)
+    assert terminal.getvalue().startswith("\rx:   0%|")  # tqdm's bar, redrawn in place
+    with mirror_http.progress("x", 1000, False, terminal := Terminal()) as shown:
+        shown.update(1000)
+    assert terminal.getvalue() == ""

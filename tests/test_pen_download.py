@@ -6,7 +6,10 @@ made by tests/pen_data.py, described by PenFile specs with their own digests.
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import struct
 import sys
 import zipfile
 from pathlib import Path
@@ -80,12 +83,121 @@ def test_a_changed_or_truncated_copy_falls_through_and_every_source_is_named(ser
         fetch_into(tmp_path / "raw", [str(bad)], zip_location=server.url + "uci.zip")
     message = str(caught.value)
     assert message.splitlines()[0] == ("could not get a verified pendigits-orig.tes (UCI pen "
-                                       "digits); tried 2 source(s):")
+                                       "digits); tried 2 candidate(s):")
     assert f"  - {bad / 'pendigits-orig.tes'}: sha256 mismatch: got " in message
     assert f"  - {server.url}uci.zip: no member pendigits-orig.tes.Z" in message
     assert "data.mirrors" in message and "data.drawn: false" in message
     # The changed .tra was refused for its digest; UCI's zip gave the right one.
     assert (tmp_path / "raw" / "pendigits-orig.tra").read_bytes() == TRAIN
+
+
+def test_a_bad_z_never_hides_a_good_plain_file_beside_it(server, tmp_path):  # noqa: F811
+    mirror = tmp_path / "copy"
+    mirror.mkdir()
+    (mirror / "pendigits-orig.tra.Z").write_bytes(b"\x1f\x9d\x90" + bytes(range(200)) * 3)
+    (mirror / "pendigits-orig.tra").write_bytes(TRAIN)
+    (mirror / "pendigits-orig.tes.Z").write_bytes(ncompress.compress(TRAIN))  # the wrong file
+    (mirror / "pendigits-orig.tes").write_bytes(TEST)
+    for name, content in CONTENT.items():  # the same at a URL mirror
+        server.files[f"/pen/{name}.Z"] = b"\x1f\x9d" + b"\xff" * 50
+        server.files[f"/pen/{name}"] = content
+    for location in (str(mirror), server.url + "pen"):
+        entries = fetch_into(tmp_path / "raw", [location], zip_location=str(tmp_path / "no.zip"))
+        assert {name: entry["source"] for name, entry in entries.items()} == {
+            name: f"{location.rstrip('/')}/{name}" for name in CONTENT}
+    assert (tmp_path / "raw" / "pendigits-orig.tra").read_bytes() == TRAIN
+
+
+def zip_member_patched(data: bytes, member: str, **fields: int) -> bytes:
+    """``data`` (a zip) with ``member``'s header fields changed in its local header and in the
+    central directory: ``flags``, ``method`` (compression) or ``crc`` (central only)."""
+    data = bytearray(data)
+    layouts = {b"PK\x03\x04": (26, 30, {"flags": (6, "<H"), "method": (8, "<H")}),
+               b"PK\x01\x02": (28, 46, {"flags": (8, "<H"), "method": (10, "<H"),
+                                         "crc": (16, "<I")})}
+    for signature, (length_at, name_at, offsets) in layouts.items():
+        start = data.find(signature)
+        while start >= 0:
+            (length,) = struct.unpack_from("<H", data, start + length_at)
+            if data[start + name_at:start + name_at + length] == member.encode():
+                for field, value in fields.items():
+                    if field in offsets:
+                        offset, form = offsets[field]
+                        struct.pack_into(form, data, start + offset, value)
+            start = data.find(signature, start + 4)
+    return bytes(data)
+
+
+def test_every_matching_zip_member_is_tried_and_each_failure_is_one_line(tmp_path):
+    """Encrypted, an unsupported compression method, a bad CRC: each such member is named in
+    one line, without a traceback, and the next member is tried."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as made:
+        for folder in ("locked", "deflate64", "crc"):
+            made.writestr(f"{folder}/pendigits-orig.tra.Z", ncompress.compress(TRAIN))
+            made.writestr(f"{folder}/pendigits-orig.tes.Z", ncompress.compress(TEST))
+        made.writestr("good/pendigits-orig.tra.Z", ncompress.compress(TRAIN))
+    data = buffer.getvalue()
+    for name in CONTENT:
+        data = zip_member_patched(data, f"locked/{name}.Z", flags=0x1)
+        data = zip_member_patched(data, f"deflate64/{name}.Z", method=9)
+        data = zip_member_patched(data, f"crc/{name}.Z", crc=0)
+    archive = tmp_path / "uci.zip"
+    archive.write_bytes(data)
+
+    with pytest.raises(DownloadError) as caught:
+        fetch_into(tmp_path / "raw", zip_location=str(archive))
+    lines = str(caught.value).splitlines()
+    assert lines[0] == ("could not get a verified pendigits-orig.tes (UCI pen digits); tried 3 "
+                        "candidate(s):")
+    assert lines[1:4] == [
+        f"  - {archive}[locked/pendigits-orig.tes.Z]: encrypted zip member (needs a password)",
+        f"  - {archive}[deflate64/pendigits-orig.tes.Z]: zip compression method 9 is not "
+        "supported by Python's zipfile",
+        f"  - {archive}[crc/pendigits-orig.tes.Z]: corrupt zip member (BadZipFile: Bad CRC-32 "
+        "for file 'crc/pendigits-orig.tes.Z')"]
+    assert "Traceback" not in str(caught.value)
+    # The .tra was found past the three bad members, in the zip's order.
+    assert (tmp_path / "raw" / "pendigits-orig.tra").read_bytes() == TRAIN
+
+
+def test_every_candidate_tried_is_named_in_order(server, tmp_path):  # noqa: F811
+    mirror = tmp_path / "copy"
+    mirror.mkdir()
+    (mirror / "pendigits-orig.tes.Z").write_bytes(b"not compressed")
+    (mirror / "pendigits-orig.tes").write_bytes(TEST[:-40])
+    server.files["/pen/pendigits-orig.tes"] = TEST.replace(b'"1"', b'"7"', 1)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as made:
+        made.writestr("pendigits-orig.tes.Z", ncompress.compress(TRAIN))
+        made.writestr("old/pendigits-orig.tes", TEST + b"\n")
+    (tmp_path / "uci.zip").write_bytes(buffer.getvalue())
+    with pytest.raises(DownloadError) as caught:
+        pen_download.download_pen_files(tmp_path / "raw", (str(mirror), server.url + "pen",
+                                                           str(tmp_path / "empty")),
+                                        FAST, FILES[1:], str(tmp_path / "uci.zip"))
+    origins = [line.split(": ")[0] for line in str(caught.value).splitlines()[1:-1]]
+    assert origins == [f"  - {mirror}/pendigits-orig.tes.Z", f"  - {mirror}/pendigits-orig.tes",
+                       f"  - {server.url}pen/pendigits-orig.tes", f"  - {tmp_path / 'empty'}",
+                       f"  - {tmp_path / 'uci.zip'}[pendigits-orig.tes.Z]",
+                       f"  - {tmp_path / 'uci.zip'}[old/pendigits-orig.tes]"]
+    assert server.requests == ["/pen/pendigits-orig.tes.Z", "/pen/pendigits-orig.tes"]
+    assert f"{mirror}/pendigits-orig.tes.Z: sha256 mismatch" in str(caught.value)
+
+
+def test_a_mirror_that_cannot_be_reached_is_not_asked_for_its_plain_file(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{probe.getsockname()[1]}/pen"
+    (tmp_path / "pendigits-orig.tes").write_bytes(TEST)
+    entries = pen_download.download_pen_files(tmp_path / "raw", (closed_url, str(tmp_path)),
+                                              FAST, FILES[1:], str(tmp_path / "no.zip"))
+    assert entries["pendigits-orig.tes"]["source"] == str(tmp_path / "pendigits-orig.tes")
+    with pytest.raises(DownloadError) as caught:
+        pen_download.download_pen_files(tmp_path / "raw2", (closed_url,), FAST, FILES[1:],
+                                        str(tmp_path / "no.zip"))
+    assert f"  - {closed_url}/pendigits-orig.tes.Z: connection refused" in str(caught.value)
+    assert f"{closed_url}/pendigits-orig.tes:" not in str(caught.value)
 
 
 def test_a_right_digest_with_the_wrong_digit_count_is_refused(tmp_path):
@@ -112,8 +224,8 @@ def test_a_zip_member_larger_than_the_file_is_not_read(tmp_path):
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as made:
         made.writestr("pendigits-orig.tra.Z", b"\0" * (FILES[0].size * 3))
     reader = pen_download.PenReader(FAST, str(archive))
-    with pytest.raises(SourceError, match="more than the file can be"):
-        reader.from_zip(FILES[0])
+    (refused,) = reader.from_zip(FILES[0])
+    assert isinstance(refused, SourceError) and "more than the file can be" in refused.reason
 
 
 def test_the_published_files_are_the_readmes_digests():
