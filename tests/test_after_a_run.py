@@ -47,7 +47,7 @@ def uncached_results() -> list[str]:
 
 
 def test_dvc_yaml_has_outs_of_both_kinds():
-    assert {"models/model.keras", "models/model.onnx", "models/serving"} <= set(cached_outs())
+    assert {"models/model.keras", "models/model.onnx", "data/prepared"} <= set(cached_outs())
     assert "dvclive/metrics.json" in uncached_results()
 
 
@@ -87,31 +87,30 @@ def copy_checkout(destination: Path) -> None:
     subprocess.run([*git, "commit", "-q", "-m", "clone"], cwd=destination, check=True)
 
 
+def write_output(checkout: Path, relative: str) -> None:
+    """A stand-in for one of dvc.yaml's outputs: a file where the name has a suffix, else a
+    folder holding one (no Python in either)."""
+    target = checkout / relative
+    if Path(relative).suffix:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}\n" if relative.endswith(".json") else "stand-in\n")
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "part.csv").write_text("step,value\n0,1\n")
+
+
 def add_run_outputs(checkout: Path) -> None:
     """What `dvc exp run -S train.epochs=3` leaves behind: its params applied to params.yaml,
-    dvclive/ (metrics and per-epoch TSVs, no Python), metrics/, plots/ and models/."""
+    every output dvc.yaml declares, dvc.lock, dvclive's own files (per-epoch TSVs, no Python),
+    and what `dvc plots show` and `make report` write."""
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     assert params["train"]["epochs"] != 3
     params["train"]["epochs"] = 3
     (checkout / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    files = {
-        "dvclive/metrics.json": '{"train": {"accuracy": 0.9}, "eval": {"accuracy": 0.9}}\n',
-        "dvclive/params.yaml": "epochs: 3\n",
-        "dvclive/plots/metrics/train/loss.tsv": "step\tloss\n0\t0.5\n",
-        "dvclive/plots/metrics/eval/accuracy.tsv": "step\taccuracy\n0\t0.9\n",
-        "metrics/evaluate.json": '{"mnist": {"accuracy": 0.9, "errors": 1000}}\n',
-        "metrics/data.json": '{"train": {"size": 100}}\n',
-        "plots/per_class/mnist.csv": "digit,errors\n0,1\n",
-        "data/params.ok": "ok\n",
-        "models/model.keras": "not a model\n",
-        "models/model.onnx": "not a model\n",
-        "models/serving/saved_model.pb": "not a model\n",
-        "dvc_plots/index.html": "<html></html>\n",
-        "report/report.md": "# report\n",
-    }
-    for relative, text in files.items():
-        (checkout / relative).parent.mkdir(parents=True, exist_ok=True)
-        (checkout / relative).write_text(text)
+    for relative in [*cached_outs(), *uncached_results(), "dvc.lock",
+                     "dvclive/plots/metrics/train/loss.tsv", "dvclive/params.yaml",
+                     "dvc_plots/index.html", "report/report.md"]:
+        write_output(checkout, relative)
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +122,15 @@ def checkout_after_a_run(tmp_path_factory) -> Path:
 
 
 def test_a_run_leaves_git_status_clean_but_for_its_results(checkout_after_a_run):
-    """Only what `make baseline` commits shows: params.yaml, dvclive/, metrics/, plots/."""
+    """Only what `make baseline` commits shows (params.yaml, dvc.lock, dvclive/, metrics/,
+    plots/): DVC's caches, the models and the data stay out of git's way."""
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
                             cwd=checkout_after_a_run, capture_output=True, text=True,
                             check=True).stdout.splitlines()
     changed = {line[3:] for line in status}
-    assert "params.yaml" in changed
-    baseline = ("params.yaml", "dvclive/", "metrics/", "plots/")
-    assert [path for path in changed if not path.startswith(baseline)] == []
+    assert {"params.yaml", "dvc.lock", "dvclive/metrics.json"} <= changed
+    baseline = ("params.yaml", "dvc.lock", "dvclive/", "metrics/", "plots/")
+    assert sorted(path for path in changed if not path.startswith(baseline)) == []
 
 
 @pytest.mark.skipif(not RUFF.exists(), reason="needs ruff in the venv (make install)")
