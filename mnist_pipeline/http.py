@@ -94,8 +94,9 @@ def http_get(
 
     Each attempt must finish within ``deadline_seconds`` (default :func:`file_deadline`);
     one that does not is given up on at once, not retried (a mirror that slow is no better a
-    few seconds later). Raises HttpStatusError for an error status, SourceError for anything
-    else that failed, including a body of more than ``max_bytes``.
+    few seconds later). Raises HttpStatusError for an error status, HostError when the
+    server failed as a whole (unreachable, still failing after the retries, past the
+    deadline), SourceError for anything else, including a body of more than ``max_bytes``.
     """
     if deadline_seconds is None:
         deadline_seconds = file_deadline(network, max_bytes)
