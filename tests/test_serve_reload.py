@@ -296,3 +296,120 @@ def test_a_keras_file_is_followed_too(small_model: SmallModel, tmp_path: Path) -
     replace(path, (tmp_path / "other.keras").read_bytes())
     assert app.state.model_watcher.check(settled=True) == "loaded"
     assert which(predict(client, digits), expected) == "other"
+
+
+# --- the real command under traffic --------------------------------------------------------
+
+
+class Traffic:
+    """``clients`` threads, each on its own keep-alive connection to ``port``, posting the
+    same 8 digits again and again; each answer recorded as (sent, received, model or error)."""
+
+    def __init__(self, port: int, digits: np.ndarray, expected: dict[str, np.ndarray],
+                 clients: int = 4):
+        self.port, self.expected = port, expected
+        self.body = json.dumps({"pixels": digits.astype(int).tolist()})
+        self.answers: list[tuple[float, float, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True)
+                         for _ in range(clients)]
+
+    def _client(self) -> None:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                connection.request("POST", "/predict", self.body,
+                                   {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as error:
+                self.errors.append(f"{type(error).__name__}: {error}")
+                connection.close()  # and reconnect
+                continue
+            if response.status != 200:
+                self.errors.append(f"{response.status}: {body[:200]!r}")
+                continue
+            answers = np.asarray([row["probabilities"] for row in json.loads(body)["predictions"]])
+            names = [name for name, expected in self.expected.items()
+                     if np.allclose(answers, expected, atol=1e-5)]
+            self.answers.append((sent, time.monotonic(),
+                                 names[0] if len(names) == 1 else "no model's answers"))
+        connection.close()
+
+    def first_answer(self, model: str, sent_after: float, timeout: float) -> float | None:
+        """When the first request sent after ``sent_after`` answered by ``model`` came back,
+        waiting up to ``timeout`` s for one; None if none came."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            times = [received for sent, received, name in list(self.answers)
+                     if sent >= sent_after and name == model]
+            if times:
+                return min(times)
+            time.sleep(0.02)
+        return None
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+@pytest.mark.slow  # a server process, 20 swaps under traffic: ~40 s
+def test_twenty_swaps_under_traffic_fail_no_request_and_keep_memory_bounded(
+        served: Served) -> None:
+    """The real command, its default poll (1 s), 4 clients posting all along; the file
+    replaced 20 times between two models, in each of the ways DVC replaces a file."""
+    import sys
+    import urllib.request
+
+    from benchmarks.harness import PeakRss, free_port, rss_bytes, start_server, stop_server
+
+    path, expected = served.path, served.expected
+    models = {"small": served.good, "other": OTHER}
+    hows = ["rename", "rewrite", "symlink", "hardlink"]  # a rewrite follows a file of its own
+    swap_seconds = []
+    port, log_path = free_port(), path.with_name("server.log")
+    with log_path.open("w") as log:
+        server = start_server([sys.executable, "-m", "mnist_pipeline.app.cli", "serve",
+                               "--model", str(path), "--port", str(port)], port, log, 60)
+    try:
+        with Traffic(port, served.digits, expected) as traffic:
+            assert traffic.first_answer("small", 0, 10) is not None
+            time.sleep(1)  # warm: the first requests' allocations made
+            before = rss_bytes(server.pid)
+            with PeakRss(server.pid) as memory:
+                for swap in range(20):
+                    model = "other" if swap % 2 == 0 else "small"
+                    replaced = time.monotonic()
+                    replace(path, models[model], hows[swap % len(hows)])
+                    answered = traffic.first_answer(model, replaced, SWAP_SECONDS + 1)
+                    assert answered is not None, f"swap {swap}: the new model is not answering"
+                    swap_seconds.append(answered - replaced)
+                    time.sleep(0.2)
+        after = rss_bytes(server.pid)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+            status, health = answer.status, json.load(answer)
+    finally:
+        stop_server(server)
+    log = log_path.read_text()
+    print(f"\n{len(traffic.answers)} requests, {len(traffic.errors)} errors; swap to answer: "
+          f"mean {np.mean(swap_seconds):.2f} s, max {max(swap_seconds):.2f} s; RSS "
+          f"{before / 1e6:.0f} MB -> {after / 1e6:.0f} MB (peak +{memory.growth_mb:.0f} MB)")
+    assert traffic.errors == [], traffic.errors[:5]
+    assert {name for _, _, name in traffic.answers} == {"small", "other"}
+    assert len(traffic.answers) > 200
+    assert max(swap_seconds) < SWAP_SECONDS, swap_seconds
+    assert status == 200 and health["model_reloads"] == 20
+    assert health["model_sha256"] == sha256(served.good) and health["model_refused"] is None
+    assert log.count("now serving sha256") == 20 and "refused" not in log, log[-2000:]
+    assert (after - before) / 1e6 < 100, f"the server grew by {(after - before) / 1e6:.0f} MB"
+    assert memory.growth_mb < 200, f"the server's peak grew by {memory.growth_mb:.0f} MB"
