@@ -11,7 +11,10 @@ through ``pictures.picture_to_digit``, as any picture sent to the model does.
 from __future__ import annotations
 
 import csv
+import io
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,10 @@ COLUMNS = ("file", "label", "writer", "time")
 REQUIRED_COLUMNS = ("file", "label")
 # A file named in labels.csv: a plain name in the folder, nothing above or below it.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A label: one ASCII digit (str.isdigit() also takes '²' and '⑦', which int() refuses).
+_LABEL = re.compile(r"[0-9]")
+# labels.csv is read whole: 10,000 rows are under 1 MiB.
+MAX_LABELS_BYTES = 64 << 20
 
 
 class LabelledFolderError(ValueError):
@@ -77,17 +84,13 @@ def read_labels(folder: Path) -> list[tuple[int, dict[str, str]]]:
         raise LabelledFolderError(f"{folder}: not a folder (data.extra names folders under "
                                   "data/extra/)")
     try:
-        with open(path, newline="", encoding="utf-8") as stream:
-            reader = csv.DictReader(stream)
-            missing = [name for name in REQUIRED_COLUMNS if name not in (reader.fieldnames or ())]
-            if missing:
-                raise LabelledFolderError(f"{path}: line 1: no {', '.join(missing)} column "
-                                          f"(expected {','.join(COLUMNS)})")
-            rows = [(reader.line_num, row) for row in reader]
-    except FileNotFoundError:
-        raise LabelledFolderError(f"{path}: missing (a folder of labelled pictures holds "
-                                  f"{LABELS_FILE} with columns {','.join(COLUMNS)})") from None
-    except (UnicodeDecodeError, csv.Error) as error:
+        reader = csv.DictReader(io.StringIO(read_labels_text(folder), newline=""))
+        missing = [name for name in REQUIRED_COLUMNS if name not in (reader.fieldnames or ())]
+        if missing:
+            raise LabelledFolderError(f"{path}: line 1: no {', '.join(missing)} column "
+                                      f"(expected {','.join(COLUMNS)})")
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
         raise LabelledFolderError(f"{path}: not a readable CSV ({error})") from None
     seen: dict[str, int] = {}
     for line, row in rows:
@@ -100,13 +103,46 @@ def read_labels(folder: Path) -> list[tuple[int, dict[str, str]]]:
             raise LabelledFolderError(f"{where}: {name} is named again (first on line "
                                       f"{seen[name]})")
         seen[name] = line
-        if not (label.isdigit() and int(label) < NUM_CLASSES):
+        if not (_LABEL.fullmatch(label) and int(label) < NUM_CLASSES):
             raise LabelledFolderError(f"{where} ({name}): label {label[:20]!r} is not a digit "
                                       f"0-{NUM_CLASSES - 1}")
         if not (folder / name).is_file():
             raise LabelledFolderError(f"{where} ({name}): no such file in {folder}")
         row["file"], row["label"] = name, label
     return rows
+
+
+def read_labels_text(folder: Path) -> str:
+    """The text of ``folder``/labels.csv, a byte-order mark dropped (a spreadsheet saves
+    one), or LabelledFolderError in one line: missing, not a regular file (a folder, a FIFO:
+    opened without waiting for a writer, never read), over :data:`MAX_LABELS_BYTES`, not
+    UTF-8. A link to a regular file is followed (DVC may link its cache)."""
+    path = folder / LABELS_FILE
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise LabelledFolderError(f"{path}: missing (a folder of labelled pictures holds "
+                                  f"{LABELS_FILE} with columns {','.join(COLUMNS)})") from None
+    except OSError as error:
+        raise LabelledFolderError(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a device")
+            raise LabelledFolderError(f"{path}: {kind}, not a file ({LABELS_FILE} must be a "
+                                      "regular file)")
+        with open(descriptor, "rb", closefd=False) as stream:
+            data = stream.read(MAX_LABELS_BYTES + 1)
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_LABELS_BYTES:
+        raise LabelledFolderError(f"{path}: over {MAX_LABELS_BYTES >> 20} MiB: not a "
+                                  f"{LABELS_FILE} of labelled pictures")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise LabelledFolderError(f"{path}: not UTF-8 text ({error})") from None
 
 
 def split_by_time(writers: Sequence[str], times: Sequence[str], test_fraction: float

@@ -83,14 +83,18 @@ def test_corrections_are_saved_as_a_folder_the_pipeline_reads(tmp_path, pictures
         response = post(client, jpeg, str(pictures[5][1]), name="scan.jpg", kind="image/jpeg")
         assert response.status_code == 201, response.text
         answers.append(response.json())
-    assert answers[0]["file"].endswith(".png") and answers[-1]["file"].endswith(".jpg")
+    assert all(answer["file"].endswith(".png") for answer in answers)  # the JPEG too
     assert [answer["writer"] for answer in answers] == ["browser-1"] * 5 + [""]
     lines = (folder / LABELS_FILE).read_text().splitlines()
     assert lines[0] == "file,label,writer,time"
     assert lines[1:] == [f"{a['file']},{a['label']},{a['writer']},{a['time']}" for a in answers]
-    # the pictures are the bytes as received, under the names the server made
+    # the pictures are grayscale PNGs of the pixels received, exactly, under the names the
+    # server made
     sent = [data for data, _ in pictures[:5]] + [jpeg]
-    assert [(folder / a["file"]).read_bytes() for a in answers] == sent
+    for answer, data in zip(answers, sent, strict=True):
+        with Image.open(folder / answer["file"]) as kept, Image.open(io.BytesIO(data)) as got:
+            assert kept.format == "PNG" and kept.mode == "L" and kept.size == (280, 280)
+            assert np.array_equal(np.asarray(kept), np.asarray(got.convert("L")))
     assert folder_files(folder) == sorted([LABELS_FILE, *(a["file"] for a in answers)])
 
     read = read_folder(folder)

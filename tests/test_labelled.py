@@ -65,7 +65,14 @@ def test_without_a_writer_column_each_picture_is_its_own_writer(tmp_path, sample
      r"line 4 \(0002.png\): "),
     (lambda f: (f / "0003.png").write_bytes(np.zeros(64, np.uint8).tobytes()),
      r"line 5 \(0003.png\): "),
+    (lambda f: _edit_row(f, 3, "0001.png,²,w1,"), r"line 3 \(0001.png\): label '²' is not a "
+                                                   r"digit 0-9"),
+    (lambda f: _edit_row(f, 4, "0002.png,⑦,w1,"), r"line 4 \(0002.png\): label '⑦'"),
     (lambda f: (f / "labels.csv").unlink(), r"labels.csv: missing"),
+    (lambda f: ((f / "labels.csv").unlink(), (f / "labels.csv").mkdir()),
+     r"labels.csv: a folder, not a file"),
+    (lambda f: (f / "labels.csv").write_bytes(b"file,label\n\xff\xfe,3\n"),
+     r"labels.csv: not UTF-8 text"),
     (lambda f: (f / "labels.csv").write_text("name,digit\n"), r"line 1: no file, label column"),
 ])
 def test_a_bad_row_is_one_error_naming_the_folder_the_row_and_the_problem(tmp_path,
@@ -78,6 +85,16 @@ def test_a_bad_row_is_one_error_naming_the_folder_the_row_and_the_problem(tmp_pa
         labelled.read_folder(folder)
     assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
     assert re.search(message, str(caught.value)), caught.value
+
+
+def test_a_labels_csv_saved_with_a_byte_order_mark_reads_as_without(tmp_path, sample_digits):
+    """A spreadsheet saves UTF-8 with a byte-order mark (and CRLF): the first column is still
+    'file'."""
+    expected = make_folder(tmp_path / "scans", sample_digits, count=4)
+    labels = tmp_path / "scans" / "labels.csv"
+    labels.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes().replace(b"\n", b"\r\n"))
+    read = labelled.read_folder(tmp_path / "scans")
+    assert read.labels.tolist() == expected and read.writers[0] == "scans/w0"
 
 
 def _edit_row(folder, line, text):

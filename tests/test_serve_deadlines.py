@@ -72,7 +72,7 @@ def test_idle_and_slow_header_connections_never_starve_requests_and_are_closed(
             dripping.start()
             answers = []
             while time.monotonic() < opened + min(IDLE_TIMEOUT, HEADER_TIMEOUT) - 1:
-                for request in (lambda: server.request("GET /health HTTP/1.1\r\nHost: x\r\n"
+                for request in (lambda: server.request("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                                        "Connection: close\r\n", timeout=5),
                                 lambda: server.post(body, "application/json", timeout=5)):
                     start = time.perf_counter()
@@ -98,7 +98,8 @@ def test_idle_and_slow_header_connections_never_starve_requests_and_are_closed(
             stop.set()
             for connection in idle + slow:
                 connection.close()
-        status, _ = server.request("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        status, _ = server.request("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   "Connection: close\r\n")
         assert status == 200
     assert memory.growth_mb < 100, f"the server grew by {memory.growth_mb:.0f} MB"
 
@@ -119,7 +120,7 @@ def test_a_new_connection_closes_the_longest_waiting_one_when_all_are_taken(
                 held.append(connect(server))
                 time.sleep(0.01)  # so that "longest" is well defined
             for _ in range(3):
-                status, answer = server.request("GET /health HTTP/1.1\r\nHost: x\r\n"
+                status, answer = server.request("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                                 "Connection: close\r\n", timeout=5)
                 assert status == 200 and b'"status":"ok"' in answer
             still_open = [closed_by_server(connection, 0.2) is None for connection in held]
@@ -134,11 +135,11 @@ def test_chunked_with_a_content_length_is_refused_and_the_connection_closed(
         small_model: SmallModel, tmp_path: Path) -> None:
     """Both framings at once: a proxy may read one and uvicorn the other (smuggling)."""
     with serving(small_model.onnx_path, tmp_path / "server.log") as server:
-        smuggled = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        smuggled = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         chunk = b"%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n"
         for method in (b"POST /predict", b"POST /v1/models/mnist:predict"):
             with connect(server) as connection:
-                connection.sendall(method + b" HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                connection.sendall(method + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                                    b"application/json\r\nContent-Length: 4\r\n"
                                    b"Transfer-Encoding: chunked\r\n\r\n" + chunk)
                 answer = closed_by_server(connection, 5)
@@ -146,5 +147,6 @@ def test_chunked_with_a_content_length_is_refused_and_the_connection_closed(
             assert answer.startswith(b"HTTP/1.1 400 "), answer
             assert b"Transfer-Encoding and Content-Length" in answer
             assert answer.count(b"HTTP/1.1 ") == 1, "the smuggled request was answered"
-        status, _ = server.request("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        status, _ = server.request("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   "Connection: close\r\n")
         assert status == 200

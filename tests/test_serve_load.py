@@ -90,7 +90,7 @@ def serving(model: Path, log_path: Path, *options: str,
                 assert time.monotonic() < deadline, "the server did not start in 60 s"
                 try:
                     server = Server(process, port, log_path)
-                    if server.request("GET /health HTTP/1.1\r\nHost: x\r\n"
+                    if server.request("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                       "Connection: close\r\n", timeout=2)[0] == 200:
                         break
                 except OSError:
@@ -186,7 +186,8 @@ def test_two_hundred_unfinished_uploads_cost_at_most_300_mb_and_are_cut_off(
     assert answers.get("408", 0) >= 1, answers  # those that were read were cut at the deadline
     assert set(answers) <= {"408", "503", "closed"}, answers
     assert memory.growth_mb <= 300, f"the server grew by {memory.growth_mb:.0f} MB"
-    status, answer = server.request("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+    status, answer = server.request("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                    "Connection: close\r\n")
     assert status == 200 and b'"status":"ok"' in answer
 
 
@@ -203,7 +204,7 @@ def test_health_answers_within_half_a_second_while_hostile_json_is_parsed(
         while not done.is_set():
             start = time.perf_counter()
             if kind == "health":
-                status, _ = server.request("GET /health HTTP/1.1\r\nHost: x\r\n"
+                status, _ = server.request("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                            "Connection: close\r\n")
             else:
                 status, _ = server.post(digit, "application/json")
@@ -234,19 +235,24 @@ def test_health_answers_within_half_a_second_while_hostile_json_is_parsed(
 
 
 def test_headers_head_redirects_and_a_dropped_upload(server: Server) -> None:
-    status, answer = server.request("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+    status, answer = server.request("HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n")
     assert status == 200 and b"x-content-type-options: nosniff" in answer.lower()
     status, answer = server.request("GET /static HTTP/1.1\r\nHost: evil.example\r\n"
                                     "Connection: close\r\n")
+    assert status == 421  # a name that is not this server's (DNS rebinding)
+    status, answer = server.request("GET /static HTTP/1.1\r\nHost: localhost:1234\r\n"
+                                    "Connection: close\r\n")
     assert 300 <= status < 400
-    assert b"evil.example" not in answer and b"\r\nlocation: /static/\r\n" in answer.lower()
+    assert b"localhost:1234" not in answer and b"\r\nlocation: /static/\r\n" in answer.lower()
     for path in ("/health", "/predict"):
-        _, answer = server.request(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+        _, answer = server.request(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   "Connection: close\r\n")
         assert b"x-content-type-options: nosniff" in answer.lower()
     # an upload dropped halfway: one line in the log, no traceback
     lines_before = server.log.read_text().count("\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
-        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: image/png\r\n"
                            b"Content-Length: 100000\r\n\r\n" + bytes(5000))
         time.sleep(0.3)
     time.sleep(0.5)

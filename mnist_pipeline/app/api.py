@@ -31,7 +31,7 @@ the second only. Requests that arrive together share one model call
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,8 @@ def create_app(model: str | Path | inference.Classifier, *,
                body_timeout: float = BODY_TIMEOUT_SECONDS, max_bodies: int = MAX_BODIES,
                decode_budget_bytes: int = DECODE_BUDGET_BYTES,
                collect: corrections.CorrectionFolder | str | Path | None = None,
-               poll_seconds: float | None = model_watch.POLL_SECONDS) -> FastAPI:
+               poll_seconds: float | None = model_watch.POLL_SECONDS,
+               allowed_hosts: Iterable[str] = ()) -> FastAPI:
     """The application around ``model``: a ``.onnx`` or ``.keras`` file, or a loaded
     :class:`mnist_pipeline.inference.Classifier`.
 
@@ -179,7 +180,9 @@ def create_app(model: str | Path | inference.Classifier, *,
     ``window_seconds`` tune :class:`ModelBatcher` (1 and 0: one request per model call);
     ``body_timeout`` and ``max_bodies``, :class:`GuardRequests`; ``decode_budget_bytes``,
     the pixels that pictures decoded at once may hold (:class:`pictures.DecodeBudget`);
-    ``collect``, the folder (or :class:`corrections.CorrectionFolder`) that corrections go to.
+    ``collect``, the folder (or :class:`corrections.CorrectionFolder`) that corrections go to;
+    ``allowed_hosts``, the names it may be reached by besides loopback ones and its address
+    (:func:`guard.foreign_host`: ``serve --host NAME``).
     """
     if collect is not None and not isinstance(collect, corrections.CorrectionFolder):
         collect = corrections.CorrectionFolder(collect)
@@ -220,7 +223,7 @@ def create_app(model: str | Path | inference.Classifier, *,
     docs = docs_pages(app)
     app.add_middleware(GuardRequests, max_bytes=MAX_REQUEST_BYTES, max_bodies=max_bodies,
                        body_timeout=body_timeout, max_requests=MAX_REQUESTS,
-                       html_policy=content_security_policy(
+                       allowed_hosts=allowed_hosts, html_policy=content_security_policy(
                            script for html in docs.values() for script in scripts_in_page(html)))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_error_answers(app)

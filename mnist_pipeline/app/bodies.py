@@ -12,17 +12,23 @@ than a bounded amount of parsing.
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from mnist_pipeline import pictures
 from mnist_pipeline.app import arrays
 from mnist_pipeline.app.guard import Refused
-from mnist_pipeline.app.limits import MAX_BATCH_IMAGES
+from mnist_pipeline.app.limits import COLLECT_MAX_SIDE, MAX_BATCH_IMAGES
 from mnist_pipeline.digit_image import IMAGE_SIZE
 
 # A JSON body is counted before it is parsed: building Python lists is what costs, holding
@@ -52,7 +58,7 @@ async def read_digits(request: Request, budget: pictures.DecodeBudget | None
     if kind == JSON_TYPE:
         return await run_in_threadpool(pixels_from_json, await request.body())
     if kind == MULTIPART_TYPE:
-        async with request.form(max_files=1, max_fields=8) as form:  # closes its files
+        async with multipart_form(request) as form:  # closes its files
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise Refused("unreadable", 'multipart: expected a file field named "file"')
@@ -63,6 +69,67 @@ async def read_digits(request: Request, budget: pictures.DecodeBudget | None
         raise Refused("unsupported", f"content type {kind or 'missing'}: send "
                       "application/json, multipart/form-data, image/png or image/jpeg")
     return (await run_in_threadpool(picture_digit, data, budget))[np.newaxis], False
+
+
+class _CompleteMultiPartParser(MultiPartParser):
+    """Starlette's parser, which also tells whether the closing boundary came: without it
+    (python-multipart does not check), a body cut short reads as a form without its last
+    field."""
+
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+@asynccontextmanager
+async def multipart_form(request: Request, max_files: int = 1, max_fields: int = 8
+                         ) -> AsyncIterator[FormData]:
+    """The multipart/form-data body of ``request`` as a form (its files closed on exit), as
+    ``request.form()`` reads it, but a body cut before its closing boundary is refused (400)
+    rather than read without the field it cut."""
+    parser = _CompleteMultiPartParser(request.headers, request.stream(), max_files=max_files,
+                                      max_fields=max_fields)
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        raise Refused("unreadable", f"multipart: {error.message}") from None
+    try:
+        if not parser.ended:
+            raise Refused("unreadable", "multipart: the body ends before its closing boundary "
+                          "(cut short?)")
+        yield form
+    finally:
+        await form.close()
+
+
+def clean_picture(data: bytes, budget: pictures.DecodeBudget | None = None,
+                  max_side: int = COLLECT_MAX_SIDE) -> bytes:
+    """The bytes of a PNG/JPEG picture -> a clean grayscale PNG of its pixels alone.
+
+    Read as every picture is (:func:`pictures.read_picture`: bounded, EXIF rotation
+    applied, transparency on white), shrunk to ``max_side`` pixels a side where larger (a
+    280 px drawing is kept exact), and written again: nothing of the bytes sent (text
+    chunks, EXIF, data after the picture's end) is kept. Raises :class:`Refused` as
+    :func:`picture_digit` does.
+    """
+    if not data:
+        raise Refused("unreadable", "empty upload: expected a PNG or JPEG picture")
+    try:
+        gray = pictures.read_picture(data, max_side=max_side, budget=budget)
+    except pictures.PictureError as error:
+        raise _refusal_of(error) from None
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8)).save(
+        buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _refusal_of(error: pictures.PictureError) -> Refused:
+    """A picture that cannot be read -> 413 when too large, else 400."""
+    reason = str(error)
+    too_large = "too large" in reason or "decompression bomb" in reason
+    return Refused("too_large" if too_large else "unreadable", reason)
 
 
 def picture_digit(data: bytes, budget: pictures.DecodeBudget | None = None) -> np.ndarray:
@@ -78,9 +145,7 @@ def picture_digit(data: bytes, budget: pictures.DecodeBudget | None = None) -> n
     try:
         return pictures.picture_to_digit(data, budget=budget)
     except pictures.PictureError as error:
-        reason = str(error)
-        too_large = "too large" in reason or "decompression bomb" in reason
-        raise Refused("too_large" if too_large else "unreadable", reason) from None
+        raise _refusal_of(error) from None
 
 
 def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:

@@ -53,7 +53,10 @@ pictures as PNG).
 """
 
 SERVE_DESCRIPTION = f"""\
-Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
+Serve the trained model over HTTP (FastAPI + uvicorn). The model file is polled every
+second and a new version served within seconds, once it passes the checks of a start
+(replaced by dvc exp run, dvc checkout or dvc pull); one that fails is refused with one
+log line and the model before keeps answering.
 
   /             a page to draw a digit on (or pick a photo or scan): the predicted
                 digit, the 10 probabilities and the 28x28 picture the model saw
@@ -65,7 +68,8 @@ Serve the trained model over HTTP (FastAPI + uvicorn); the model is loaded once.
                 digit it is ("label", 0-9; "writer": optional id), saved in DIR as a
                 folder of labelled pictures for the pipeline (data.extra); the page
                 then offers "Wrong? It is a ..." after each answer. 404 without it
-  /health       status;  /docs, /redoc, /openapi.json  the API (all work offline)
+  /health       status, and which model answers (its file's SHA-256 and times)
+  /docs, /redoc, /openapi.json  the API (all work offline)
 
 Limits: a request's headers must arrive within --header-timeout, their first byte
 within --idle-timeout (of the connection's opening or last answer), else it is closed;
@@ -76,8 +80,9 @@ once (others wait); the pictures decoded at once hold {_DECODE_MIB:g} MiB of pix
 TensorFlow Serving's REST API is answered under /v1/models/mnist. See the README.
 
 Stop it with Ctrl+C. Exit status 2: no model, or it cannot be loaded; 3: the
-server cannot start (the port is taken, say; a --collect DIR that is a file, cannot
-be written, or holds a labels.csv of other columns or a bad row).
+server cannot start (the port is taken, say; a --collect DIR that is empty or a file,
+cannot be written, holds a labels.csv of other columns or a bad row, or another
+server collects into it).
 
 example:
   mnist-pipeline serve &
@@ -185,15 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
         "answer is closed (default: %(default)g)",
     )
     serve_parser.add_argument(
-        "--collect", type=Path, default=None, metavar="DIR",
+        "--collect", default=None, metavar="DIR",  # a str: Path('') would be '.'
         help="save the corrections people make on the page (POST /corrections) in DIR: "
-        "labels.csv (file,label,writer,time) and the pictures, for data.extra (created if "
-        "missing; default: corrections are not taken)",
+        "labels.csv (file,label,writer,time) and the pictures, re-encoded as grayscale PNG "
+        "(created if missing; one server per folder; default: corrections are not taken)",
     )
     serve_parser.add_argument(
         "--collect-max", type=positive_count, default=limits.MAX_CORRECTIONS, metavar="N",
         help="take corrections while DIR holds fewer than N pictures, then answer 507 "
         "(default: %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--collect-max-bytes", type=byte_count, default=limits.MAX_CORRECTION_BYTES,
+        metavar="SIZE",
+        help="take corrections while DIR's files hold fewer than SIZE bytes (a number, or "
+        f"with K, M or G: KiB, MiB, GiB), then answer 507 (default: "
+        f"{limits.MAX_CORRECTION_BYTES >> 20}M)",
     )
     serve_parser.set_defaults(run=run_serve)
     return parser
@@ -215,6 +227,18 @@ def positive_count(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
+
+
+def byte_count(text: str) -> int:
+    """argparse type: a size in bytes >= 1, with an optional K, M or G (KiB, MiB, GiB)."""
+    digits, unit = text.strip(), 1
+    if digits[-1:].upper() in ("K", "M", "G"):
+        unit = 1 << (10 * ("KMG".index(digits[-1].upper()) + 1))
+        digits = digits[:-1]
+    if not (digits.isascii() and digits.isdigit()) or int(digits) * unit < 1:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes >= 1 (e.g. 512M), got "
+                                         f"{text!r}")
+    return int(digits) * unit
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -290,13 +314,15 @@ def check_folder(output: Path) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Load the model once and serve it until interrupted; returns the exit status."""
+    """Load the model and serve it (and its file's next versions) until interrupted;
+    returns the exit status."""
     from mnist_pipeline.app import api, corrections, server  # only serve needs FastAPI
 
     collect = None
     if args.collect is not None:  # before the model: a mistyped folder fails at once
         try:
-            collect = corrections.CorrectionFolder(args.collect, args.collect_max)
+            collect = corrections.CorrectionFolder(args.collect, args.collect_max,
+                                                   args.collect_max_bytes)
         except corrections.CollectError as error:
             report(str(error))
             return EXIT_OUTPUT_ERROR

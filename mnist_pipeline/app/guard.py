@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import logging
 import re
 import urllib.parse
@@ -64,6 +65,11 @@ class GuardRequests:
     - its body must have arrived ``body_timeout`` seconds after the request began (turn
       included), else 408: a stalled or slow sender is cut off, its connection closed;
     - a client that goes away mid-body is logged in one line, not a traceback;
+    - a ``Host`` that is not this server's (:func:`foreign_host`: DNS rebinding) is refused
+      (421), and a POST or any other method that changes state from another origin's page
+      (:func:`foreign_origin`: a form or fetch from any site the user visits) is refused
+      (403), before any route runs; ``allowed_hosts`` are names that may be used besides
+      loopback ones and the address the connection came to (``serve --host NAME``);
     - every answer says ``X-Content-Type-Options: nosniff``, and a redirect's ``Location``
       is a path (``/static/``), never built from the request's ``Host`` header; every HTML
       answer carries ``html_policy`` (:func:`content_security_policy`) and may not be framed.
@@ -71,7 +77,8 @@ class GuardRequests:
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_REQUEST_BYTES,
                  max_bodies: int = MAX_BODIES, body_timeout: float = BODY_TIMEOUT_SECONDS,
-                 max_requests: int = MAX_REQUESTS, html_policy: str | None = None):
+                 max_requests: int = MAX_REQUESTS, html_policy: str | None = None,
+                 allowed_hosts: Iterable[str] = ()):
         if max_bodies < 1 or body_timeout <= 0 or max_requests < 1:
             raise ValueError("max_bodies and max_requests must be >= 1 and body_timeout > 0")
         self.app = app
@@ -80,6 +87,7 @@ class GuardRequests:
         self.body_timeout = body_timeout
         self.max_requests = max_requests
         self.html_policy = html_policy or content_security_policy()
+        self.allowed_hosts = frozenset(host.lower().strip("[]") for host in allowed_hosts)
         self.in_progress = 0
         self._turns: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,6 +118,14 @@ class GuardRequests:
             await send(message)
 
         headers = dict(scope["headers"])
+        for kind, reason in (("unknown_host", foreign_host(scope, self.allowed_hosts)),
+                             ("foreign_origin", foreign_origin(scope))):
+            if reason:
+                client = scope.get("client") or ("?", 0)
+                LOG.warning("%s:%s - %s %s: refused, %s", *client, scope["method"],
+                            scope["path"], reason)
+                await refusal(scope, kind, reason)(scope, receive, guarded_send)
+                return
         declared = headers.get(b"content-length", b"")
         encoding = headers.get(b"transfer-encoding")
         chunked = b"chunked" in (encoding or b"").lower()
@@ -171,6 +187,97 @@ class GuardRequests:
 
     def over_the_limit(self) -> str:
         return f"request body over the limit of {self.max_bytes:,} bytes"
+
+
+# Methods that change nothing: a page of another origin may send them (a link, an image),
+# and cannot read the answer (no CORS headers are ever sent).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+_HOST = re.compile(r"(?:(?P<name>[A-Za-z0-9._-]+)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])"
+                   r"(?::(?P<port>[0-9]{1,5}))?")
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """A ``Host`` header's (or an origin's) ``name[:port]`` -> the name, lower case, without
+    IPv6 brackets, and the port (None when absent); ``("", None)`` for anything else (a
+    user, a path, a port that is not a number)."""
+    match = _HOST.fullmatch(value.strip())
+    if not match:
+        return "", None
+    name, port = match.group("name") or match.group("ipv6"), match.group("port")
+    return name.lower(), int(port) if port else None
+
+
+def is_loopback(name: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1), as a name."""
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def foreign_host(scope: Scope, allowed: frozenset[str] = frozenset()) -> str | None:
+    """Why the request's ``Host`` is not this server's, or None when it is.
+
+    Accepted: a loopback name or address (``localhost``, ``127.0.0.1``, ``[::1]``), the
+    address the connection came to (scope's ``server``: what a client that dialled the
+    address names, and the test clients' own name), and ``allowed`` names (``serve --host
+    NAME``); no header at all (HTTP/1.0). Anything else is a name that a DNS server pointed
+    at this machine (DNS rebinding lets a web page read a local server that way), or a
+    client that went to another server: refused. The port is not compared: it is the
+    attacker's to choose, and a forwarded port (docker -p 8080:8000) keeps working.
+    """
+    values = [value for name, value in scope["headers"] if name == b"host"]
+    if not values:
+        return None
+    shown = values[0].decode("latin-1")
+    name, _ = split_host(shown)
+    own = (scope.get("server") or ("",))[0] or ""
+    if len(values) == 1 and name and (is_loopback(name) or name == own.lower().strip("[]")
+                                      or name in allowed):
+        return None
+    return (f"Host {shown[:80]!r} is not this server's: it answers loopback names "
+            "(localhost, 127.0.0.1, [::1]) and the address it was reached at; start it with "
+            "--host NAME to be reached as NAME")
+
+
+def foreign_origin(scope: Scope) -> str | None:
+    """Why a request that may change state comes from another origin's page, or None.
+
+    Browsers send any page's form or ``fetch`` POST to another origin without asking
+    first (a "simple request": CORS does not stop it), but they say where it came from:
+    ``Sec-Fetch-Site`` (``cross-site``, ``same-site``: refused) and ``Origin``, which must
+    be this server's own (its scheme and the ``Host`` it was reached at; ``null``, from a
+    sandboxed frame or a file, is refused). curl and scripts send neither: accepted, as is
+    any GET or HEAD (a link or an image, whose answer another page cannot read).
+    """
+    if scope["method"] in SAFE_METHODS:
+        return None
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name, value)
+    site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+    if site in ("cross-site", "same-site"):
+        return (f"a {scope['method']} from another site's page (Sec-Fetch-Site: {site}): "
+                "only this server's own page may send it")
+    if b"origin" not in headers:
+        return None
+    origin = headers[b"origin"].decode("latin-1").strip()
+    scheme = scope.get("scheme", "http")
+    default = {"http": 80, "https": 443}.get(scheme)
+    theirs_scheme, _, authority = origin.partition("://")
+    theirs = split_host(authority)
+    host = headers.get(b"host")
+    server = scope.get("server") or ("", None)
+    ours = split_host(host.decode("latin-1")) if host is not None else \
+        (str(server[0]).lower(), server[1])
+    if (theirs[0] and theirs_scheme.lower() == scheme and theirs[0] == ours[0]
+            and (theirs[1] or default) == (ours[1] or default)):
+        return None
+    return (f"a {scope['method']} from another origin's page (Origin: {origin[:80]}): only "
+            "this server's own page may send it")
 
 
 _SET_HERE = frozenset({b"x-content-type-options", b"content-security-policy",

@@ -36,9 +36,14 @@ DECODE_BUDGET_BYTES = 320 * 1024 * 1024
 # Digits per JSON request.
 MAX_BATCH_IMAGES = 256
 
-# Pictures a corrections folder (serve --collect DIR) may hold, by default (--collect-max):
-# what a disk and a retraining can take from a page open to anyone.
+# Pictures a corrections folder (serve --collect DIR) may hold, by default (--collect-max),
+# and its bytes, labels.csv and every file in it counted (--collect-max-bytes): what a disk,
+# a `dvc push` and a retraining can take from a page open to anyone. Pictures are saved
+# re-encoded, grayscale PNG of at most COLLECT_MAX_SIDE pixels a side: a drawing from the
+# page (280 px) is 3-6 KB, kept exact; a photo 50-300 KB.
 MAX_CORRECTIONS = 10_000
+MAX_CORRECTION_BYTES = 512 * 1024 * 1024
+COLLECT_MAX_SIDE = 560
 
 # HTTP status of each kind of refusal (the README lists them).
 STATUS_OF = {
@@ -51,5 +56,10 @@ STATUS_OF = {
     "busy": 503,  # MAX_REQUESTS in progress, or MAX_BODIES bodies for the whole body deadline
     "model_failed": 500,  # the model raised, or answered NaN or infinite probabilities
     "not_collecting": 404,  # POST /corrections to a server started without --collect
-    "full": 507,  # the corrections folder holds --collect-max pictures, or the disk is full
+    "full": 507,  # the corrections folder holds --collect-max pictures or -bytes, or the disk
+    # is full
+    "collect_failed": 500,  # the corrections folder was changed under the server (labels.csv)
+    # Refused before any route, whatever the path (guard.GuardRequests):
+    "foreign_origin": 403,  # a POST from another origin's page (Origin, Sec-Fetch-Site)
+    "unknown_host": 421,  # a Host header neither loopback nor the server's (DNS rebinding)
 }

@@ -124,7 +124,8 @@ def run(model: str | Path | inference.Classifier, host: str, port: int,
     ``collect`` (:func:`api.create_app`)."""
     return_freed_memory()
     allow_open_files(MAX_CONNECTIONS + SPARE_FILES)
-    uvicorn.run(create_app(model, body_timeout=body_timeout, collect=collect), host=host,
+    uvicorn.run(create_app(model, body_timeout=body_timeout, collect=collect,
+                           allowed_hosts=(host,)), host=host,
                 port=port,
                 log_level="info", timeout_graceful_shutdown=5,
                 http=protocol_class(header_timeout), timeout_keep_alive=idle_timeout)
