@@ -11,13 +11,12 @@ Validation and test digits are drawn once, upright, at a size people draw on the
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from mnist_pipeline.digit_image import normalize_digit
+from mnist_pipeline.http import progress as show_progress
 from mnist_pipeline.params import DrawnParams
 from mnist_pipeline.pendigits import PenDigit, check_writers_apart
 from mnist_pipeline.strokes import Placement, place_on_pad, render
@@ -42,11 +41,14 @@ def to_digit_image(digit: PenDigit, placement: Placement) -> np.ndarray:
 def render_all(digits: Sequence[PenDigit], placements: Sequence[Placement],
                progress: str | None = None) -> Split:
     """``digits`` drawn with their ``placements`` (one each): (images, labels); with a
-    ``progress`` label, a progress bar on stderr (thousands of digits take a while)."""
-    pairs = zip(digits, placements, strict=True)
-    bar = tqdm(pairs, total=len(digits), desc=progress, unit="digit", file=sys.stderr,
-               disable=progress is None, leave=False, mininterval=1.0)
-    images = np.stack([to_digit_image(digit, placement) for digit, placement in bar])
+    ``progress`` label, progress on stderr (thousands of digits take a while): a bar on a
+    terminal, a few plain lines in a log."""
+    drawn = []
+    with show_progress(progress or "", len(digits), progress is not None, unit="digits") as bar:
+        for digit, placement in zip(digits, placements, strict=True):
+            drawn.append(to_digit_image(digit, placement))
+            bar.update(1)
+    images = np.stack(drawn)
     labels = np.array([digit.label for digit in digits], dtype=np.uint8)
     return images, labels
 

@@ -202,11 +202,11 @@ def read_body(
 
 class ProgressLines:
     """Progress as a few plain lines, for a stream that is not a terminal (a log, CI): one at
-    each quarter of a file of known size, one when it is done. tqdm's bar would leave a line
-    per refresh there."""
+    each quarter of a known total, one when it is done. tqdm's bar would leave a line per
+    refresh there."""
 
-    def __init__(self, label: str, total: int | None, stream: TextIO):
-        self.label, self.total, self.stream = label, total, stream
+    def __init__(self, label: str, total: int | None, stream: TextIO, unit: str = "bytes"):
+        self.label, self.total, self.stream, self.unit = label, total, stream, unit
         self.received, self.quarters = 0, 0
         self.start = time.monotonic()
 
@@ -220,11 +220,12 @@ class ProgressLines:
         quarters = min(3, self.received * 4 // self.total)
         if quarters > self.quarters:
             self.quarters = quarters
-            self._line(f"{quarters * 25}% of {self.total:,} bytes")
+            self._line(f"{quarters * 25}% of {self.total:,} {self.unit}")
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         if kind is None:  # a failed download is reported by its error, not here
-            self._line(f"{self.received:,} bytes in {time.monotonic() - self.start:.1f} s")
+            elapsed = time.monotonic() - self.start
+            self._line(f"{self.received:,} {self.unit} in {elapsed:.1f} s")
 
     def _line(self, text: str) -> None:
         print(f"{self.label}: {text}", file=self.stream, flush=True)
@@ -241,17 +242,20 @@ class NoProgress:
         pass
 
 
-def progress(label: str, total: int | None, enabled: bool,
-             stream: TextIO | None = None) -> tqdm | ProgressLines | NoProgress:
-    """What shows a download's progress on ``stream`` (default stderr): a tqdm bar on a
-    terminal, :class:`ProgressLines` elsewhere, nothing unless ``enabled``."""
+def progress(label: str, total: int | None, enabled: bool, stream: TextIO | None = None,
+             unit: str = "bytes") -> tqdm | ProgressLines | NoProgress:
+    """What shows progress through ``total`` ``unit`` on ``stream`` (default stderr), a
+    context manager with ``update(count)``: a tqdm bar on a terminal, :class:`ProgressLines`
+    elsewhere, nothing unless ``enabled``."""
     stream = sys.stderr if stream is None else stream
     if not enabled:
         return NoProgress()
-    if stream.isatty():
+    if not stream.isatty():
+        return ProgressLines(label, total, stream, unit)
+    if unit == "bytes":
         return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                     file=stream, leave=False)
-    return ProgressLines(label, total, stream)
+    return tqdm(total=total, unit=unit, desc=label, file=stream, leave=False, mininterval=1.0)
 
 
 def is_transient(error: object) -> bool:

@@ -194,6 +194,21 @@ def test_writers_stay_in_one_split_and_training_digits_are_drawn_in_copies():
     assert not np.array_equal(first_three[0], first_three[1])
 
 
+def test_drawing_progress_is_a_few_plain_lines_in_a_log(capsys):
+    digits = _digits("tes", range(1, 3), 10, 1)
+    images, labels = drawn.render_all(digits, drawn.evaluation_placements(
+        len(digits), np.random.default_rng(0)), progress="drawing the pen digits (test)")
+    assert images.shape == (20, 28, 28) and len(labels) == 20
+    log = capsys.readouterr().err  # not a terminal: no tqdm bar redrawn with \r
+    assert "\r" not in log and "it/s" not in log
+    lines = log.splitlines()
+    assert lines[:3] == [f"drawing the pen digits (test): {share}% of 20 digits"
+                         for share in (25, 50, 75)]
+    assert re.fullmatch(r"drawing the pen digits \(test\): 20 digits in [\d.]+ s", lines[3])
+    drawn.render_all(digits[:2], [strokes.Placement(160)] * 2)  # no label: nothing shown
+    assert capsys.readouterr().err == ""
+
+
 def test_the_validation_writers_are_drawn_by_the_seed():
     writers = [f"tra-{n}" for n in range(1, 31)]
     chosen = drawn.pick_val_writers(writers, 3, seed=42)
