@@ -36,12 +36,11 @@ def main() -> None:
 
 def finetune_and_save(params, learn) -> None:
     """Fine-tune the base model on ``learn`` with a replay of its own training digits, fit
-    the temperature again, and save the result atomically."""
-    from mnist_pipeline import finetune, training
+    the temperature and the `uncertain` threshold again, and save the result atomically."""
+    from mnist_pipeline import calibration, finetune, training
     from mnist_pipeline.inference import load_keras_model
     from mnist_pipeline.model import export_model
     from mnist_pipeline.model_file import save_model
-    from stages.train import fit_calibration
 
     try:
         replay, val_data = prepared.load("train"), prepared.load("val")
@@ -54,11 +53,14 @@ def finetune_and_save(params, learn) -> None:
     finetune.finetune(network, learn, replay, params.corrections, params.seed)
     cpu, wall = time.process_time() - started[0], time.perf_counter() - started[1]
     print(f"finetune: {len(learn[1])} corrections learned in {wall:.1f} s ({cpu:.1f} CPU s)")
-    fitted = fit_calibration(network, params.model.test_time_shifts, val_data)
-    print(f"finetune: temperature {fitted.temperature}")
+    # The weights moved: the temperature and the `uncertain` threshold are fitted again, on
+    # the same validation digits as the base's.
+    fitted = calibration.calibrate_network(network, params.model.test_time_shifts, val_data)
+    print(f"finetune: temperature {fitted.temperature}, uncertain below "
+          f"{fitted.min_confidence}")
     try:
-        save_model(export_model(network, params.model.test_time_shifts, fitted.temperature),
-                   paths.MODEL_FILE)
+        save_model(export_model(network, params.model.test_time_shifts, fitted.temperature,
+                                fitted.min_confidence), paths.MODEL_FILE)
     except OSError as error:
         sys.exit(f"finetune: {paths.MODEL_FILE}: could not be written "
                  f"({error.strerror or error}); an earlier model there is unchanged")

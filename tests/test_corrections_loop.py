@@ -5,12 +5,13 @@ After a first `dvc repro` and `make baseline` on the sample with a tiny training
 page sends them: a 280x280 drawing, its digit, a writer id per browser), then
 
     dvc add data/extra/corrections
-    dvc exp run -S 'data.extra=[corrections]'
+    dvc exp run -S 'corrections.folders=[corrections]'
     dvc metrics diff              # the new `extra` source's accuracy
     make report                   # the review names the source too
     git add ... && git commit, dvc push
 
-and a second round of corrections reruns preprocess again, the folder being a dependency.
+Each round reruns read_corrections and finetune (and what follows), never download,
+preprocess or train: the base model stays in DVC's cache.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from benchmarks.harness import free_port, stop_server
 
 pytestmark = pytest.mark.slow  # two pipeline runs, a server: about two minutes
 
-WRITERS = 6  # extra_test_fraction 0.2 of 6 writers: one held out as the `extra` test source
+WRITERS = 6  # corrections.test_fraction 0.2: each writer's latest 2 of 10 are the `extra` test
 PER_WRITER = 10
+EXPENSIVE_STAGES = ("download", "preprocess", "train")
 
 
 def drawing(digit: np.ndarray, turn: float) -> bytes:
@@ -89,7 +91,7 @@ def test_corrections_collected_tracked_retrained_and_compared(tmp_path, sample_d
     repo = init_project_repo(tmp_path / "repo", QUICK_SAMPLE_PARAMS)
     dvc("repro", cwd=repo)
     run(["make", "baseline"], cwd=repo)
-    before = json.loads((repo / "metrics" / "data.json").read_text())
+    prepared_before = json.loads((repo / "metrics" / "data.json").read_text())
 
     answers = collect(repo, images[order], labels[order], first=0)
     assert answers[-1]["count"] == WRITERS * PER_WRITER
@@ -98,14 +100,22 @@ def test_corrections_collected_tracked_retrained_and_compared(tmp_path, sample_d
 
     dvc("add", "data/extra/corrections", cwd=repo)
     git("check-ignore", "-q", "data/extra/corrections", cwd=repo)  # in DVC's cache, not git
-    experiment = run(["bash", "-c", "dvc exp run -S 'data.extra=[corrections]'"], cwd=repo)
-    assert "Running stage 'preprocess'" in experiment.stdout, experiment.stdout
+    status = dvc("status", "--json", cwd=repo).stdout
+    assert set(json.loads(status)) == {"read_corrections"}, status  # and what follows it
+    experiment = run(["bash", "-c", "dvc exp run -S 'corrections.folders=[corrections]'"],
+                     cwd=repo)
+    for stage in ("read_corrections", "finetune", "export", "evaluate"):
+        assert f"Running stage '{stage}'" in experiment.stdout, experiment.stdout
+    for stage in EXPENSIVE_STAGES:
+        assert f"Running stage '{stage}'" not in experiment.stdout, experiment.stdout
 
-    # one writer of six held out (preprocess.extra_test_fraction 0.2), the others learnt from
-    data = json.loads((repo / "metrics" / "data.json").read_text())
-    assert data["test_extra"]["size"] == PER_WRITER, data
-    grown = sum(data[split]["size"] - before[split]["size"] for split in ("train", "val"))
-    assert grown == (WRITERS - 1) * PER_WRITER, (before, data)
+    # every writer's latest 2 held out, the earlier 8 learned: the model is no longer the base
+    counts = json.loads((repo / "metrics" / "corrections.json").read_text())
+    assert counts == {"folders": 1, "writers": WRITERS, "pictures": WRITERS * PER_WRITER,
+                      "learned": WRITERS * 8, "held_out": WRITERS * 2,
+                      "writers_held_out": WRITERS}, counts
+    assert json.loads((repo / "metrics" / "data.json").read_text()) == prepared_before
+    assert (repo / "models/model.keras").read_bytes() != (repo / "models/base.keras").read_bytes()
     diff = run(["bash", "-c", "dvc metrics diff"], cwd=repo).stdout
     line = next((line for line in diff.splitlines() if " extra.accuracy " in f" {line} "),
                 None)
@@ -129,12 +139,14 @@ def test_corrections_collected_tracked_retrained_and_compared(tmp_path, sample_d
     assert stored >= WRITERS * PER_WRITER + 1, stored
     assert git("status", "--porcelain", cwd=repo).stdout == ""
 
-    # More corrections into the same folder: tracked again, preprocess reruns.
+    # More corrections into the same folder: tracked again, only the cheap stages rerun.
     collect(repo, images[order], labels[order], first=WRITERS * PER_WRITER)
     status = dvc("status", cwd=repo).stdout
     assert "data/extra/corrections" in status, status
     dvc("add", "data/extra/corrections", cwd=repo)
     again = dvc("repro", cwd=repo).stdout
-    assert "Running stage 'preprocess'" in again, again
-    data = json.loads((repo / "metrics" / "data.json").read_text())
-    assert data["test_extra"]["size"] == 2 * PER_WRITER, data
+    assert "Running stage 'finetune'" in again, again
+    for stage in EXPENSIVE_STAGES:
+        assert f"Running stage '{stage}'" not in again, again
+    counts = json.loads((repo / "metrics" / "corrections.json").read_text())
+    assert counts["held_out"] == WRITERS * 4 and counts["learned"] == WRITERS * 16, counts

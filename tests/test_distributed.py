@@ -171,11 +171,13 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path, prepared_arrays):
     assert "non-chief worker" in results[1][1]
 
     chief_dir, other_dir = dirs
-    assert (chief_dir / "models/model.keras").is_file()
+    assert (chief_dir / "models/base.keras").is_file()
     assert (chief_dir / "dvclive/metrics.json").is_file()
     assert outputs_in(other_dir) == []  # nothing but its inputs
 
-    # The chief's model is what the evaluate stage expects.
+    # The chief's model is what the finetune and evaluate stages expect.
+    returncode, log = finish(start_stage("finetune.py", chief_dir))
+    assert returncode == 0, log
     returncode, log = finish(start_stage("evaluate.py", chief_dir))
     assert returncode == 0, log
     scores = json.loads((chief_dir / "metrics/evaluate.json").read_text())["mnist-sample"]
@@ -207,7 +209,7 @@ def test_a_dead_worker_makes_the_other_fail_not_hang(tmp_path, prepared_arrays):
     assert returncode != 0, log
     assert "train: multi-worker training stopped: a worker of the cluster failed" in log, log
     assert elapsed < GUARD_SECONDS * 0.75, f"took {elapsed:.0f} s to notice:\n{log}"
-    assert not (dirs[0] / "models/model.keras").exists()
+    assert not (dirs[0] / "models/base.keras").exists()
     print(f"chief failed {elapsed:.1f} s after its peer died; last lines:\n"
           + "\n".join(log.splitlines()[-5:]))
 

@@ -10,6 +10,7 @@ import pytest
 from mnist_pipeline import fileio, inference, paths
 from mnist_pipeline.model import to_pixels
 from stages import evaluate as evaluate_stage
+from stages import finetune as finetune_stage
 from stages import train as train_stage
 
 TINY_PARAMS = """\
@@ -54,13 +55,17 @@ def workspace(tmp_path_factory, sample_digits):
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(root)
         train_stage.main()
+        finetune_stage.main()  # no corrections: models/model.keras is the base model
         evaluate_stage.main()
     return root
 
 
 def test_train_writes_model_and_dvclive_logs(workspace):
     assert (workspace / paths.MODEL_FILE).is_file()
-    assert sorted(p.name for p in (workspace / paths.MODELS_DIR).iterdir()) == ["model.keras"]
+    assert sorted(p.name for p in (workspace / paths.MODELS_DIR).iterdir()) == [
+        "base.keras", "model.keras"]
+    assert (workspace / paths.MODEL_FILE).read_bytes() == \
+        (workspace / paths.BASE_MODEL_FILE).read_bytes()
     plots = workspace / paths.TRAINING_PLOTS_DIR
     written = sorted(str(p.relative_to(plots)) for p in plots.rglob("*") if p.is_file())
     # exactly what dvc.yaml's top-level plots read; the stale TSV of "an earlier run" is gone
@@ -165,7 +170,7 @@ def test_bad_prepared_arrays_stop_the_stage_cleanly(tmp_path, monkeypatch, sampl
     outputs = ((paths.EVALUATE_METRICS, paths.PER_CLASS_DIR, paths.PREDICTIONS_DIR,
                 paths.CALIBRATION_DIR, paths.ROBUSTNESS_FILE)
                if stage == "evaluate"
-               else (paths.MODEL_FILE, paths.TRAINING_METRICS))
+               else (paths.BASE_MODEL_FILE, paths.TRAINING_METRICS))
     assert not any(output.exists() for output in outputs)
 
 
@@ -207,7 +212,7 @@ def test_train_refuses_a_models_folder_it_cannot_write_before_training(tmp_path,
                                                                        sample_digits):
     _bad_workspace(tmp_path, monkeypatch, sample_digits)
     paths.MODELS_DIR.write_text("a file where the models folder should be")
-    with pytest.raises(SystemExit, match=r"^train: models/model.keras: cannot be written "
+    with pytest.raises(SystemExit, match=r"^train: models/base.keras: cannot be written "
                                          r"\(models is a file, not a folder\)$"):
         train_stage.main()
     assert not paths.TRAINING_LOG_DIR.exists()  # stopped before training started
@@ -220,7 +225,8 @@ def test_a_full_disk_while_saving_gives_one_line_and_keeps_the_old_model(tmp_pat
     import keras
 
     _bad_workspace(tmp_path, monkeypatch, sample_digits, model_from=workspace)
-    old_model = paths.MODEL_FILE.read_bytes()
+    paths.BASE_MODEL_FILE.write_bytes(paths.MODEL_FILE.read_bytes())
+    old_model = paths.BASE_MODEL_FILE.read_bytes()
 
     def disk_full(self, filepath, *args, **kwargs):
         with open(filepath, "wb") as partial:
@@ -230,7 +236,7 @@ def test_a_full_disk_while_saving_gives_one_line_and_keeps_the_old_model(tmp_pat
     monkeypatch.setattr(keras.Model, "save", disk_full)
     with pytest.raises(SystemExit) as exit_:
         train_stage.main()
-    assert str(exit_.value.code) == ("train: models/model.keras: could not be written (No space "
+    assert str(exit_.value.code) == ("train: models/base.keras: could not be written (No space "
                                      "left on device); an earlier model there is unchanged")
-    assert paths.MODEL_FILE.read_bytes() == old_model
+    assert paths.BASE_MODEL_FILE.read_bytes() == old_model
     assert sorted(path.name for path in paths.MODELS_DIR.iterdir()) == ["model.keras"]

@@ -1,24 +1,18 @@
-"""Folders of labelled pictures (data.extra): reading, refusals naming the row, writer splits,
-and the preprocess stage scoring them as a source of their own."""
+"""Folders of labelled pictures (corrections.folders): reading, refusals naming the row, and
+the read_corrections stage that splits them by time (tests/test_corrections_round.py has more)."""
 
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from sample_data import paper_scan
-from test_preprocess import STAGE_SCRIPT, write_raw
 
 from mnist_pipeline import fileio, labelled, paths, prepared
 from mnist_pipeline.labelled import LabelledFolderError
-
-sys.path.insert(0, str(STAGE_SCRIPT.parent))
-import preprocess as preprocess_stage  # noqa: E402 (stages/preprocess.py)
-
-sys.path.remove(str(STAGE_SCRIPT.parent))
+from stages import read_corrections as read_corrections_stage
 
 
 def make_folder(folder, sample_digits, count=12, writers=6, header="file,label,writer,time"):
@@ -103,56 +97,35 @@ def _edit_row(folder, line, text):
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_writers_stay_in_one_split():
-    writers = [f"f/w{n % 10}" for n in range(100)]
-    parts = labelled.split_by_writer(writers, test_fraction=0.2, val_fraction=0.1, seed=1)
-    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(100))
-    by_split = {name: {writers[i] for i in index} for name, index in parts.items()}
-    assert (len(by_split["test"]), len(by_split["val"]), len(by_split["train"])) == (2, 1, 7)
-    assert not (by_split["test"] & by_split["train"]) and not (by_split["val"] & by_split["train"])
-    # Few writers: one is still held out to test, so that the source is scored.
-    few = labelled.split_by_writer(["a", "b", "c"], 0.2, 0.1, seed=1)
-    assert len(few["test"]) == 1 and len(few["train"]) == 2
-
-
-# --- the stage ----------------------------------------------------------------------------
+# --- the stage that reads them ----------------------------------------------------------
 
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, sample_digits):
-    images, labels = sample_digits
-    keep = np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(10)])
-    write_raw(tmp_path / paths.RAW_DIR, "mnist-sample", (images[keep], labels[keep]))
-    make_folder(tmp_path / paths.EXTRA_DIR / "corrections", sample_digits, count=20, writers=10)
-    (tmp_path / "params.yaml").write_text(
-        "seed: 42\ndata:\n  extra: [corrections]\n"
-        "preprocess:\n  val_fraction: 0.1\n  test_fraction: 0.2\n  extra_test_fraction: 0.2\n")
+    make_folder(tmp_path / paths.EXTRA_DIR / "corrections", sample_digits, count=20, writers=2)
+    (tmp_path / "params.yaml").write_text("corrections:\n  folders: [corrections]\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_the_stage_adds_the_folder_and_scores_its_held_out_writers(workspace):
-    preprocess_stage.main()
-    sources = fileio.read_json(paths.PREPARED_SOURCES)
-    assert sources == {"mnist-sample": "test", "extra": "test_extra"}
-    sizes = {split: len(prepared.load(split)[1]) for split in ("train", "val", "test_extra")}
-    # 10 writers of 2 pictures: 2 writers test, 1 validation, 7 train.
-    assert sizes == {"train": 210 + 14, "val": 30 + 2, "test_extra": 4}
-    assert fileio.read_json(paths.DATA_METRICS)["test_extra"] == {"size": 4}
+def test_the_stage_learns_the_earlier_pictures_and_tests_the_latest(workspace):
+    read_corrections_stage.main()
+    sizes = {split: len(prepared.load(split, paths.CORRECTIONS_DIR)[1])
+             for split in ("train", "test")}
+    assert sizes == {"train": 16, "test": 4}  # 2 writers of 10: the latest 2 of each held out
+    assert fileio.read_json(paths.CORRECTIONS_METRICS)["held_out"] == 4
 
 
-def test_a_bad_row_stops_the_stage_in_one_line_and_keeps_the_last_outputs(workspace):
-    preprocess_stage.main()
-    before = {path: path.read_bytes() for path in sorted(paths.PREPARED_DIR.iterdir())}
+def test_a_bad_row_stops_the_stage_in_one_line(workspace):
     _edit_row(paths.EXTRA_DIR / "corrections", 4, "0002.png,12,w2,")
     with pytest.raises(SystemExit) as caught:
-        preprocess_stage.main()
-    assert caught.value.code == ("preprocess: data/extra/corrections/labels.csv: line 4 "
+        read_corrections_stage.main()
+    assert caught.value.code == ("read_corrections: data/extra/corrections/labels.csv: line 4 "
                                  "(0002.png): label '12' is not a digit 0-9")
-    assert {path: path.read_bytes() for path in sorted(paths.PREPARED_DIR.iterdir())} == before
+    assert not paths.CORRECTIONS_DIR.exists()  # the model and the prepared digits untouched
 
 
 def test_a_folder_that_is_not_there_is_named(workspace):
-    (workspace / "params.yaml").write_text("data:\n  extra: [scans]\n")
-    with pytest.raises(SystemExit, match=r"^preprocess: data/extra/scans: not a folder"):
-        preprocess_stage.main()
+    (workspace / "params.yaml").write_text("corrections:\n  folders: [scans]\n")
+    with pytest.raises(SystemExit, match=r"^read_corrections: data/extra/scans: not a folder"):
+        read_corrections_stage.main()

@@ -90,7 +90,7 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
     ("key", "value", "message"),
     [
         # unknown keys, at every depth, with the allowed ones listed
-        ("sede", 1, r"^sede: unknown key; allowed keys in params.yaml: data, evaluate"),
+        ("sede", 1, r"^sede: unknown key; allowed keys in params.yaml: corrections, data, evaluate"),
         ("train.epoch", 3, r"^train.epoch: unknown key; allowed keys in train: augmentation,"),
         ("train.augmentation.foo", 1,
          r"^train.augmentation.foo: unknown key; allowed keys in train.augmentation: "
@@ -153,11 +153,17 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
         ("data.timeout_seconds", 0, r"^data.timeout_seconds: 0.0 is out of range"),
         ("data.mirrors", ["  "], r"^data.mirrors: '  ' is out of range"),
         ("data.drawn", "yes", r"^data.drawn: expected true or false"),
-        ("data.extra", ["../secrets"], r"^data.extra: '../secrets' is out of range; allowed: "
-                                       r"names of folders under data/extra/"),
-        ("data.extra", ["a/b"], r"^data.extra: 'a/b' is out of range"),
-        ("data.extra", ["a", "a"], r"^data.extra: \['a', 'a'\] is out of range; allowed: each"),
-        ("preprocess.extra_test_fraction", 1, r"^preprocess.extra_test_fraction: 1.0 is out"),
+        ("corrections.folders", ["../secrets"], r"^corrections.folders: '../secrets' is out of "
+                                                r"range; allowed: names of folders under "
+                                                r"data/extra/"),
+        ("corrections.folders", ["a/b"], r"^corrections.folders: 'a/b' is out of range"),
+        ("corrections.folders", ["a", "a"], r"^corrections.folders: \['a', 'a'\] is out of "
+                                            r"range; allowed: each"),
+        ("corrections.test_fraction", 1, r"^corrections.test_fraction: 1.0 is out"),
+        ("corrections.repeats", 0, r"^corrections.repeats: 0 is out of range; allowed: 1..1000"),
+        ("corrections.epochs", 0, r"^corrections.epochs: 0 is out of range"),
+        ("corrections.augmentation.zoom_fraction", 1,
+         r"^corrections.augmentation.zoom_fraction: 1.0 is out of range"),
         ("preprocess.drawn.copies", 0, r"^preprocess.drawn.copies: 0 is out of range"),
         ("preprocess.drawn.val_writers", 30, r"^preprocess.drawn.val_writers: 30 is out of"),
         ("preprocess.drawn.max_height", 300, r"^preprocess.drawn.min_height..max_height: "),

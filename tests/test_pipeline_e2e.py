@@ -72,7 +72,8 @@ def changed_stages(repo: Path) -> set[str]:
 def test_repro_writes_every_output(pipeline_repo):
     repo = pipeline_repo
     for path in ("data/raw/manifest.json", "data/prepared/train_images.npy",
-                 "models/model.keras", "metrics/data.json", "metrics/evaluate.json",
+                 "models/base.keras", "models/model.keras", "metrics/data.json",
+                 "metrics/evaluate.json", "metrics/corrections.json",
                  "dvclive/metrics.json", "plots/predictions/mnist-sample.csv",
                  "data/prepared/sources.json"):
         assert (repo / path).is_file(), path
@@ -105,9 +106,12 @@ def test_second_repro_runs_no_stage(pipeline_repo):
         ({"evaluate": {"batch_size": 256}}, {"evaluate"}),
         ({"train": {"epochs": 3}}, {"train"}),
         ({"model": {"dense_units": 16}}, {"train"}),
+        ({"model": {"test_time_shifts": 8}}, {"train", "finetune"}),
+        ({"corrections": {"epochs": 2}}, {"finetune"}),
+        ({"corrections": {"test_fraction": 0.5}}, {"read_corrections", "finetune"}),
         ({"preprocess": {"val_fraction": 0.2}}, {"preprocess"}),
         ({"data": {"retries": 1}}, {"download"}),
-        ({"seed": 7}, {"preprocess", "train", "plot"}),
+        ({"seed": 7}, {"preprocess", "train", "finetune", "plot"}),
     ],
 )
 def test_a_params_change_reruns_only_the_stages_that_read_it(pipeline_repo, change, expected):

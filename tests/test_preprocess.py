@@ -18,6 +18,7 @@ import pytest
 from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline import preprocess as pp
 from mnist_pipeline.params import PreprocessParams
+from mnist_pipeline.prepared import PIXEL_SCALE
 from stages import preprocess as preprocess_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_normalize_maps_uint8_to_float32_in_0_1(sample):
 def test_normalize_is_exactly_what_a_rescaling_layer_computes():
     # keras.layers.Rescaling(PIXEL_SCALE) computes float32(x) * float32(scale), bit for bit.
     pixels = np.arange(256, dtype=np.uint8)
-    expected = pixels.astype(np.float32) * np.float32(pp.PIXEL_SCALE)
+    expected = pixels.astype(np.float32) * np.float32(PIXEL_SCALE)
     assert pp.normalize(pixels).tobytes() == expected.tobytes()
 
 
