@@ -175,7 +175,10 @@ class PenReader:
         try:
             return zipfile.ZipFile(io.BytesIO(data))
         except zipfile.BadZipFile as error:
-            raise SourceError(location, f"not a zip file ({error})") from None
+            raise SourceError(location, f"not a zip file ({one_line(error)})") from None
+        except Exception as error:  # noqa: BLE001 (a damaged directory: one line, no traceback)
+            reason = f"{type(error).__name__}: {one_line(error)}"
+            raise SourceError(location, f"unreadable zip file ({reason})") from None
 
 
 def read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, origin: str,
