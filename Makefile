@@ -67,16 +67,18 @@ baseline:
 # takes every column that is not a param (a name under one of params.yaml's sections),
 # metrics added later included, and the metrics named under `train.` too (metrics/data.json's
 # train.size); --keep holds the experiment and the per-source scores, even when equal. In a
-# terminal DVC pages the table (scroll sideways); piped, it folds what does not fit. Both
-# tested at COLUMNS=120 (tests/test_report.py).
+# terminal DVC pages the table (scroll sideways); piped, it prints it at full width; with
+# --no-pager it folds what does not fit the terminal's width. Both views tested at COLUMNS=120
+# (tests/test_report.py).
 PARAM_SECTIONS = $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\):.*/\1/p' params.yaml | paste -sd'|' -)
 EXPS_KEEP := ^(Experiment|(?!(train|eval)\.)[A-Za-z0-9_-]+\.(accuracy|errors))$$
 EXPS_DROP = (?!($(PARAM_SECTIONS))(\.|$$))|train\.size$$
 exps:
 	dvc exp show --only-changed --keep '$(EXPS_KEEP)' --drop '$(EXPS_DROP)'
 
-# Review (README, "Review: report, gate, CI"): the workspace, or REV, against BASE. Run after
-# `make install` (like baseline, these do not install: CI installs in a step of its own).
+# Review (docs/experiments-and-review.md, "Review: report, gate, CI"): the workspace, or REV,
+# against BASE. Run after `make install` (like baseline, these do not install: CI installs in
+# a step of its own).
 # A branch name may hold quotes, `;`, `>` or `$(...)`: BASE and REV reach the commands as data.
 # make never expands them (`$(value ...)`, and unexported: make expands what it exports), the
 # recipes get them as environment variables and pass them on quoted, and the modules verify

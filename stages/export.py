@@ -2,7 +2,7 @@
 
 Reads   models/model.keras (train stage), data/prepared/test_images.npy (the parity check)
 Writes  models/serving/: a SavedModel (Keras `model.export`), signature `serving_default`,
-        for TF Serving (README, "TensorFlow Serving");
+        for TF Serving (docs/serving.md, "TensorFlow Serving");
         models/model.onnx: the same model for onnxruntime, what `mnist-pipeline predict` and
         `serve` run without TensorFlow;
         metrics/export.json: onnx_max_difference, onnx_label_agreement of the ONNX model
