@@ -8,6 +8,9 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 # Quieter TensorFlow start-up logs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The pipeline's runs print what matters: tools/pipeline-shell drops DVC's and TensorFlow's
+# start-up lines that no setting hides (it says which), keeping each recipe's exit status.
+sample repro fashion: SHELL := $(CURDIR)/tools/pipeline-shell
 
 # A recipe file's overrides of params.yaml as `dvc exp run` options: each `key: value` line of
 # recipes/<name>.yaml (one home, also read by benchmarks/ and tests/) becomes `-S key=value`.

@@ -45,8 +45,9 @@ def main() -> None:
         training.set_determinism(params.seed)
         with strategy.scope():
             network = build_network(params.model)
-        network.summary()
-        print(f"train: {strategy.num_replicas_in_sync} replica(s), {worker}")
+        # One line, not Keras's 40-line table: the layers are in model.py, the size is here.
+        print(f"train: {network.name}, {network.count_params():,} weights; "
+              f"{strategy.num_replicas_in_sync} replica(s), {worker}")
         started = time.perf_counter()
         try:
             training.train(network, train_data, val_data, params.train, params.seed,

@@ -8,6 +8,7 @@ sees any of that, so these tests build such a checkout and check it.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,24 @@ def test_the_params_tests_pass_after_an_experiment(checkout_after_a_run):
          "tests/test_params.py", "tests/test_check_params.py"],
         cwd=checkout_after_a_run, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+PIPELINE_SHELL = PROJECT / "tools" / "pipeline-shell"
+
+
+def test_the_pipeline_shell_drops_start_up_noise_and_keeps_the_rest_and_the_status():
+    """`make sample`, `repro` and `fashion` run in tools/pipeline-shell: DVC's first-run lines
+    and TensorFlow's native start-up lines go, every other line stays, in order."""
+    noise = [
+        "WARNING: No file hash info found for '/x/data/raw'. It won't be created.",
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796660217.767323   17613 port.cc:153] oneDNN custom operations are on. "
+        "You may see slightly different numerical results",
+    ]
+    kept = ["Running stage 'train':", "train: oneDNN is fine", "ERROR: failed to reproduce"]
+    script = "; ".join(f"echo {shlex.quote(line)} >&2" for line in [*noise, *kept])
+    done = subprocess.run([str(PIPELINE_SHELL), "-c", f"echo out; {script}; exit 3"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "out\n"
+    assert done.stderr.splitlines() == kept
