@@ -1,11 +1,14 @@
-"""Digit galleries of a trained model: its most confidently wrong test digits and a sample.
+"""Digit galleries of a trained model: each source's most confidently wrong test digits, and a
+sample of the dataset's.
 
 Only what DVC's plot templates cannot draw: the training curves, the confusion matrices and
 the per-digit bars are dvc.yaml's plots of dvclive's TSVs, plots/predictions.csv and
 plots/per_class.csv. A reader checks the evaluate stage's predictions; pure helpers pick
 what to draw (the most confidently wrong digits, a seeded sample); figure builders return
-matplotlib :class:`~matplotlib.figure.Figure` objects; and :func:`save_figures` writes them
-as PNGs, atomically, removing PNGs it no longer makes.
+matplotlib :class:`~matplotlib.figure.Figure` objects, named by the path they are saved
+under (``misclassified/<source>``: one gallery per test source, so that the pen-drawn
+digits' errors are seen as the dataset's are); and :func:`save_figures` writes them as
+PNGs, atomically, removing PNGs it no longer makes.
 
 Figures are built with the object-oriented API (no pyplot): nothing touches a global figure
 registry or an interactive backend, PNGs are rendered by Agg, and no figure needs closing.
@@ -15,6 +18,7 @@ Nothing here imports TensorFlow: plotting reads only files, so it starts in a se
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +30,11 @@ from mnist_pipeline.fileio import atomic_path
 from mnist_pipeline.prepared import NUM_CLASSES
 
 PREDICTION_COLUMNS = ("index", "actual", "predicted", "confidence")
+# A source's name becomes a file name (misclassified/<source>.png): letters, digits, "_",
+# "-" and "." only, not starting with "." (no hidden file, no way out of the folder).
+SOURCE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+MISCLASSIFIED = "misclassified"  # folder of the per-source galleries
+SAMPLE_PREDICTIONS = "sample_predictions"
 
 # Sizes in inches: the galleries grow with their cell count (see grid_shape).
 NO_ERRORS_SIZE = (6.0, 2.5)
@@ -140,21 +149,23 @@ def _digit_gallery(images: np.ndarray, titles: list[str], colors: list[str], sup
 
 
 def misclassified_figure(images: np.ndarray, predictions: pd.DataFrame, count: int,
-                         dpi: int) -> Figure:
-    """The ``count`` most confidently wrong digits, each titled "true -> predicted (conf%)"."""
+                         dpi: int, source: str = "") -> Figure:
+    """The ``count`` most confidently wrong digits, each titled "true -> predicted (conf%)";
+    the title names ``source``, the test source they come from."""
     errors = most_confident_errors(predictions, count)
     total_errors = int((predictions["actual"] != predictions["predicted"]).sum())
+    of_source = f" of {source}" if source else ""
     if errors.empty:
         figure = Figure(figsize=NO_ERRORS_SIZE, dpi=dpi)
-        figure.text(0.5, 0.5, f"No errors: all {len(predictions)} test digits\n"
+        figure.text(0.5, 0.5, f"No errors: all {len(predictions)} test digits{of_source}\n"
                     "were classified correctly", ha="center", va="center", fontsize=14)
         return figure
     titles = [f"{row.actual} -> {row.predicted} ({100 * row.confidence:.0f}%)"
               for row in errors.itertuples()]
     return _digit_gallery(
         images[errors["index"].to_numpy()], titles, [WRONG_COLOR] * len(errors),
-        f"Most confidently wrong test digits: {len(errors)} of {total_errors} errors\n"
-        "true -> predicted (confidence)", dpi,
+        f"Most confidently wrong test digits{of_source}: {len(errors)} of {total_errors} "
+        f"errors in {len(predictions)}\ntrue -> predicted (confidence)", dpi,
     )
 
 
@@ -176,29 +187,47 @@ def sample_predictions_figure(images: np.ndarray, predictions: pd.DataFrame, cou
     )
 
 
-def make_figures(predictions: pd.DataFrame, images: np.ndarray, labels: np.ndarray, *,
+def make_figures(tests: Mapping[str, tuple[pd.DataFrame, np.ndarray, np.ndarray]], *,
                  gallery_size: int, sample_grid_size: int, figure_dpi: int,
                  seed: int) -> dict[str, Figure]:
-    """Every figure of the plot stage, by file stem: the two galleries.
+    """Every figure of the plot stage, by the path (without ``.png``) it is saved under:
+    ``misclassified/<source>`` for each source of ``tests``, and ``sample_predictions``
+    for the first (the dataset).
 
-    ``images`` (N, 28, 28) in [0, 1] and ``labels`` (N,) are the test arrays that
-    ``predictions["index"]`` points into.
+    ``tests``: {source: (predictions, images, labels)}, the dataset first; ``images``
+    (N, 28, 28) in [0, 1] and ``labels`` (N,) are the source's test arrays that
+    ``predictions["index"]`` points into. ValueError, naming the source, for arrays that do
+    not match or predictions of other digits; ValueError for no source or a source name
+    that cannot be a file name.
     """
-    if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"test images {images.shape} and labels {labels.shape} do not match")
-    check_predictions_match(predictions, labels)
-    return {
-        "misclassified": misclassified_figure(images, predictions, gallery_size, figure_dpi),
-        "sample_predictions": sample_predictions_figure(images, predictions, sample_grid_size,
-                                                        seed, figure_dpi),
-    }
+    if not tests:
+        raise ValueError("no test sources to draw")
+    figures = {}
+    for source, (predictions, images, labels) in tests.items():
+        if not SOURCE_NAME.fullmatch(source):
+            raise ValueError(f"source {source!r}: not a name for a file (letters, digits, "
+                             "'_', '-' and '.')")
+        if images.ndim != 3 or len(images) != len(labels):
+            raise ValueError(f"{source}: test images {images.shape} and labels "
+                             f"{labels.shape} do not match")
+        try:
+            check_predictions_match(predictions, labels)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+        figures[f"{MISCLASSIFIED}/{source}"] = misclassified_figure(
+            images, predictions, gallery_size, figure_dpi, source)
+    predictions, images, _labels = next(iter(tests.values()))
+    figures[SAMPLE_PREDICTIONS] = sample_predictions_figure(images, predictions,
+                                                            sample_grid_size, seed, figure_dpi)
+    return figures
 
 
 def save_figures(figures: Mapping[str, Figure], directory: str | Path) -> list[Path]:
-    """Write each figure as ``directory/<name>.png``, atomically; delete other PNGs there.
+    """Write each figure as ``directory/<name>.png`` (``name`` may hold a folder),
+    atomically; delete other PNGs there and in its subfolders, and folders left empty.
 
-    Returns the written paths. Stale PNGs (from a figure this code no longer makes) would
-    otherwise linger in git and in `dvc plots show`.
+    Returns the written paths. Stale PNGs (from a figure this code no longer makes, or of a
+    source that is gone) would otherwise linger in git and in `dvc plots show`.
     """
     directory = Path(directory)
     written = []
@@ -208,6 +237,9 @@ def save_figures(figures: Mapping[str, Figure], directory: str | Path) -> list[P
             # The temporary name ends in .tmp: tell matplotlib the format.
             figure.savefig(temporary, format="png", dpi=figure.dpi, metadata=PNG_METADATA)
         written.append(target)
-    for stale in set(directory.glob("*.png")) - set(written):
+    for stale in set(directory.rglob("*.png")) - set(written):
         stale.unlink()
+    for folder in sorted(directory.rglob("*"), reverse=True):  # the deepest first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     return written

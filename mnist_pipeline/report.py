@@ -14,7 +14,7 @@ the same text without the pictures, for a CI job summary (which cannot show loca
   confusion matrix of each source, rendered from DVC's own vega-lite specs
   (``dvc plots diff --json``: the charts of ``dvc plots show``, defined once in dvc.yaml)
   by vl-convert, which bundles vega and its fonts: no browser, no network, no CDN;
-- the plot stage's most confidently wrong test digits of each revision.
+- the plot stage's most confidently wrong test digits of each source, of each revision.
 
 Both sides come from git (metrics and plots are ``cache: false``): a clone needs no
 ``dvc pull`` for the base. DVC and git run through :mod:`mnist_pipeline.dvc_cli`, revisions
@@ -27,13 +27,14 @@ root with the venv's DVC. Exit status: 0 written, 1 refused or failed, 2 a usage
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,10 @@ class Chart:
 # digit and the confusion matrix: what a reviewer reads first.
 CURVES = (Chart("Loss", "loss.png"), Chart("Accuracy", "accuracy.png"))
 PER_SOURCE = ((PER_CLASS_DIR, "errors_per_digit"), (PREDICTIONS_DIR, "confusion"))
-GALLERY = str(paths.PLOT_IMAGES_DIR / "misclassified.png")
+# The plot stage's galleries of errors, one per source: plots/images/misclassified/<source>.png;
+# a revision from before them has one, of the dataset (the first source), in LEGACY_GALLERY.
+GALLERY_DIR = paths.PLOT_IMAGES_DIR / "misclassified"
+LEGACY_GALLERY = str(paths.PLOT_IMAGES_DIR / "misclassified.png")
 
 # Test metrics of each source, in this order, then the headline rows of other files; every
 # other metric goes under the fold.
@@ -188,23 +192,73 @@ def render_charts(plots: dict, out: Writer, base: str, target: str,
         if chart not in CURVES and chart.plot_id not in title:
             title += f" ({Path(chart.plot_id).stem})"  # one title for the folder's charts
         lines.append(f"![{_alt(title)}]({chart.file})")
-    lines += ["", "### Most confidently wrong test digits", ""]
-    images = {}
-    for entry in data.get(GALLERY, []):
-        if entry.get("type") == "image" and entry.get("revisions"):
-            revision = entry["revisions"][0]
-            name = f"misclassified_{_safe(revision)}.png"
-            out.copy(Path(entry["url"]), name)
-            images[revision] = name
-    if not images:
-        lines.append(f"`{GALLERY}`: on neither side.")
-        return lines
-    order = [base, target]
-    lines += ["| " + " | ".join(_cell(rev) for rev in order) + " |",
-              "| " + " | ".join("---" for _ in order) + " |",
-              "| " + " | ".join(f"![most confidently wrong digits, {_alt(rev)}]({images[rev]})"
-                                if rev in images else "(none)" for rev in order) + " |"]
+    return lines + gallery_lines(plots, out, base, target, order)
+
+
+def galleries(plots: dict, order: Sequence[str] = (),
+              datasets: Mapping[str, str] | None = None) -> dict[str, dict[str, Path]]:
+    """{source: {revision: picture}} of the plot stage's galleries of errors in ``dvc plots
+    diff --json`` output, the sources in ``order`` first, then by name. A revision's
+    :data:`LEGACY_GALLERY` counts as its dataset's (``datasets[revision]``, else
+    ``order[0]``), unless that revision has a gallery of its own for it."""
+    found: dict[str, dict[str, Path]] = {}
+    legacy: dict[str, Path] = {}
+    for plot_id, entries in plots.get("data", {}).items():
+        path = Path(plot_id)
+        if path.parent == GALLERY_DIR and path.suffix == ".png":
+            target = found.setdefault(path.stem, {})
+        elif plot_id == LEGACY_GALLERY:
+            target = legacy
+        else:
+            continue
+        for entry in entries:
+            if entry.get("type") == "image" and entry.get("revisions"):
+                target[entry["revisions"][0]] = Path(entry["url"])
+    for revision, picture in legacy.items():
+        dataset = (datasets or {}).get(revision) or (order[0] if order else "dataset")
+        found.setdefault(dataset, {}).setdefault(revision, picture)
+    ranked = sorted(found, key=lambda source: (
+        order.index(source) if source in order else len(order), source))
+    return {source: found[source] for source in ranked}
+
+
+def gallery_lines(plots: dict, out: Writer, base: str, target: str,
+                  order: Sequence[str] = ()) -> list[str]:
+    """Markdown for each source's gallery of errors, a row per source and a column per
+    revision, the pictures copied by ``out`` as ``misclassified_<source>_<revision>.png``."""
+    lines = ["", "### Most confidently wrong test digits of each source", ""]
+    found = galleries(plots, order, {revision: dataset_of(revision)
+                                     for revision in (base, target)})
+    if not found:
+        return [*lines, f"`{GALLERY_DIR}/<source>.png`: on neither side."]
+    revisions = [base, target]
+    lines += ["| source | " + " | ".join(_cell(rev) for rev in revisions) + " |",
+              "| --- | " + " | ".join("---" for _ in revisions) + " |"]
+    for source, pictures in found.items():
+        cells = []
+        for revision in revisions:
+            if revision not in pictures:
+                cells.append("(none)")
+                continue
+            name = f"misclassified_{_safe(source)}_{_safe(revision)}.png"
+            out.copy(pictures[revision], name)
+            cells.append(f"![most confidently wrong digits of {_alt(source)}, "
+                         f"{_alt(revision)}]({name})")
+        lines.append(f"| `{_cell(source)}` | " + " | ".join(cells) + " |")
     return lines
+
+
+def dataset_of(revision: str) -> str | None:
+    """The dataset's name in ``metrics/data.json`` of ``revision`` (a verified commit, or
+    the workspace); None when there is none."""
+    try:
+        text = (paths.DATA_METRICS.read_text() if revision == WORKSPACE
+                else dvc_cli.git("show", "--end-of-options",
+                                 f"{revision}:{paths.DATA_METRICS.as_posix()}"))
+        dataset = json.loads(text).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dataset if isinstance(dataset, str) else None
 
 
 def describe_revision(rev: str | None) -> str:

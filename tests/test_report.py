@@ -186,7 +186,7 @@ def test_make_report_shows_every_source_of_both_sides_and_runs_no_branch_name(re
     assert sorted(pictures) == [
         "confusion_drawn.png", "confusion_extra.png", "confusion_mnist.png",
         "errors_per_digit_drawn.png", "errors_per_digit_extra.png", "errors_per_digit_mnist.png",
-        "misclassified_workspace.png", "misclassified_x_pwned_.png"]
+        "misclassified_mnist_workspace.png", "misclassified_mnist_x_pwned_.png"]
     assert sorted(path.name for path in (repo / "report").iterdir()) == sorted(
         [*pictures, ".report-files", "report.md", "summary.md"])
     assert "![" not in (repo / "report/summary.md").read_text()
@@ -369,7 +369,8 @@ def test_on_the_branch_the_report_shows_both_accuracies_and_its_pictures(review)
     # revisions on each) and each revision's most confidently wrong digits
     expected = sorted([chart.file for chart in report.CURVES]
                       + [f"errors_per_digit_{SOURCE}.png", f"confusion_{SOURCE}.png",
-                         "misclassified_main.png", "misclassified_workspace.png"])
+                         f"misclassified_{SOURCE}_main.png",
+                         f"misclassified_{SOURCE}_workspace.png"])
     assert sorted(review["linked"]) == review["pictures"] == expected
     assert "![" not in review["summary"]  # a job summary cannot show local images
 
@@ -412,7 +413,7 @@ def test_a_report_of_a_given_revision(review):
     assert headline_row(f"`{SOURCE}` test accuracy", review["old"]["accuracy"],
                         evaluation(repo, "worse")["accuracy"]) in text
     assert "## Model report: worse against main" in text and "**Gate: fails**" in text
-    assert {"misclassified_main.png", "misclassified_worse.png"} <= set(
+    assert {f"misclassified_{SOURCE}_main.png", f"misclassified_{SOURCE}_worse.png"} <= set(
         assert_report_pictures(repo / "report", text))
 
 
