@@ -1,10 +1,12 @@
 """Shared pytest fixtures. Keep each one self-contained: any test file may use any of them."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sample_data
+from loopback_http import loopback_server
 
 
 @pytest.fixture
@@ -32,3 +34,10 @@ def small_model() -> sample_data.SmallModel:
     """A small dense model with models/model.keras's contract, trained on 4,000 sample digits,
     and 200 held-out digits with its answers (:func:`sample_data.small_model`)."""
     return sample_data.small_model()
+
+
+@pytest.fixture
+def server() -> Iterator:
+    """A loopback HTTP server for the download tests (:func:`loopback_http.loopback_server`)."""
+    with loopback_server() as httpd:
+        yield httpd

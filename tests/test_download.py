@@ -6,24 +6,21 @@ Custom, tiny dataset specs carry digests computed here, so no real MNIST is need
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback_http import FAST
 
 from mnist_pipeline import http as mirror_http
 from mnist_pipeline import idx, paths
@@ -38,9 +35,9 @@ from mnist_pipeline.datasets import (
 )
 from mnist_pipeline.download import DownloadError, download_dataset
 from mnist_pipeline.http import HostError, NetworkSettings, http_get
+from stages import download as stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FAST = NetworkSettings(timeout_seconds=5, retries=2, backoff_seconds=0.01, progress=False)
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 
 
@@ -61,56 +58,6 @@ def tiny_dataset(contents: dict[str, bytes], *sources) -> Dataset:
     files = tuple(RawFile(name, len(idx.decode(data)), sha256=sha256(data))
                   for name, data in contents.items())
     return Dataset(name="tiny", files=files, sources=tuple(sources))
-
-
-class LoopbackHandler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.files`` by path; the first GET of a path in ``server.drop_first``
-    announces the full Content-Length, sends half the body and hangs up; a path in
-    ``server.drip`` ({path: (bytes, seconds)}) is sent that many bytes at a time, that many
-    seconds apart, until the client hangs up."""
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        self.server.requests.append(self.path)
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(self.server.statuses.get(self.path, 404))
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.path in self.server.drop_first:
-            self.server.drop_first.discard(self.path)
-            self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-            return
-        if self.path in self.server.drip:
-            step, pause = self.server.drip[self.path]
-            with contextlib.suppress(ConnectionError):
-                for start in range(0, len(body), step):
-                    self.wfile.write(body[start:start + step])
-                    self.wfile.flush()
-                    time.sleep(pause)
-            return
-        with contextlib.suppress(ConnectionError):  # a client that stops reading (too big)
-            self.wfile.write(body)
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
-
-
-@pytest.fixture
-def server() -> Iterator[http.server.ThreadingHTTPServer]:
-    """A loopback HTTP server; set ``.files`` ({"/path": bytes}), ``.drop_first``, ``.drip``
-    and ``.statuses`` ({"/path": error status instead of 404})."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoopbackHandler)
-    httpd.files, httpd.drop_first, httpd.requests, httpd.statuses = {}, set(), [], {}
-    httpd.drip = {}
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def serve_gzipped(server, contents: dict[str, bytes], prefix: str = "/") -> None:
@@ -329,11 +276,6 @@ def write_params(folder: Path, data_section: str) -> None:
 
 
 def test_stage_main_writes_mnist_sample(in_tmp_dir, capsys):
-    sys.path.insert(0, str(REPO_ROOT / "stages"))
-    try:
-        import download as stage  # stages/download.py
-    finally:
-        sys.path.remove(str(REPO_ROOT / "stages"))
     write_params(in_tmp_dir, "  dataset: mnist-sample\n  drawn: false\n")
 
     stage.main()

@@ -10,18 +10,18 @@ import io
 import json
 import socket
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
 import ncompress
 import pytest
+from loopback_http import FAST
 from pen_data import pen_text, spec, uci_zip
-from test_download import FAST, REPO_ROOT, server  # noqa: F401 (the loopback server fixture)
 
 from mnist_pipeline import paths, pen_download, pendigits
 from mnist_pipeline.download import DownloadError
 from mnist_pipeline.http import SourceError
+from stages import download as download_stage
 
 TRAIN = pen_text(range(1, 4), per_writer=10, seed=0).encode()
 TEST = pen_text(range(1, 3), per_writer=10, seed=1).encode()
@@ -239,15 +239,6 @@ def test_the_published_files_are_the_readmes_digests():
 # --- the stage ----------------------------------------------------------------------------
 
 
-def _stage():
-    sys.path.insert(0, str(REPO_ROOT / "stages"))
-    try:
-        import download as stage  # stages/download.py
-    finally:
-        sys.path.remove(str(REPO_ROOT / "stages"))
-    return stage
-
-
 def test_stage_fetches_the_pen_files_beside_the_dataset(in_tmp_dir, monkeypatch, capsys):
     monkeypatch.setattr(pendigits, "FILES", FILES)
     mirror = in_tmp_dir / "pen"
@@ -256,7 +247,7 @@ def test_stage_fetches_the_pen_files_beside_the_dataset(in_tmp_dir, monkeypatch,
         (mirror / name).write_bytes(content)
     (in_tmp_dir / "params.yaml").write_text(
         f"data:\n  dataset: mnist-sample\n  drawn: true\n  mirrors: [{mirror}]\n")
-    _stage().main()
+    download_stage.main()
     manifest = json.loads(paths.RAW_MANIFEST.read_text())
     assert manifest["drawn"] == ["pendigits-orig.tes", "pendigits-orig.tra"]
     assert (paths.RAW_DIR / "pendigits-orig.tra").read_bytes() == TRAIN
@@ -267,7 +258,7 @@ def test_stage_fetches_the_pen_files_beside_the_dataset(in_tmp_dir, monkeypatch,
     (mirror / "pendigits-orig.tes").unlink()
     monkeypatch.setattr(pendigits, "UCI_ZIP", str(in_tmp_dir / "no-such.zip"))
     with pytest.raises(SystemExit) as caught:
-        _stage().main()
+        download_stage.main()
     assert str(caught.value.code).startswith("download: could not get a verified "
                                              "pendigits-orig.tes (UCI pen digits)")
     assert (paths.RAW_DIR / "pendigits-orig.tes").read_bytes() == TEST
