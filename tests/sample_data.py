@@ -16,6 +16,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mnist_pipeline import fileio, idx, paths
+
+
+def write_raw(directory: Path, dataset: str, train, test=None) -> Path:
+    """Write what the download stage would: IDX files of the (images, labels) of ``train``
+    and ``test`` under their canonical names, and manifest.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, arrays in (("train", train), ("test", test)):
+        if arrays is not None:
+            for kind, array in zip(("images", "labels"), arrays, strict=True):
+                (directory / paths.RAW_FILES[(split, kind)]).write_bytes(idx.encode(array))
+    splits = ["train", "test"] if test is not None else ["train"]
+    fileio.write_json(directory / paths.RAW_MANIFEST.name,
+                      {"dataset": dataset, "splits": splits, "files": {}})
+    return directory
+
 
 @functools.cache
 def sample_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -4,20 +4,15 @@ and a bad pen file refused in one line with the last good outputs kept."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pen_data import pen_text
-from test_preprocess import STAGE_SCRIPT, write_raw
+from sample_data import write_raw
 
 from mnist_pipeline import fileio, paths, prepared
-
-sys.path.insert(0, str(STAGE_SCRIPT.parent))
-import preprocess as preprocess_stage  # noqa: E402 (stages/preprocess.py)
-
-sys.path.remove(str(STAGE_SCRIPT.parent))
+from stages import preprocess as preprocess_stage
 
 TRA, TES = "pendigits-orig.tra", "pendigits-orig.tes"
 

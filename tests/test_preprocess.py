@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sample_data import write_raw
 
 from mnist_pipeline import fileio, idx, paths
 from mnist_pipeline import preprocess as pp
@@ -39,20 +40,6 @@ def small(sample) -> tuple[np.ndarray, np.ndarray]:
     images, labels = sample
     keep = np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(10)])
     return images[keep], labels[keep]
-
-
-def write_raw(directory: Path, dataset: str, train, test=None) -> Path:
-    """Write what the download stage would: IDX files under canonical names + manifest."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, arrays in (("train", train), ("test", test)):
-        if arrays is not None:
-            for kind, array in zip(("images", "labels"), arrays, strict=True):
-                (directory / paths.RAW_FILES[(split, kind)]).write_bytes(idx.encode(array))
-    splits = ["train", "test"] if test is not None else ["train"]
-    fileio.write_json(directory / paths.RAW_MANIFEST.name,
-                      {"dataset": dataset, "splits": splits, "files": {}})
-    return directory
-
 
 
 def per_class(labels: np.ndarray) -> np.ndarray:
