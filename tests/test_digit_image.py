@@ -5,28 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from sample_data import correlation, on_paper
 
 from mnist_pipeline import digit_image
-
-
-def on_paper(digit: np.ndarray, size: int = 150, at: tuple[int, int] = (30, 20),
-             canvas: tuple[int, int] = (240, 200), seed: int = 0) -> np.ndarray:
-    """A 28x28 MNIST digit as a dark pen digit on grayish, grainy paper: uint8 (H, W).
-
-    Enlarged to ``size`` px, placed off-center with its top-left corner at ``at`` (x, y)
-    on a ``canvas`` (width, height) of paper gray 225 with a little noise; ink is gray 30.
-    """
-    enlarged = Image.fromarray(digit.astype(np.uint8)).resize((size, size), Image.BICUBIC)
-    ink = np.asarray(enlarged, dtype=np.float32) / 255.0
-    paper = np.random.default_rng(seed).normal(225.0, 4.0, (canvas[1], canvas[0]))
-    paper[at[1]:at[1] + size, at[0]:at[0] + size] -= (225.0 - 30.0) * ink
-    return np.clip(paper, 0, 255).astype(np.uint8)
-
-
-def correlation(first: np.ndarray, second: np.ndarray) -> float:
-    return float(np.corrcoef(first.ravel(), second.ravel())[0, 1])
-
 
 # --- normalize_digit ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_digit_image import correlation, on_paper
+from sample_data import correlation, on_paper
 
 from mnist_pipeline import digit_image, pictures
 
