@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,11 @@ def save_onnx(model: Any, target: Path) -> None:
     with fileio.atomic_path(target) as temporary:
         staged = temporary.with_name(temporary.name + ".onnx")
         try:
-            model.export(str(staged), format="onnx", verbose=False)
+            with warnings.catch_warnings():
+                # Keras's tf2onnx shim probes `np.object` (keras/src/export/tf2onnx_lib.py),
+                # which numpy answers with a FutureWarning: theirs, not ours to act on.
+                warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+                model.export(str(staged), format="onnx", verbose=False)
             proto = readable_onnx(onnx.load_model(staged))
             threshold = inference.keras_threshold(model)
             if threshold is not None:  # an older model without one: predict uses the default

@@ -21,6 +21,20 @@ from mnist_pipeline import plots_page
 PROJECT = Path(__file__).resolve().parents[1]
 
 
+# The end-to-end tests' params: small enough to train in seconds, real enough to learn something.
+QUICK_SAMPLE_PARAMS = {
+    # No pen digits: the pen files' digests are UCI's, which a test cannot make (the stages
+    # with pen digits are tested on files of the tests' own, tests/test_drawn_*.py).
+    "data": {"dataset": "mnist-sample", "drawn": False},
+    # test-time shifts as params.yaml: the averaging saved model goes through every stage
+    "model": {"conv_filters": [8, 16], "dense_units": 32, "test_time_shifts": 4},
+    # 56 steps in all: too few for a 0.99 weight average, which would still be mostly the
+    # first steps' weights (see docs/pipeline.md, train.ema_momentum)
+    "train": {"epochs": 2, "batch_size": 128, "warmup_epochs": 0, "early_stopping_patience": 0,
+              "ema_momentum": 0},
+}
+
+
 # No command of a test takes this long; past it the test fails instead of hanging the suite.
 COMMAND_TIMEOUT_SECONDS = 900
 

@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from project_repo import dvc, git, init_project_repo, run
-from test_pipeline_e2e import QUICK_SAMPLE_PARAMS
+from project_repo import QUICK_SAMPLE_PARAMS, dvc, git, init_project_repo, run
 
 from benchmarks.harness import free_port, stop_server
 
