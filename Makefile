@@ -1,5 +1,6 @@
-# Two commands on a fresh machine with Python 3.11+: `make repro` and `make test`.
-# Both create .venv when it is missing and install the pinned versions from requirements.lock.
+# On a fresh machine with Python 3.11+: `make sample` (offline), `make test`, `make repro`
+# (README, "First commands"). Each creates .venv when it is missing and installs the pinned
+# versions from requirements.lock.
 
 PYTHON ?= python3
 VENV ?= .venv
