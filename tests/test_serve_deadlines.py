@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from sample_data import SmallModel
-from test_serve_load import PeakRss, Server, serving
+from serve_process import Server, serving
+
+from benchmarks.harness import PeakRss
 
 pytestmark = pytest.mark.slow  # a server process and 400 sockets: ~30 s
 
