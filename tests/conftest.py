@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sample_data
+from headless_chromium import DevTools, devtools_browser
 from loopback_http import loopback_server
 
 
@@ -41,3 +42,11 @@ def server() -> Iterator:
     """A loopback HTTP server for the download tests (:func:`loopback_http.loopback_server`)."""
     with loopback_server() as httpd:
         yield httpd
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator[DevTools]:
+    """Headless Chromium, offline but for 127.0.0.1, driven over DevTools (the serve page's
+    tests); a missing Chromium skips, or under PLOTS_HTML_REQUIRED=1 fails, the test."""
+    with devtools_browser(tmp_path_factory.mktemp("chromium_profile")) as devtools:
+        yield devtools

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headless_chromium import DevTools, on_pad, open_page, pad_box
 from pen_data import strokes_of
 from PIL import Image
 from scipy import ndimage
-from test_serve_browser import DevTools, browser, on_pad, open_page, pad_box  # noqa: F401
 
 from mnist_pipeline import digit_image, strokes
 
@@ -74,13 +74,13 @@ def page_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(browser: DevTools, page_url: str) -> DevTools:  # noqa: F811
+def page(browser: DevTools, page_url: str) -> DevTools:
     """The browser on the drawing page."""
     open_page(browser, page_url)
     return browser
 
 
-def draw_on_page(browser: DevTools, pad_strokes: list[np.ndarray]) -> np.ndarray:  # noqa: F811
+def draw_on_page(browser: DevTools, pad_strokes: list[np.ndarray]) -> np.ndarray:
     """Draw ``pad_strokes`` (canvas pixels) with the mouse; the canvas as grayscale 0..255."""
     browser.evaluate("document.getElementById('clear').click()")
     box = pad_box(browser)

@@ -31,29 +31,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from headless_chromium import offline_command, stop
+from headless_chromium import (
+    TIMEOUT_SECONDS,
+    DevTools,
+    on_pad,
+    open_page,
+    pad_box,
+    stop,
+    wait_until,
+)
 from PIL import Image
 from sample_data import SmallModel, paper_scan
 
 from mnist_pipeline import pictures
 
 pytestmark = pytest.mark.slow  # a server process (TensorFlow's import) and a browser: ~20 s
-TIMEOUT_SECONDS = 30
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_until(condition, what: str, timeout: float = TIMEOUT_SECONDS):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @contextlib.contextmanager
@@ -93,81 +91,6 @@ def server(small_model: SmallModel, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-class DevTools:
-    """A minimal Chrome DevTools protocol client for one page, over a websocket."""
-
-    def __init__(self, websocket_url: str):
-        from websockets.sync.client import connect
-
-        self.socket = connect(websocket_url, max_size=None, open_timeout=TIMEOUT_SECONDS)
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv(timeout=TIMEOUT_SECONDS))
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise AssertionError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def event_params(self, method: str) -> list[dict]:
-        return [event["params"] for event in self.events if event.get("method") == method]
-
-    def close(self) -> None:
-        self.socket.close()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory) -> Iterator[DevTools]:
-    """Headless Chromium with no name resolution, on about:blank, driven over DevTools."""
-    profile = tmp_path_factory.mktemp("chromium_profile")
-    process = subprocess.Popen(
-        # Every host name fails to resolve, as in test_plots_html.py; the rule would catch
-        # the IP literal of our own server too, hence the one exclusion.
-        [*offline_command(profile, host_resolver_rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
-         "--remote-debugging-port=0", "--window-size=900,800", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        def devtools_url() -> str | None:
-            line = process.stderr.readline()
-            if not line and process.poll() is not None:
-                raise AssertionError(f"Chromium exited ({process.returncode})")
-            return line.split("listening on ", 1)[1].strip() if "listening on ws" in line \
-                else None
-
-        browser_url = wait_until(devtools_url, "Chromium's DevTools address")
-        http_root = browser_url.split("/devtools/")[0].replace("ws://", "http://")
-        with urllib.request.urlopen(f"{http_root}/json/list", timeout=10) as response:
-            page = next(t for t in json.load(response) if t["type"] == "page")
-        devtools = DevTools(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Network", "Log", "DOM"):
-            devtools.call(f"{domain}.enable")
-        yield devtools
-        devtools.close()
-    finally:
-        stop(process, timeout=10)
-
-
-def open_page(browser: DevTools, url: str) -> None:
-    browser.events.clear()
-    browser.call("Page.navigate", url=url)
-    wait_until(lambda: browser.evaluate(
-        "document.readyState === 'complete' && document.body.dataset.state === 'idle'"),
-        f"{url} to load")
-
-
 def wait_for_answer(browser: DevTools, answers_before: int) -> str:
     """The label shown once the page has answered and has nothing left to send."""
     wait_until(lambda: browser.evaluate(
@@ -180,12 +103,6 @@ def answers(browser: DevTools) -> int:
     return int(browser.evaluate("document.body.dataset.answers"))
 
 
-def pad_box(browser: DevTools) -> dict:
-    return browser.evaluate(
-        "(() => { const b = document.getElementById('pad').getBoundingClientRect();"
-        " return {x: b.left, y: b.top, width: b.width, height: b.height}; })()")
-
-
 def along(points: list[tuple[float, float]], steps_per_segment: int = 12):
     """Points every few pixels along the polyline ``points``."""
     for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
@@ -193,11 +110,6 @@ def along(points: list[tuple[float, float]], steps_per_segment: int = 12):
             fraction = step / steps_per_segment
             yield x0 + (x1 - x0) * fraction, y0 + (y1 - y0) * fraction
     yield points[-1]
-
-
-def on_pad(box: dict, x: float, y: float) -> tuple[float, float]:
-    """Canvas coordinates (0..280) -> page coordinates of the pad."""
-    return box["x"] + x * box["width"] / 280, box["y"] + y * box["height"] / 280
 
 
 def draw_with_mouse(browser: DevTools, stroke: list[tuple[float, float]]) -> None:
