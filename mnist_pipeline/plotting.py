@@ -2,13 +2,13 @@
 sample of the dataset's.
 
 Only what DVC's plot templates cannot draw: the training curves, the confusion matrices and
-the per-digit bars are dvc.yaml's plots of dvclive's TSVs, plots/predictions.csv and
-plots/per_class.csv. A reader checks the evaluate stage's predictions; pure helpers pick
-what to draw (the most confidently wrong digits, a seeded sample); figure builders return
-matplotlib :class:`~matplotlib.figure.Figure` objects, named by the path they are saved
-under (``misclassified/<source>``: one gallery per test source, so that the pen-drawn
-digits' errors are seen as the dataset's are); and :func:`save_figures` writes them as
-PNGs, atomically, removing PNGs it no longer makes.
+the per-digit bars are dvc.yaml's plots of dvclive's TSVs, plots/predictions/<source>.csv
+and plots/per_class/<source>.csv. A reader checks the evaluate stage's predictions; pure
+helpers pick what to draw (the most confidently wrong digits, a seeded sample); figure
+builders return matplotlib :class:`~matplotlib.figure.Figure` objects, named by the path
+they are saved under (``misclassified/<source>``: one gallery per test source, so that the
+pen-drawn digits' errors are seen as the dataset's are); and :func:`save_figures` writes
+them as PNGs, atomically, removing PNGs it no longer makes.
 
 Figures are built with the object-oriented API (no pyplot): nothing touches a global figure
 registry or an interactive backend, PNGs are rendered by Agg, and no figure needs closing.
@@ -81,7 +81,8 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 def check_predictions_match(predictions: pd.DataFrame, labels: np.ndarray) -> None:
     """Raise ValueError unless every prediction's ``actual`` is ``labels[index]``.
 
-    Catches predictions.csv written for another split or another dataset than the arrays.
+    Catches a plots/predictions/<source>.csv written for another split or another dataset
+    than the arrays.
     """
     index = predictions["index"].to_numpy()
     if index.min() < 0 or index.max() >= len(labels):
@@ -93,7 +94,7 @@ def check_predictions_match(predictions: pd.DataFrame, labels: np.ndarray) -> No
     if mismatched:
         raise ValueError(
             f"{mismatched} predictions disagree with the test labels on `actual`; "
-            "predictions.csv is stale: rerun `dvc repro evaluate`"
+            "the predictions are stale: rerun `dvc repro evaluate`"
         )
 
 
