@@ -7,11 +7,13 @@ Pillow, scipy) on pixels already decoded: reading untrusted picture files is
 :mod:`mnist_pipeline.pictures`'s job, so that a pipeline stage can normalize digits with
 this module alone.
 
-- :func:`normalize_digit`: grayscale (H, W) 0..255 -> (28, 28);
+- :func:`normalize_digit`: grayscale (H, W) 0..255 -> (28, 28); a picture of several digits
+  side by side (a page, a number) is refused (:func:`several_digits`), never squeezed into
+  one box and guessed;
 - :func:`blank_digits`: which of a batch of digits hold no ink, as a blank picture is refused.
 
 Every result is float32 pixel values 0..255, light digit on dark, as the model takes them.
-A picture that holds no digit raises :class:`PictureError`.
+A picture that holds no digit, or more than one, raises :class:`PictureError`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ CENTER_OF_MASS = 14.0
 BORDER_FRACTION = 0.05
 # Less contrast than this (of 255) between the background and the brightest stroke: blank.
 MIN_CONTRAST = 32.0
+# The strokes' level is at least this percentile of the pixels (ink_levels): the brightest
+# 1% of a 16x16 scan are 3 pixels, a stroke; of a large one, a single hot pixel is far less.
+STROKE_PERCENTILE = 99.0
 # After stretching the background to 0 and the strokes to 1, a pixel belongs to the digit
 # when it is this far above the brightest few border pixels (paper grain, JPEG noise).
 INK_MARGIN = 0.25
@@ -45,6 +50,14 @@ MIN_BLOB_FRACTION = 0.05
 # Anti-aliased stroke edges are fainter than the ink threshold; keep this many pixels
 # around the strokes so that the crop (and the 28x28 result) includes them, as MNIST does.
 EDGE_PIXELS = 2
+# Several digits (several_digits): ink blobs are one digit's parts when their boxes are less
+# than this fraction of the taller one's height apart (a 5's detached top bar, a 4 drawn in
+# two strokes); apart, each group is a digit of its own when it holds at least
+# COMPARABLE_INK of the largest group's ink and COMPARABLE_HEIGHT of its height (a speck, a
+# stray dash or an underline is neither).
+PART_GAP = 0.25
+COMPARABLE_INK = 0.3
+COMPARABLE_HEIGHT = 0.5
 
 
 class PictureError(ValueError):
@@ -66,7 +79,10 @@ def should_invert(gray: np.ndarray, mode: InvertMode = "auto") -> bool:
     """Whether ``gray`` (H, W), 0..255, must be inverted to be a light digit on dark.
 
     ``auto`` inverts when the border is mostly light (the median border pixel is above
-    mid-gray): a digit written on paper. MNIST itself is white on black.
+    mid-gray): a digit written on paper, binary (0/255) or gray, at any size. A digit
+    stretched to fill its whole box can cover most of the border: 1 to 2 in 300 such
+    pictures are then taken the wrong way round (``invert`` says it). MNIST itself is white
+    on black.
     """
     if mode not in INVERT_MODES:
         raise ValueError(f"invert mode {mode!r}: choose one of {', '.join(INVERT_MODES)}")
@@ -98,10 +114,13 @@ def ink_levels(gray: np.ndarray) -> tuple[float, float]:
     """(background, strokes) of ``gray`` (H, W), light digit on dark, 0..255.
 
     The background is the median border pixel; the strokes are the brightest pixel after a
-    3x3 median filter, so that one hot pixel does not set the scale.
+    3x3 median filter, so that one hot pixel does not set the scale, or the
+    ``STROKE_PERCENTILE`` percentile of the pixels where that is brighter: a small binary
+    scan (16x16) has strokes one pixel wide, which the median filter erases.
     """
     background = float(np.median(border_pixels(gray)))
-    return background, float(ndimage.median_filter(gray, size=3).max())
+    return background, max(float(ndimage.median_filter(gray, size=3).max()),
+                           float(np.percentile(gray, STROKE_PERCENTILE)))
 
 
 def blank_digits(images: np.ndarray) -> np.ndarray:
@@ -115,7 +134,8 @@ def blank_digits(images: np.ndarray) -> np.ndarray:
     inner = np.zeros(images.shape[1:], dtype=bool)
     inner[width:-width, width:-width] = True
     background = np.median(images[:, ~inner], axis=1)
-    strokes = ndimage.median_filter(images, size=(1, 3, 3)).max(axis=(1, 2))
+    strokes = np.maximum(ndimage.median_filter(images, size=(1, 3, 3)).max(axis=(1, 2)),
+                         np.percentile(images, STROKE_PERCENTILE, axis=(1, 2)))
     return strokes - background < MIN_CONTRAST
 
 
@@ -139,7 +159,8 @@ def normalize_digit(gray: np.ndarray, invert: InvertMode = "auto") -> np.ndarray
     the contrast, crop to the digit (:func:`digit_mask`), scale it so that its longer side
     is 20 px keeping the aspect ratio (anti-aliased), and paste it into a black 28x28 field
     with its center of mass in the middle. A 28x28 MNIST digit comes out (nearly) unchanged.
-    Returns float32 0..255, shape (28, 28); raises :class:`PictureError` for a blank picture.
+    Returns float32 0..255, shape (28, 28); raises :class:`PictureError` for a blank picture
+    and for one of several digits side by side (:func:`several_digits`).
     """
     gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim != 2:
@@ -151,13 +172,67 @@ def normalize_digit(gray: np.ndarray, invert: InvertMode = "auto") -> np.ndarray
     if should_invert(gray, invert):
         gray = 255.0 - gray
     stretched = stretch_contrast(gray)
-    digit_only = np.where(digit_mask(stretched), stretched, 0.0)
+    mask = digit_mask(stretched)
+    problem = several_digits(mask)
+    if problem is not None:
+        raise PictureError(problem)
+    digit_only = np.where(mask, stretched, 0.0)
     # Crop to what is lit, not to the widened mask, which reaches past the strokes.
     rows = np.flatnonzero(digit_only.any(axis=1))
     columns = np.flatnonzero(digit_only.any(axis=0))
     crop = digit_only[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
     digit = fit_in_box(crop, DIGIT_BOX)
     return (place_by_center_of_mass(digit, IMAGE_SIZE) * 255.0).astype(np.float32)
+
+
+def several_digits(mask: np.ndarray) -> str | None:
+    """Why the ink of ``mask`` (H, W), from :func:`digit_mask`, is more than one digit, or
+    None when it is one.
+
+    The ink's connected blobs are grouped: two are parts of one digit when their bounding
+    boxes are less than ``PART_GAP`` of the taller one's height apart, across and down. Two
+    or more groups that are each of a digit's size (``COMPARABLE_INK`` of the largest
+    group's ink, ``COMPARABLE_HEIGHT`` of its height) are several digits: "12" on a page,
+    digits on a form's line. A 5's detached top bar or a 4 drawn in two strokes lie close
+    to the rest; a speck, a dash or an underline is small or flat, and is not a digit.
+    """
+    blobs, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count < 2:
+        return None
+    boxes = ndimage.find_objects(blobs)
+    sizes = np.bincount(blobs.ravel(), minlength=count + 1)[1:]
+    group = list(range(count))  # union-find over the blobs
+
+    def root(index: int) -> int:
+        while group[index] != index:
+            group[index] = group[group[index]]
+            index = group[index]
+        return index
+
+    for first in range(count):
+        for second in range(first + 1, count):
+            a, b = boxes[first], boxes[second]
+            reach = PART_GAP * max(a[0].stop - a[0].start, b[0].stop - b[0].start)
+            gap_rows = max(a[0].start - b[0].stop, b[0].start - a[0].stop)
+            gap_columns = max(a[1].start - b[1].stop, b[1].start - a[1].stop)
+            if gap_rows < reach and gap_columns < reach:
+                group[root(first)] = root(second)
+    ink: dict[int, int] = {}
+    rows: dict[int, list[int]] = {}
+    for index in range(count):
+        top = root(index)
+        ink[top] = ink.get(top, 0) + int(sizes[index])
+        span = rows.setdefault(top, [boxes[index][0].start, boxes[index][0].stop])
+        span[0], span[1] = min(span[0], boxes[index][0].start), max(span[1], boxes[index][0].stop)
+    heights = {top: stop - start for top, (start, stop) in rows.items()}
+    most_ink, tallest = max(ink.values()), max(heights.values())
+    digits = [top for top in ink if ink[top] >= COMPARABLE_INK * most_ink
+              and heights[top] >= COMPARABLE_HEIGHT * tallest]
+    if len(digits) < 2:
+        return None
+    return (f"several digits: {len(digits)} separate marks of a digit's size, apart from "
+            "each other; predict reads one digit a picture: crop each digit into a picture "
+            "of its own")
 
 
 def fit_in_box(image: np.ndarray, box: int) -> np.ndarray:

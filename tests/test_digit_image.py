@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sample_data import correlation, on_paper
+from PIL import Image, ImageDraw
+from sample_data import correlation, on_paper, paper_scan
 
 from mnist_pipeline import digit_image
+from mnist_pipeline.digit_image import PictureError, normalize_digit, should_invert
 
 # --- normalize_digit ---------------------------------------------------------------------
 
@@ -100,3 +102,120 @@ def test_normalizing_needs_no_decoding_code() -> None:
     result = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True,
                             timeout=120, check=True, cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.split() == ["mnist_pipeline.digit_image"]
+
+
+# --- scans as people have them: sizes, binary or gray, either polarity ----------------------
+
+
+def scan_of(digit: np.ndarray, size: int, dark_on_light: bool, binary: bool) -> np.ndarray:
+    """A sample digit as a scan of ``size`` x ``size`` px: the digit's box scaled to 60% of the
+    page, gray (bilinear) or binary (0/255 at mid-gray), dark on light or light on dark."""
+    rows, columns = np.flatnonzero(digit.max(1)), np.flatnonzero(digit.max(0))
+    box = digit[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1].astype(np.float32)
+    scale = 0.6 * size / max(box.shape)
+    height, width = (max(1, round(side * scale)) for side in box.shape)
+    resized = np.asarray(Image.fromarray(box).resize((width, height), Image.Resampling.BILINEAR))
+    page = np.zeros((size, size), np.float32)
+    top, left = (size - height) // 2, (size - width) // 2
+    page[top:top + height, left:left + width] = resized
+    if binary:
+        page = np.where(page > 127.5, 255.0, 0.0).astype(np.float32)
+    return 255.0 - page if dark_on_light else page
+
+
+@pytest.mark.parametrize("size", [16, 28, 64, 300, 2000])
+@pytest.mark.parametrize("binary", [False, True], ids=["gray", "binary"])
+def test_scans_of_any_size_binary_or_gray_either_way_round_read_as_the_digit(
+        sample_digits, size: int, binary: bool) -> None:
+    images, _labels = sample_digits
+    chosen = images[np.random.default_rng(size).choice(len(images), 4 if size == 2000 else 12,
+                                                       replace=False)]
+    for digit in chosen:
+        reference = normalize_digit(digit.astype(np.float32))
+        for dark_on_light in (True, False):
+            scan = scan_of(digit, size, dark_on_light, binary)
+            assert should_invert(scan) == dark_on_light, (size, binary, dark_on_light)
+            read = normalize_digit(scan)  # no options
+            # a 16 px binary scan has lost much of the stroke; larger ones little
+            assert correlation(read, reference) > (0.45 if size == 16 else 0.6)
+        # both polarities of one scan are read alike
+        np.testing.assert_allclose(normalize_digit(scan_of(digit, size, True, binary)),
+                                   normalize_digit(scan_of(digit, size, False, binary)),
+                                   atol=0.05)  # float round-off of the resizing
+
+
+# --- a page of several digits is refused; one digit in parts is read ------------------------
+
+
+def side_by_side(digits: list[np.ndarray], gap_fraction: float, scale: int = 6) -> np.ndarray:
+    """Sample digits (cropped to their ink) in a row, ``gap_fraction`` of the tallest one's
+    height apart, on a dark page with a margin, enlarged ``scale`` times: light on dark."""
+    crops = []
+    for digit in digits:
+        rows, columns = np.flatnonzero(digit.max(1)), np.flatnonzero(digit.max(0))
+        crops.append(digit[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1].astype(np.float32))
+    height = max(crop.shape[0] for crop in crops)
+    gap = round(gap_fraction * height)
+    page = np.zeros((height + 12, sum(crop.shape[1] for crop in crops)
+                     + gap * (len(crops) - 1) + 12), np.float32)
+    left = 6
+    for crop in crops:
+        page[6:6 + crop.shape[0], left:left + crop.shape[1]] = crop
+        left += crop.shape[1] + gap
+    enlarged = Image.fromarray(page).resize((page.shape[1] * scale, page.shape[0] * scale))
+    return np.asarray(enlarged, dtype=np.float32)
+
+
+def test_a_page_of_several_digits_is_refused_naming_the_problem(sample_digits) -> None:
+    images, labels = sample_digits
+    one, two, seven = (images[np.flatnonzero(labels == digit)[3]] for digit in (1, 2, 7))
+    for digits, gap in (([one, two], 0.5), ([two, seven], 1.0), ([one, two, seven], 0.4)):
+        page = side_by_side(digits, gap)
+        with pytest.raises(PictureError, match=f"^several digits: {len(digits)} separate "
+                                               "marks of a digit's size"):
+            normalize_digit(page)
+        with pytest.raises(PictureError, match="several digits"):
+            normalize_digit(255 - page)  # on paper too
+    # 100 random pairs half a digit's height apart: every one refused
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        pair = [images[index] for index in rng.integers(0, len(images), 2)]
+        with pytest.raises(PictureError, match="several digits: 2"):
+            normalize_digit(side_by_side(pair, 0.5, scale=3))
+
+
+def strokes_picture(strokes: list[list[tuple[int, int]]], size: int = 200,
+                    width: int = 14) -> np.ndarray:
+    """Pen strokes (lists of (x, y) points) drawn dark on a light ``size`` px page."""
+    page = Image.new("L", (size, size), 240)
+    draw = ImageDraw.Draw(page)
+    for stroke in strokes:
+        draw.line(stroke, fill=20, width=width, joint="curve")
+    return np.asarray(page, dtype=np.float32)
+
+
+def test_a_digit_in_parts_with_specks_is_still_one_digit(sample_digits) -> None:
+    # a 5 whose top bar was lifted off the page (gap 10 px for a 120 px digit)
+    five = strokes_picture([[(125, 40), (80, 40)],
+                            [(75, 52), (70, 95), (100, 88), (125, 105), (125, 135), (100, 158),
+                             (70, 150)]])
+    # a 4 drawn in two strokes that do not touch
+    four = strokes_picture([[(100, 30), (60, 110), (140, 110)], [(125, 50), (125, 98)],
+                            [(125, 122), (125, 170)]])
+    # a sample 7 with specks of dirt and a short dash beside it
+    seven = paper_scan(sample_digits[0][np.flatnonzero(sample_digits[1] == 7)[0]], 280)
+    seven[20:24, 20:24] = seven[250:253, 30:33] = seven[200:203, 240:243] = 30
+    seven[140:144, 215:240] = 30
+    for name, picture in (("5", five), ("4", four), ("7", seven)):
+        assert several_digits_problem(picture) is None, name
+        digit = normalize_digit(picture)
+        assert digit.shape == (28, 28) and digit.max() > 200, name
+    # the 5's bar is in the picture the model sees: ink in the top rows, right of centre
+    assert normalize_digit(five)[4:8, 14:24].max() > 100
+
+
+def several_digits_problem(picture: np.ndarray) -> str | None:
+    """What :func:`several_digits` says of a dark-on-light ``picture``."""
+    from mnist_pipeline.digit_image import digit_mask, several_digits, stretch_contrast
+
+    return several_digits(digit_mask(stretch_contrast(255 - picture)))

@@ -291,3 +291,61 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralized() -> None:
         "'@SUM(A1).png", "'\tcmd.png", "'\rcmd.png", "scans/=1+1.png", "a'b,c.png", "7.png",
         "a.png\r=2+2"]  # one cell: the carriage return does not start a row
     assert all(row[1:] == ["0", "3", "0.9100", "true"] for row in rows)  # numbers as numbers
+
+
+# --- a folder of scans as people have them ----------------------------------------------
+
+
+def test_a_folder_of_scans_is_read_without_options_and_a_page_of_digits_refused(
+        tmp_path: Path, sample_digits) -> None:
+    """Scans at their own sizes (16 to 2000 px), binary or gray, dark on light or light on
+    dark, PNG and JPEG: each read as its digit; a page of two digits: one clear error."""
+    from sample_data import correlation
+    from test_digit_image import scan_of, side_by_side
+
+    from mnist_pipeline.digit_image import normalize_digit
+
+    images, labels = sample_digits
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    made = {}
+    for number, (size, binary, dark_on_light, suffix) in enumerate([
+            (16, False, True, ".png"), (16, True, False, ".png"), (32, True, True, ".png"),
+            (120, False, False, ".jpg"), (640, True, True, ".png"), (2000, False, True, ".jpg")]):
+        digit = images[np.flatnonzero(labels == number)[5]]
+        name = f"scan_{number}_{size}px{suffix}"
+        Image.fromarray(scan_of(digit, size, dark_on_light, binary).astype(np.uint8)).save(
+            folder / name, quality=95)
+        made[str(folder / name)] = digit
+    two = [images[np.flatnonzero(labels == digit)[5]] for digit in (3, 8)]
+    Image.fromarray((255 - side_by_side(two, 0.6)).astype(np.uint8)).save(folder / "page.png")
+
+    loaded, errors = predict.load_inputs([folder])
+    assert [str(error) for error in errors] == [
+        f"{folder / 'page.png'}: several digits: 2 separate marks of a digit's size, apart "
+        "from each other; predict reads one digit a picture: crop each digit into a picture "
+        "of its own"]
+    assert sorted(item.name for item in loaded) == sorted(made)
+    for item in loaded:
+        assert item.images.shape == (1, 28, 28)
+        reference = normalize_digit(made[item.name].astype(np.float32))
+        assert correlation(item.images[0], reference) > 0.5, item.name
+
+
+def test_serve_refuses_a_page_of_digits_as_predict_does(small_model, sample_digits) -> None:
+    from fastapi.testclient import TestClient
+    from test_digit_image import side_by_side
+
+    from mnist_pipeline.app import api
+
+    images, labels = sample_digits
+    two = [images[np.flatnonzero(labels == digit)[5]] for digit in (3, 8)]
+    buffer = io.BytesIO()
+    Image.fromarray((255 - side_by_side(two, 0.6)).astype(np.uint8)).save(buffer, format="PNG")
+    one = io.BytesIO()
+    Image.fromarray((255 - side_by_side(two[:1], 0.6)).astype(np.uint8)).save(one, format="PNG")
+    with TestClient(api.create_app(small_model.onnx_path)) as client:
+        refused = client.post("/predict", files={"file": ("page.png", buffer.getvalue())})
+        answered = client.post("/predict", files={"file": ("digit.png", one.getvalue())})
+    assert refused.status_code == 400 and "several digits: 2" in refused.text
+    assert answered.status_code == 200 and answered.json()["label"] in range(10)
