@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_pipeline import fileio, inference, paths
+from mnist_pipeline import fileio, inference, paths, uncertainty
 from mnist_pipeline.model import to_pixels
 from stages import evaluate as evaluate_stage
 from stages import finetune as finetune_stage
@@ -75,8 +75,13 @@ def test_train_writes_model_and_dvclive_logs(workspace):
     assert list(loss.columns) == ["step", "loss"] and list(loss.step) == [0, 1]
     summary = json.loads((workspace / paths.TRAINING_METRICS).read_text())
     # What people compare, so that `dvc metrics show` stays short: no step, no losses.
-    assert set(summary) == {"eval", "temperature"} and set(summary["eval"]) == {"accuracy"}
+    assert set(summary) == {"eval", "temperature", "min_confidence"}
+    assert set(summary["eval"]) == {"accuracy"}
     assert 0.05 <= summary["temperature"] <= 20  # fitted on the validation split
+    # the model's uncertain threshold, fitted there too, and carried by the model file
+    assert summary["min_confidence"] in uncertainty.CANDIDATE_THRESHOLDS
+    assert inference.load(workspace / paths.BASE_MODEL_FILE).min_confidence == \
+        summary["min_confidence"]
     # dvclive must not write its own dvc.yaml, report or params files
     assert not (workspace / "dvc.yaml").exists()
     assert sorted(p.name for p in (workspace / paths.TRAINING_LOG_DIR).iterdir()) == [
