@@ -5,7 +5,8 @@ finetune stage starts from its weights and trains a few short epochs in which ea
 correction appears ``repeats`` times among ``replay`` digits drawn anew from the base's own
 training split (rehearsal: what keeps the rest from being forgotten). Batch normalization is
 frozen, so that a few hundred pictures of one writer do not move the statistics the base
-learned from tens of thousands; the corrections and the replay are augmented alike.
+learned from tens of thousands, and with ``layers: head`` so are the convolutions; the
+corrections and the replay are augmented alike.
 
 - :func:`network_of`: the trainable network inside a saved pixel-input model;
 - :func:`epoch_indices`: which corrections and replay digits one epoch shows;
@@ -19,6 +20,9 @@ import numpy as np
 from mnist_pipeline.params import CorrectionsParams
 
 Split = tuple[np.ndarray, np.ndarray]
+# The convolution blocks' layers (mnist_pipeline.model.build_network names them block<n>_...):
+# frozen when only the head learns.
+CONV_BLOCK_PREFIX = "block"
 
 
 def network_of(saved_model):
@@ -43,10 +47,12 @@ def epoch_indices(corrections: int, replay_pool: int, params: CorrectionsParams,
 
 
 def finetune(network, corrections: Split, replay: Split, params: CorrectionsParams,
-             seed: int, verbose: int = 2) -> None:
+             seed: int, label_smoothing: float = 0.0, verbose: int = 2) -> None:
     """Train ``network`` (logits out, images in [0, 1]) in place on ``corrections`` mixed with
     a replay of ``replay`` (both (float32 images in [0, 1], uint8 labels)): ``params.epochs``
-    epochs of Adam at ``params.learning_rate``, batch normalization frozen."""
+    epochs of Adam at ``params.learning_rate``, batch normalization frozen, with the base's
+    ``label_smoothing`` (a loss of its own would move every answer's scale, not only the
+    corrected ones)."""
     import keras
 
     from mnist_pipeline.model import build_augmentation
@@ -57,8 +63,11 @@ def finetune(network, corrections: Split, replay: Split, params: CorrectionsPara
     for layer in network.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # Keras 3: a frozen BN layer also runs in inference mode
+        elif params.layers == "head" and layer.name.startswith(CONV_BLOCK_PREFIX):
+            layer.trainable = False
     network.compile(optimizer=keras.optimizers.Adam(params.learning_rate),
-                    loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+                    loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                              label_smoothing=label_smoothing))
     augmentation = build_augmentation(params.augmentation, seed)
     rng = np.random.default_rng(seed)
     for epoch in range(params.epochs):
@@ -67,7 +76,7 @@ def finetune(network, corrections: Split, replay: Split, params: CorrectionsPara
         labels = np.concatenate([corrections[1][shown], replay[1][replayed]])
         dataset = make_dataset(images, labels, params.batch_size, shuffle_seed=seed + epoch,
                                augmentation=augmentation)
-        history = network.fit(dataset, epochs=1, verbose=0)
+        history = network.fit(dataset, epochs=1, verbose=0, shuffle=False)  # it shuffles itself
         if verbose:
             print(f"finetune: epoch {epoch + 1}/{params.epochs}: {len(shown)} corrections shown "
                   f"among {len(replayed)} replayed digits, loss {history.history['loss'][-1]:.4f}")

@@ -25,6 +25,7 @@ Architecture = Literal["convnet", "dense"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 LrSchedule = Literal["constant", "warmup_cosine", "cosine_restarts"]
 Distribute = Literal["none", "mirrored", "multi_worker"]
+FinetuneLayers = Literal["head", "all"]
 
 # PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string; YAML 1.2 (and people)
 # write floats that way, so float keys accept that spelling too.
@@ -222,20 +223,7 @@ class TrainParams:
                  "[0, 1) (0 turns the weight average off)")
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",
                  self.early_stopping_patience, ">= 0 (0 turns early stopping off)")
-        self.augmentation.check()
-
-
-@dataclass(frozen=True)
-class CorrectionAugmentationParams(AugmentationParams):
-    """The same transforms, stronger by default: a few pictures of one writer need them to
-    teach a style rather than those pictures (benchmarks/README.md)."""
-
-    rotation_degrees: float = 10.0
-    translation_fraction: float = 0.1
-    zoom_fraction: float = 0.1
-
-    def check(self, section: str = "corrections.augmentation") -> None:
-        super().check(section)
+        self.augmentation.check("corrections.augmentation")
 
 
 @dataclass(frozen=True)
@@ -253,8 +241,12 @@ class CorrectionsParams:
     epochs: int = 3
     learning_rate: float = 0.0003
     batch_size: int = 64
-    augmentation: CorrectionAugmentationParams = field(
-        default_factory=CorrectionAugmentationParams)
+    # "head": only the dense layers after the convolutions learn (the features every source
+    # shares stay as the base learned them); "all": every layer.
+    layers: FinetuneLayers = "head"
+    # As the base's by default: stronger transforms (rotation 10, zoom 0.1) taught the
+    # styles no better and cost MNIST more (benchmarks/README.md#corrections-that-teach).
+    augmentation: AugmentationParams = field(default_factory=AugmentationParams)
 
     def check(self) -> None:
         for folder in self.folders:
@@ -271,7 +263,7 @@ class CorrectionsParams:
         _require(1 <= self.epochs <= 100, "corrections.epochs", self.epochs, "1..100")
         _require(self.learning_rate > 0, "corrections.learning_rate", self.learning_rate, "> 0")
         _require(self.batch_size >= 1, "corrections.batch_size", self.batch_size, ">= 1")
-        self.augmentation.check()
+        self.augmentation.check("corrections.augmentation")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Finetune stage: the base model learns the corrections, and becomes models/model.keras.
 
 Reads   params seed, corrections (repeats, replay, epochs, learning_rate, batch_size,
-        augmentation) and model.test_time_shifts; models/base.keras (the train stage's);
+        augmentation), model.test_time_shifts and train.label_smoothing (the base's);
+        models/base.keras (the train stage's);
         data/corrections/ (read_corrections: the pictures to learn); data/prepared/
         train_* (the replay) and val_* (the temperature is fitted again on them)
 Writes  models/model.keras, the model export, evaluate, predict and serve use: the base
@@ -50,7 +51,8 @@ def finetune_and_save(params, learn) -> None:
         sys.exit(f"finetune: {error}")
     training.set_determinism(params.seed)
     started = time.process_time(), time.perf_counter()
-    finetune.finetune(network, learn, replay, params.corrections, params.seed)
+    finetune.finetune(network, learn, replay, params.corrections, params.seed,
+                      label_smoothing=params.train.label_smoothing)
     cpu, wall = time.process_time() - started[0], time.perf_counter() - started[1]
     print(f"finetune: {len(learn[1])} corrections learned in {wall:.1f} s ({cpu:.1f} CPU s)")
     # The weights moved: the temperature and the `uncertain` threshold are fitted again, on

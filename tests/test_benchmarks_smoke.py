@@ -107,6 +107,21 @@ def test_drawn_recipes_on_a_pen_file_of_the_tests_own(results: Path, tmp_path, c
     assert "| smoke |" in capsys.readouterr().out
 
 
+def test_corrections_teach_on_a_smoke_base(results: Path, tmp_path, capsys) -> None:
+    """A round of corrections fine-tuned into a base that drawn_recipes.py saved."""
+    from pen_data import pen_text
+
+    pen = tmp_path / "pen.tra"
+    pen.write_text(pen_text(range(1, 11), per_writer=20, seed=0))
+    base = tmp_path / "base"
+    script("drawn_recipes").main(["--smoke", "--pen", str(pen), "--save", str(base)])
+    script("corrections_teach").main(["--smoke", "--base", str(base), "--hand", "page",
+                                      "--pairs", "1", "--counts", "1", "--seeds", "1"])
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith('{"writer"')]
+    assert runs and {"right", "scored", "mnist", "page", "cpu_s"} <= set(runs[0])
+
+
 # Scripts whose smoke runs live with their own tests (serving, hostile traffic, corrections);
 # the shared modules are not scripts.
 ELSEWHERE = {"serve_latency.py", "serve_hostile.py", "corrections.py"}

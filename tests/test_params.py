@@ -90,7 +90,8 @@ def test_ints_are_accepted_for_floats_and_exponent_strings_too():
     ("key", "value", "message"),
     [
         # unknown keys, at every depth, with the allowed ones listed
-        ("sede", 1, r"^sede: unknown key; allowed keys in params.yaml: corrections, data, evaluate"),
+        ("sede", 1, r"^sede: unknown key; allowed keys in params.yaml: corrections, data, "
+                    r"evaluate"),
         ("train.epoch", 3, r"^train.epoch: unknown key; allowed keys in train: augmentation,"),
         ("train.augmentation.foo", 1,
          r"^train.augmentation.foo: unknown key; allowed keys in train.augmentation: "
