@@ -301,7 +301,7 @@ def test_a_folder_of_scans_is_read_without_options_and_a_page_of_digits_refused(
     """Scans at their own sizes (16 to 2000 px), binary or gray, dark on light or light on
     dark, PNG and JPEG: each read as its digit; a page of two digits: one clear error."""
     from sample_data import correlation
-    from test_digit_image import scan_of, side_by_side
+    from scan_pictures import scan_of, side_by_side
 
     from mnist_pipeline.digit_image import normalize_digit
 
@@ -334,7 +334,7 @@ def test_a_folder_of_scans_is_read_without_options_and_a_page_of_digits_refused(
 
 def test_serve_refuses_a_page_of_digits_as_predict_does(small_model, sample_digits) -> None:
     from fastapi.testclient import TestClient
-    from test_digit_image import side_by_side
+    from scan_pictures import side_by_side
 
     from mnist_pipeline.app import api
 
