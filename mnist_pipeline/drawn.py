@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from mnist_pipeline.digit_image import normalize_digit
-from mnist_pipeline.http import progress as show_progress
 from mnist_pipeline.params import DrawnParams
 from mnist_pipeline.pendigits import PenDigit, check_writers_apart
+from mnist_pipeline.progress import progress as show_progress
 from mnist_pipeline.strokes import Placement, place_on_pad, render
 
 # Digit heights (pixels of the 280 px pad) of the validation and test pictures: the range of

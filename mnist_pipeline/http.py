@@ -6,21 +6,19 @@ is retried; anything else fails at once as a :class:`SourceError` naming the URL
 ``timeout_seconds`` bounds each connect and each read; a whole-file deadline
 (:func:`file_deadline`) bounds an attempt at the file, so a mirror that drips a few bytes a
 second, each read well within the timeout, is still given up on.
-Progress is a tqdm bar on a terminal and a few plain lines otherwise (logs, CI).
+Progress (:mod:`mnist_pipeline.progress`): a tqdm bar on a terminal, a few plain lines otherwise.
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import TextIO
 
-from tqdm import tqdm
+from mnist_pipeline.progress import progress
 
 # Worth another attempt: the server or the line had a hiccup. A refused connection, an unknown
 # host or a 404 will not fix itself within a few seconds of backoff, so those fail at once
@@ -198,64 +196,6 @@ def read_body(
     if expected is not None and len(data) != expected:
         raise TransientError(f"connection dropped mid-file ({len(data)} of {expected} bytes)")
     return data
-
-
-class ProgressLines:
-    """Progress as a few plain lines, for a stream that is not a terminal (a log, CI): one at
-    each quarter of a known total, one when it is done. tqdm's bar would leave a line per
-    refresh there."""
-
-    def __init__(self, label: str, total: int | None, stream: TextIO, unit: str = "bytes"):
-        self.label, self.total, self.stream, self.unit = label, total, stream, unit
-        self.received, self.quarters = 0, 0
-        self.start = time.monotonic()
-
-    def __enter__(self) -> ProgressLines:
-        return self
-
-    def update(self, count: int) -> None:
-        self.received += count
-        if not self.total:
-            return
-        quarters = min(3, self.received * 4 // self.total)
-        if quarters > self.quarters:
-            self.quarters = quarters
-            self._line(f"{quarters * 25}% of {self.total:,} {self.unit}")
-
-    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        if kind is None:  # a failed download is reported by its error, not here
-            elapsed = time.monotonic() - self.start
-            self._line(f"{self.received:,} {self.unit} in {elapsed:.1f} s")
-
-    def _line(self, text: str) -> None:
-        print(f"{self.label}: {text}", file=self.stream, flush=True)
-
-
-class NoProgress:
-    def __enter__(self) -> NoProgress:
-        return self
-
-    def update(self, count: int) -> None:
-        pass
-
-    def __exit__(self, *exception: object) -> None:
-        pass
-
-
-def progress(label: str, total: int | None, enabled: bool, stream: TextIO | None = None,
-             unit: str = "bytes") -> tqdm | ProgressLines | NoProgress:
-    """What shows progress through ``total`` ``unit`` on ``stream`` (default stderr), a
-    context manager with ``update(count)``: a tqdm bar on a terminal, :class:`ProgressLines`
-    elsewhere, nothing unless ``enabled``."""
-    stream = sys.stderr if stream is None else stream
-    if not enabled:
-        return NoProgress()
-    if not stream.isatty():
-        return ProgressLines(label, total, stream, unit)
-    if unit == "bytes":
-        return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                    file=stream, leave=False)
-    return tqdm(total=total, unit=unit, desc=label, file=stream, leave=False, mininterval=1.0)
 
 
 def is_transient(error: object) -> bool:
