@@ -244,4 +244,5 @@ def test_a_full_disk_while_saving_gives_one_line_and_keeps_the_old_model(tmp_pat
     assert str(exit_.value.code) == ("train: models/base.keras: could not be written (No space "
                                      "left on device); an earlier model there is unchanged")
     assert paths.BASE_MODEL_FILE.read_bytes() == old_model
-    assert sorted(path.name for path in paths.MODELS_DIR.iterdir()) == ["model.keras"]
+    # no temporary left beside them
+    assert sorted(path.name for path in paths.MODELS_DIR.iterdir()) == ["base.keras", "model.keras"]
