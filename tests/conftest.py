@@ -8,6 +8,7 @@ import pytest
 import sample_data
 from headless_chromium import DevTools, devtools_browser
 from loopback_http import loopback_server
+from project_repo import QUICK_SAMPLE_PARAMS, dvc, init_project_repo, run
 
 
 @pytest.fixture
@@ -50,3 +51,16 @@ def browser(tmp_path_factory) -> Iterator[DevTools]:
     tests); a missing Chromium skips, or under PLOTS_HTML_REQUIRED=1 fails, the test."""
     with devtools_browser(tmp_path_factory.mktemp("chromium_profile")) as devtools:
         yield devtools
+
+
+@pytest.fixture(scope="session")
+def quick_baseline(tmp_path_factory) -> Path:
+    """The project in a temporary git+DVC repo after `dvc repro` with QUICK_SAMPLE_PARAMS and
+    `make baseline`, as the README's everyday loop starts: built once per test run (the
+    pipeline's one small training), read-only; a test that changes it works on a copy
+    (:func:`project_repo.copy_repo`)."""
+    repo = init_project_repo(tmp_path_factory.mktemp("quick_baseline") / "repo",
+                             QUICK_SAMPLE_PARAMS)
+    dvc("repro", cwd=repo)
+    run(["make", "baseline"], cwd=repo)
+    return repo

@@ -127,3 +127,11 @@ def init_project_repo(repo: Path, params: dict) -> Path:
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "project", cwd=repo)
     return repo
+
+
+def copy_repo(source: Path, destination: Path) -> Path:
+    """A copy of the git+DVC repo ``source`` (its DVC cache, commits and results included)
+    at ``destination``: what a test may change without touching the shared one. File times
+    are kept, so DVC finds every output as ``dvc.lock`` recorded it."""
+    shutil.copytree(source, destination, symlinks=True)
+    return destination

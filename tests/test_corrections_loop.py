@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from project_repo import QUICK_SAMPLE_PARAMS, dvc, git, init_project_repo, run
+from project_repo import copy_repo, dvc, git, run
 
 from benchmarks.harness import free_port, stop_server
 
@@ -84,12 +84,11 @@ def collect(repo: Path, images: np.ndarray, labels: np.ndarray, first: int) -> l
     return answers
 
 
-def test_corrections_collected_tracked_retrained_and_compared(tmp_path, sample_digits):
+def test_corrections_collected_tracked_retrained_and_compared(tmp_path, sample_digits,
+                                                            quick_baseline):
     images, labels = sample_digits
     order = np.random.default_rng(32).permutation(len(images))
-    repo = init_project_repo(tmp_path / "repo", QUICK_SAMPLE_PARAMS)
-    dvc("repro", cwd=repo)
-    run(["make", "baseline"], cwd=repo)
+    repo = copy_repo(quick_baseline, tmp_path / "repo")  # after `dvc repro`, `make baseline`
     prepared_before = json.loads((repo / "metrics" / "data.json").read_text())
 
     answers = collect(repo, images[order], labels[order], first=0)

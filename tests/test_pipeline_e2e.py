@@ -1,8 +1,9 @@
 """The whole pipeline under DVC, as a user drives it, in a temporary git repository.
 
-One module-scoped run of `dvc repro` on the bundled mnist-sample with a tiny, short
-training serves every test here: reruns, params-to-stage dependencies, diffs across
-branches (also from a fresh clone without the DVC cache) and `dvc exp run`.
+One run of `dvc repro` on the bundled mnist-sample with a tiny, short training (the
+session's ``quick_baseline``, which the corrections loop copies too) serves every test here:
+reruns, params-to-stage dependencies, diffs across branches (also from a fresh clone without
+the DVC cache) and `dvc exp run`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 import pytest
 from project_repo import (
     PROJECT,
-    QUICK_SAMPLE_PARAMS,
+    copy_repo,
     dvc,
     git,
-    init_project_repo,
     run,
     update_params,
 )
@@ -25,13 +25,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> Path:
+def pipeline_repo(quick_baseline, tmp_path_factory) -> Path:
     """A git+DVC repo holding the project, after one full `dvc repro` on the sample, committed
-    on main with `make baseline` as the README says."""
-    repo = init_project_repo(tmp_path_factory.mktemp("pipeline") / "repo", QUICK_SAMPLE_PARAMS)
-    dvc("repro", cwd=repo)
-    run(["make", "baseline"], cwd=repo)
-    return repo
+    on main with `make baseline` as the README says (a copy of the session's)."""
+    return copy_repo(quick_baseline, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 # What the `dvc exp show` of docs/experiments-and-review.md leaves out: the time, dependency
