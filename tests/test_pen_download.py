@@ -246,7 +246,8 @@ def test_stage_fetches_the_pen_files_beside_the_dataset(in_tmp_dir, monkeypatch,
     for name, content in CONTENT.items():
         (mirror / name).write_bytes(content)
     (in_tmp_dir / "params.yaml").write_text(
-        f"data:\n  dataset: mnist-sample\n  drawn: true\n  mirrors: [{mirror}]\n")
+        f"data:\n  dataset: mnist-sample\n  drawn: true\n  mirrors: [{mirror}]\n"
+        "  retries: 0\n")  # a missing file is not retried: no backoff to wait out
     download_stage.main()
     manifest = json.loads(paths.RAW_MANIFEST.read_text())
     assert manifest["drawn"] == ["pendigits-orig.tes", "pendigits-orig.tra"]
