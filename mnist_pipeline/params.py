@@ -223,7 +223,7 @@ class TrainParams:
                  "[0, 1) (0 turns the weight average off)")
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",
                  self.early_stopping_patience, ">= 0 (0 turns early stopping off)")
-        self.augmentation.check("corrections.augmentation")
+        self.augmentation.check("train.augmentation")
 
 
 @dataclass(frozen=True)
