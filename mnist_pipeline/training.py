@@ -10,6 +10,7 @@ categorical accuracy, and the logs keep the names ``loss``/``accuracy``/``val_lo
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import keras
@@ -167,6 +168,29 @@ def train(
     return network.fit(train_dataset, validation_data=val_dataset, epochs=config.epochs,
                        callbacks=all_callbacks, verbose=verbose,
                        shuffle=False)  # the dataset shuffles itself
+
+
+class EpochLines(keras.callbacks.Callback):
+    """About ``lines`` lines of progress for the whole training (Keras's own verbose=2 prints
+    two an epoch: 120 for `make sample`'s 60): every few epochs and the last, with the losses,
+    the accuracies and the seconds an epoch took. Every epoch's values are in dvclive's
+    plots."""
+
+    def __init__(self, epochs: int, lines: int = 10, prefix: str = "train"):
+        super().__init__()
+        self.epochs, self.every, self.prefix = epochs, max(1, math.ceil(epochs / lines)), prefix
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if epoch and (epoch + 1) % self.every and epoch + 1 != self.epochs:
+            return  # the first epoch always: a line early says the training runs
+        values = ", ".join(f"{name} {value:.4f}" for name, value in sorted((logs or {}).items())
+                           if name in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        print(f"{self.prefix}: epoch {epoch + 1}/{self.epochs}: {values} "
+              f"({time.perf_counter() - self.started:.1f} s)", flush=True)
 
 
 # What dvclive/metrics.json keeps of dvclive's summary: the validation accuracy of the last

@@ -51,7 +51,8 @@ def main() -> None:
         started = time.perf_counter()
         try:
             training.train(network, train_data, val_data, params.train, params.seed,
-                           callbacks=callbacks, strategy=strategy)
+                           callbacks=[*callbacks, training.EpochLines(params.train.epochs)],
+                           strategy=strategy, verbose=0)
         except distribute.CLUSTER_ERRORS as error:
             if not worker.multi_worker:
                 raise

@@ -34,9 +34,10 @@ QUEUE_TIMEOUT_SECONDS = 240
 
 @pytest.fixture(scope="module")
 def trained_repo(tmp_path_factory) -> Path:
-    """The project in a new git repo, `dvc repro train` done on the sample, all committed."""
+    """The project in a new git repo, `dvc repro finetune` done on the sample (train, and the
+    model that finetune makes of the base without corrections), all committed."""
     repo = init_project_repo(tmp_path_factory.mktemp("remote") / "repo", TINY)
-    dvc("repro", "train", cwd=repo)
+    dvc("repro", "finetune", cwd=repo)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "trained", cwd=repo)
     return repo
@@ -58,8 +59,8 @@ def test_push_then_pull_in_a_fresh_clone_restores_the_model(pushed_repo, tmp_pat
     clone = tmp_path / "clone"
     git("clone", "-q", str(trained_repo), str(clone), cwd=tmp_path)
     assert not (clone / "models/model.keras").exists()
-    dvc("pull", "--with-deps", "train", cwd=clone)
-    status = dvc("status", "--with-deps", "train", cwd=clone).stdout
+    dvc("pull", "--with-deps", "finetune", cwd=clone)
+    status = dvc("status", "--with-deps", "finetune", cwd=clone).stdout
     assert "Data and pipelines are up to date" in status, status
     original = (trained_repo / "models/model.keras").read_bytes()
     assert (clone / "models/model.keras").read_bytes() == original

@@ -156,3 +156,20 @@ def test_training_learns_and_early_stopping_stops(splits):
     assert history["loss"][-1] < history["loss"][0]
     # restored weights are the best epoch's
     assert scores["accuracy"] == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
+
+
+def test_epoch_lines_print_about_ten_lines_for_a_whole_training(capsys):
+    """The train stage's progress: the first epoch, every sixth of 60, and the last; Keras's
+    verbose=2 would print 120 lines."""
+    from mnist_pipeline.training import EpochLines
+
+    lines = EpochLines(60)
+    for epoch in range(60):
+        lines.on_epoch_begin(epoch)
+        lines.on_epoch_end(epoch, {"loss": 0.5, "accuracy": 0.9, "val_loss": 0.6,
+                                   "val_accuracy": 0.8, "learning_rate": 0.001})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[1].strip() for line in printed] == [
+        "epoch 1/60", *(f"epoch {n}/60" for n in range(6, 61, 6))]
+    assert printed[-1].startswith("train: epoch 60/60: accuracy 0.9000, loss 0.5000, "
+                                  "val_accuracy 0.8000, val_loss 0.6000 (")
