@@ -43,8 +43,7 @@ _QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict = 2, 4, 4
 _QUOTE.maxstring = _QUOTE.maxother = 40
 
 
-def _show(value: Any) -> str:
-    return _QUOTE.repr(value)
+_show = _QUOTE.repr
 
 
 def _show_key(key: Any) -> str:
@@ -228,21 +227,19 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class CorrectionsParams:
-    """A round of corrections (the finetune stage, mnist_pipeline/finetune.py)."""
+    """A round of corrections (read_corrections and finetune; mnist_pipeline/finetune.py):
+    ``folders`` of labelled pictures under data/extra/ (mnist_pipeline/labelled.py), of
+    whose writers' pictures the latest ``test_fraction`` (rounded down; one of three or more;
+    never all) are the `extra` test source and the earlier ones are learned."""
 
-    # Folders of labelled pictures under data/extra/ (labels.csv: file,label[,writer,time];
-    # mnist_pipeline/labelled.py), e.g. the corrections `serve --collect` saves.
     folders: tuple[str, ...] = ()
-    # Of each writer's pictures, the latest this share (rounded down; one of three or more;
-    # never all) is held out as the `extra` test source; the earlier ones are learned.
     test_fraction: float = 0.2
     repeats: int = 10
     replay: int = 2000
     epochs: int = 3
     learning_rate: float = 0.0003
     batch_size: int = 64
-    # "head": only the dense layers after the convolutions learn (the features every source
-    # shares stay as the base learned them); "all": every layer.
+    # "head": only the dense layers learn (the features every source shares stay); "all"
     layers: FinetuneLayers = "head"
     # As the base's by default: stronger transforms (rotation 10, zoom 0.1) taught the
     # styles no better and cost MNIST more (benchmarks/README.md#corrections-that-teach).
@@ -258,8 +255,7 @@ class CorrectionsParams:
         _require(0 <= self.test_fraction < 1, "corrections.test_fraction", self.test_fraction,
                  "[0, 1)")
         _require(1 <= self.repeats <= 1000, "corrections.repeats", self.repeats, "1..1000")
-        _require(0 <= self.replay <= 1_000_000, "corrections.replay", self.replay,
-                 "0..1000000")
+        _require(0 <= self.replay <= 10**6, "corrections.replay", self.replay, "0..1000000")
         _require(1 <= self.epochs <= 100, "corrections.epochs", self.epochs, "1..100")
         _require(self.learning_rate > 0, "corrections.learning_rate", self.learning_rate, "> 0")
         _require(self.batch_size >= 1, "corrections.batch_size", self.batch_size, ">= 1")
