@@ -191,10 +191,8 @@ class TrainParams:
     # Exponential moving average of the weights (Polyak averaging), updated every step with
     # this momentum; validation, early stopping and the saved model use the average. 0 = off.
     ema_momentum: float = 0.99
-    # "none": one device. "mirrored": every local GPU (the CPU when there is none).
-    # "multi_worker": every worker listed in the TF_CONFIG environment variable. In all three,
-    # batch_size is the GLOBAL batch, split across the replicas, and learning_rate is used
-    # as written (not scaled with the number of replicas).
+    # "none": one device; "mirrored": every local GPU (or the CPU); "multi_worker": every
+    # worker of TF_CONFIG. batch_size is the GLOBAL batch; learning_rate is not scaled.
     distribute: Distribute = "none"
     augmentation: AugmentationParams = field(default_factory=AugmentationParams)
 
