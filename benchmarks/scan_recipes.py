@@ -20,11 +20,12 @@ broke (the paired view of noise):
 ``--label today`` (no ``--epochs``) scores the base as it is. A recipe fine-tunes the base's
 network for ``--epochs`` epochs over the fold's training digits (MNIST and the pen digits,
 ``--digits`` of them per epoch, all by default): Adam at ``--learning-rate``, constant or
-(``--schedule cosine``) down to 0, the training's label smoothing and augmentation, batch
-normalization frozen unless ``--train-bn``. A share ``--share`` of each epoch's digits is made
-scan-like anew, at a scan's own size, before normalize_digit
-(mnist_pipeline.scans.scan_digits). The result is exported with the base's test-time shifts
-and temperature. CPU seconds are this process's, for the degradation and the fit.
+(``--schedule cosine``) down to 0, with a moving average of the weights (``--ema``) or not,
+the training's label smoothing and augmentation, batch normalization frozen unless
+``--train-bn``. A share ``--share`` of each epoch's digits is made scan-like anew, at a scan's
+own size, before normalize_digit (mnist_pipeline.scans.scan_digits; ``--style`` changes a
+field of its ScanStyle). The result is exported with the base's test-time shifts and
+temperature. CPU seconds are this process's, for the degradation and the fit.
 Runs accumulate in benchmarks/results/scan_recipes.json, one entry per label and fold.
 """
 
@@ -134,7 +135,8 @@ def finetune_scans(network, data: dict, args: argparse.Namespace, params) -> dic
         steps = args.epochs * math.ceil(min(args.digits or len(data["train_labels"]),
                                             len(data["train_labels"])) / params.train.batch_size)
         rate = keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
-    network.compile(optimizer=keras.optimizers.Adam(rate),
+    ema = {"use_ema": True, "ema_momentum": args.ema} if args.ema else {}
+    network.compile(optimizer=keras.optimizers.Adam(rate, **ema),
                     loss=keras.losses.CategoricalCrossentropy(
                         label_smoothing=params.train.label_smoothing))
     augmentation = build_augmentation(params.train.augmentation, args.seed)
@@ -145,7 +147,8 @@ def finetune_scans(network, data: dict, args: argparse.Namespace, params) -> dic
         chosen = np.sort(rng.choice(len(labels), size=min(args.digits or len(labels),
                                                            len(labels)), replace=False))
         started = time.process_time()
-        shown, changed = scans.scan_digits(images[chosen], args.share, rng, scan_style(args.style))
+        shown, changed = scans.scan_digits(images[chosen], args.share, rng,
+                                           scan_style(args.style), labels[chosen])
         degrade_cpu += time.process_time() - started
         dataset = make_dataset(normalize(shown), labels[chosen], params.train.batch_size,
                                shuffle_seed=args.seed + epoch, augmentation=augmentation)
@@ -171,7 +174,8 @@ def run(args: argparse.Namespace) -> dict:
     base_answers = {name: answers(model, images) for name, (images, _labels) in sets.items()}
     score_cpu = time.process_time() - started
     recipe = {"share": args.share, "epochs": args.epochs, "learning_rate": args.learning_rate,
-              "schedule": args.schedule, "style": dataclasses.asdict(scan_style(args.style)),
+              "schedule": args.schedule, "ema": args.ema,
+              "style": dataclasses.asdict(scan_style(args.style)),
               "digits": args.digits, "train_bn": args.train_bn, "seed": args.seed}
     cost = {"degrade_cpu_s": 0.0, "fit_cpu_s": 0.0}
     tuned = model
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                         help="the rate: constant, or a cosine from it down to 0")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                        help="keep a moving average of the weights (Adam's use_ema), as train")
     parser.add_argument("--style", action="append", default=[], metavar="NAME=VALUE",
                         help="a field of mnist_pipeline.scans.ScanStyle (repeatable)")
     parser.add_argument("--train-bn", action="store_true",

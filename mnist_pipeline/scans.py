@@ -65,7 +65,9 @@ class ScanStyle:
     - ``binarize_probability``, ``thresholds``: how often the scan is binarized, at a
       threshold drawn from the range (of the ink's 0..1);
     - ``margins``: paper added on each side, px, drawn per side;
-    - ``dark_on_light``: how often the ink is dark on light paper (else light on dark).
+    - ``dark_on_light``: how often the ink is dark on light paper (else light on dark);
+    - ``continental_ones``: how often a 1 (when :func:`scan_digits` is given the labels) is
+      first written as on many European forms, with a flag at its top and a foot.
     """
 
     heights: tuple[int, int] = (10, 32)
@@ -77,6 +79,7 @@ class ScanStyle:
     thresholds: tuple[float, float] = (0.25, 0.75)
     margins: tuple[int, int] = (0, 4)
     dark_on_light: float = 0.8
+    continental_ones: float = 0.0
 
     def __post_init__(self) -> None:
         low, high = self.heights
@@ -88,7 +91,8 @@ class ScanStyle:
             raise ValueError(f"margins must be 0 <= low <= high px, got {self.margins}")
         if not 0 < self.thresholds[0] <= self.thresholds[1] < 1:
             raise ValueError(f"thresholds must lie in (0, 1), got {self.thresholds}")
-        for name in ("stretch_probability", "binarize_probability", "dark_on_light"):
+        for name in ("stretch_probability", "binarize_probability", "dark_on_light",
+                     "continental_ones"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.blur_sigma < 0 or self.noise < 0:
@@ -205,6 +209,34 @@ def change_strokes(ink: np.ndarray, radius: float) -> np.ndarray:
     return changed if changed.max() >= 0.5 * ink.max() else ink
 
 
+def continental_one(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A 1 (28, 28), light on dark, uint8 -> the same 1 with a flag from its top down to the
+    left and (mostly) a foot across its bottom, in strokes as wide as its own: the 1 of many
+    European forms, which MNIST and the pen digits hardly hold. A digit without ink is
+    returned as it is."""
+    from PIL import ImageDraw
+
+    ink = np.asarray(digit) >= CROP_LEVEL * 255
+    rows = np.flatnonzero(ink.any(axis=1))
+    if not len(rows):
+        return np.asarray(digit)
+    top, bottom = rows[0], rows[-1]
+    height = bottom - top + 1
+    width = max(1, round(ink.sum() / height))  # the stroke's own width, about
+    top_column = float(np.flatnonzero(ink[top]).mean())
+    bottom_column = float(np.flatnonzero(ink[bottom]).mean())
+    picture = Image.fromarray(np.asarray(digit, dtype=np.uint8))
+    draw = ImageDraw.Draw(picture)
+    flag = rng.uniform(0.2, 0.45) * height
+    draw.line([(top_column, top), (top_column - flag * rng.uniform(0.6, 1.1), top + flag)],
+              fill=255, width=width)
+    if rng.random() < 0.7:
+        half = rng.uniform(0.2, 0.4) * height
+        draw.line([(bottom_column - half, bottom), (bottom_column + half, bottom)], fill=255,
+                  width=width)
+    return np.asarray(picture, dtype=np.uint8)
+
+
 def scan_like(digit: np.ndarray, rng: np.random.Generator,
               style: ScanStyle = ScanStyle()) -> np.ndarray:
     """A training digit (28, 28), light on dark, 0..255 -> how a scanner might have seen it:
@@ -254,11 +286,14 @@ def scan_like(digit: np.ndarray, rng: np.random.Generator,
 
 
 def scan_digits(images: np.ndarray, share: float, rng: np.random.Generator,
-                style: ScanStyle = ScanStyle()) -> tuple[np.ndarray, np.ndarray]:
+                style: ScanStyle = ScanStyle(),
+                labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A copy of ``images`` (N, 28, 28) uint8, light on dark, with about ``share`` of them
     (drawn from ``rng``) made scan-like (:func:`scan_like`) and read back MNIST-style by
     :func:`normalize_digit`, as ``predict`` reads a scan. Returns (uint8 images, bool mask of
-    the ones changed); a digit whose scan comes out blank keeps its own picture."""
+    the ones changed); a digit whose scan comes out blank keeps its own picture. With
+    ``labels``, a share ``style.continental_ones`` of the 1s scanned get a flag and a foot
+    first (:func:`continental_one`)."""
     if not 0 <= share <= 1:
         raise ValueError(f"share must be in [0, 1], got {share}")
     images = np.asarray(images)
@@ -268,8 +303,11 @@ def scan_digits(images: np.ndarray, share: float, rng: np.random.Generator,
     chosen = np.flatnonzero(rng.random(len(images)) < share)
     changed = np.zeros(len(images), dtype=bool)
     for index in chosen:
+        digit = images[index]
+        if labels is not None and labels[index] == 1 and rng.random() < style.continental_ones:
+            digit = continental_one(digit, rng)
         try:
-            scanned = normalize_digit(scan_like(images[index], rng, style))
+            scanned = normalize_digit(scan_like(digit, rng, style))
         except (PictureError, ValueError):
             continue  # a digit without ink, or a scan that lost it: as it was
         out[index] = np.clip(np.rint(scanned), 0, 255).astype(np.uint8)

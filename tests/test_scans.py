@@ -182,6 +182,32 @@ def test_scan_style_refuses_bad_ranges() -> None:
         scans.ScanStyle(binarize_probability=2.0)
 
 
+def test_a_continental_one_gets_a_flag_and_a_foot() -> None:
+    one = stroke_digit("one")
+    written = scans.continental_one(one, np.random.default_rng(0))
+    assert written.dtype == np.uint8 and written.shape == (28, 28)
+    assert (written >= one).all() and written.sum() > one.sum()
+    assert written[5:12, :13].any()  # the flag, left of the stroke near its top
+    blank = np.zeros((28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(scans.continental_one(blank, np.random.default_rng(0)), blank)
+
+
+def test_scan_digits_writes_continental_ones_only_with_labels() -> None:
+    ones = np.stack([stroke_digit("one")] * 8)
+    style = scans.ScanStyle(continental_ones=1.0, stretch_probability=0.0, blur_sigma=0.0,
+                            noise=0.0, stroke_change=(0.0, 0.0), heights=(28, 28))
+    plain, _ = scans.scan_digits(ones, 1.0, np.random.default_rng(0), style)
+    written, _ = scans.scan_digits(ones, 1.0, np.random.default_rng(0), style,
+                                   np.ones(8, dtype=np.uint8))
+    # a flag and a foot make the 1 wider than its plain stroke, once fitted in the box
+    def width(image: np.ndarray) -> int:
+        return int(np.ptp(np.flatnonzero((image > 64).any(axis=0))))
+    assert np.mean([width(image) for image in written]) > np.mean([width(p) for p in plain]) + 3
+    zeros, _ = scans.scan_digits(ones, 1.0, np.random.default_rng(0), style,
+                                 np.zeros(8, dtype=np.uint8))
+    np.testing.assert_array_equal(zeros, plain)
+
+
 # --- benchmarks/scan_recipes.py, in its smoke mode ---------------------------------------------
 
 
