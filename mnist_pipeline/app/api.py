@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnist_pipeline import __version__, inference, pictures, uncertainty
-from mnist_pipeline.app import corrections, model_watch, tf_serving
+from mnist_pipeline.app import corrections, corrections_route, model_watch, tf_serving
 from mnist_pipeline.app.batching import (
     MAX_MODEL_BATCH,
     PROBABILITY_DECIMALS,
@@ -286,7 +286,7 @@ def create_app(model: str | Path | inference.Classifier, *,
         return {"predictions": [answer(row, flag)
                                 for row, flag in zip(probabilities, flags, strict=True)]}
 
-    app.include_router(corrections.router(collect))
+    app.include_router(corrections_route.router(collect))
     app.include_router(tf_serving.router())
     return app
 
