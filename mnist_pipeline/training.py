@@ -176,7 +176,7 @@ class EpochLines(keras.callbacks.Callback):
     the accuracies and the seconds an epoch took. Every epoch's values are in dvclive's
     plots."""
 
-    def __init__(self, epochs: int, lines: int = 10, prefix: str = "train"):
+    def __init__(self, epochs: int, lines: int = 5, prefix: str = "train"):
         super().__init__()
         self.epochs, self.every, self.prefix = epochs, max(1, math.ceil(epochs / lines)), prefix
         self.started = 0.0
