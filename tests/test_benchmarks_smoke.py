@@ -122,9 +122,9 @@ def test_corrections_teach_on_a_smoke_base(results: Path, tmp_path, capsys) -> N
     assert runs and {"right", "scored", "mnist", "page", "cpu_s"} <= set(runs[0])
 
 
-# Scripts whose smoke runs live with their own tests (serving, hostile traffic, corrections);
-# the shared modules are not scripts.
-ELSEWHERE = {"serve_latency.py", "serve_hostile.py", "corrections.py"}
+# Scripts whose smoke runs live with their own tests (serving, hostile traffic, corrections,
+# scans: tests/test_scans.py); the shared modules are not scripts.
+ELSEWHERE = {"serve_latency.py", "serve_hostile.py", "corrections.py", "scan_recipes.py"}
 SHARED = {"common.py", "harness.py"}
 
 
