@@ -12,7 +12,7 @@ preprocess.
    and after. Each correction rewrites labels.csv and flushes two files and the folder to
    disk, so the disk under the temporary folder counts too.
 2. Reading --pictures such pictures with `labelled.read_folder` (what preprocess does for
-   each folder of `data.extra`): wall and CPU seconds, and both per 1,000 pictures. The
+   each folder of `corrections.folders`): wall and CPU seconds, and both per 1,000 pictures. The
    folder is written by `corrections.CorrectionFolder.save` (timed too), as the server
    writes it.
 

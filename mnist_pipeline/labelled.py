@@ -4,7 +4,7 @@ A folder holds pictures of single digits and ``labels.csv`` with the columns ``f
 and optionally ``writer`` (who drew it: the page keeps a random id per browser) and ``time``.
 ``mnist-pipeline serve --collect DIR`` writes such a folder from the corrections people make
 on the page; a scanner or a hand-made set can too. The pipeline reads the folders named in
-``data.extra`` (under ``data/extra/``, the preprocess stage's dependency): every picture goes
+``corrections.folders`` (under ``data/extra/``, read_corrections' dependency): every picture goes
 through ``pictures.picture_to_digit``, as any picture sent to the model does.
 """
 
@@ -81,8 +81,8 @@ def read_labels(folder: Path) -> list[tuple[int, dict[str, str]]]:
     """The rows of ``folder``/labels.csv with their line numbers, checked (see read_folder)."""
     path = folder / LABELS_FILE
     if not folder.is_dir():
-        raise LabelledFolderError(f"{folder}: not a folder (data.extra names folders under "
-                                  "data/extra/)")
+        raise LabelledFolderError(f"{folder}: not a folder (corrections.folders names folders "
+                                  "under data/extra/)")
     try:
         reader = csv.DictReader(io.StringIO(read_labels_text(folder), newline=""))
         missing = [name for name in REQUIRED_COLUMNS if name not in (reader.fieldnames or ())]

@@ -33,7 +33,7 @@ PIXEL_MAX = 255  # raw pixels are whole numbers 0..PIXEL_MAX (uint8), light digi
 PIXEL_SCALE = 1 / PIXEL_MAX
 
 # The test sources besides the dataset (named after itself): the pen-drawn digits and the
-# labelled pictures of data.extra. Each is scored on a test split of its own.
+# labelled pictures of corrections.folders. Each is scored on a test split of its own.
 DRAWN_SOURCE = "drawn"
 EXTRA_SOURCE = "extra"
 

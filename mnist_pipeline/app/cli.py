@@ -66,7 +66,7 @@ log line and the model before keeps answering.
                 (N <= {_BATCH}) on the 0..255 scale, read as predict reads .npy arrays
   POST /corrections  with --collect DIR: a picture (multipart "file") and the
                 digit it is ("label", 0-9; "writer": optional id), saved in DIR as a
-                folder of labelled pictures for the pipeline (data.extra); the page
+                folder of labelled pictures for the pipeline (corrections.folders); the page
                 then offers "Wrong? It is a ..." after each answer. 404 without it
   /health       status, and which model answers (its file's SHA-256 and times)
   /docs, /redoc, /openapi.json  the API (all work offline)
