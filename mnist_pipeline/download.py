@@ -20,7 +20,7 @@ import io
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,23 +225,12 @@ class SourceReader:
         except SourceError as error:
             yield error
             return
-        found = False
-        for file_name in (name + ".gz", name):
-            try:
-                got = self._get_copy(base, file_name, name, limit)
-                if got is None:
-                    continue
-                found = True
-                yield self._decompressed(*got, raw_file_size)
-            except HostError as error:
-                yield error
-                return
-            except SourceError as error:
-                found = True
-                yield error
-        if not found and isinstance(base, str):
+        nothing_there = yield from each_copy(
+            (name + ".gz", name), lambda file_name: self._get_copy(base, file_name, name, limit),
+            lambda got: self._decompressed(*got, raw_file_size))
+        if nothing_there and isinstance(base, str):
             yield SourceError(base, f"HTTP 404 for both {name}.gz and {name}")
-        elif not found:
+        elif nothing_there:
             yield SourceError(location, f"no {name}.gz or {name} there")
 
     def _get_copy(self, base: str | Path, file_name: str, label: str, limit: int
@@ -336,6 +325,30 @@ def read_local(path: Path, max_bytes: int | None = None) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise SourceError(str(path), f"cannot read it ({error.strerror})") from None
+
+
+def each_copy(names: tuple[str, ...], fetch: Callable[[str], Any],
+              unpack: Callable[[Any], Any]) -> Generator[Any, None, bool]:
+    """A mirror's copies of one file under each of ``names`` in turn (compressed, then
+    plain): ``fetch(name)`` is what is there, or None where nothing is; each copy there is
+    yielded as ``unpack(fetched)``, or as the SourceError it failed with (a bad copy never
+    hides the next). A :class:`HostError` (the server fails as a whole) is yielded and ends
+    the search. Returns True when none of the names was there (nothing yielded)."""
+    found = False
+    for name in names:
+        try:
+            fetched = fetch(name)
+            if fetched is None:
+                continue
+            found = True
+            yield unpack(fetched)
+        except HostError as error:
+            yield error
+            return False
+        except SourceError as error:
+            found = True
+            yield error
+    return not found
 
 
 def largest_copy(raw_file_size: int) -> int:

@@ -92,21 +92,15 @@ class PenReader:
         neither is, one SourceError says so. A server that fails as a whole
         (:class:`HostError`) is not asked for the plain name."""
         limit = download.largest_copy(pen_file.size)
-        found = False
-        for name in (pen_file.name + ".Z", pen_file.name):
-            try:
-                data, origin = self._get(location, name, limit)
-                if data is None:
-                    continue
-                found = True
-                yield self._unpack(data, origin, pen_file), origin
-            except HostError as error:
-                yield error
-                return
-            except SourceError as error:
-                found = True
-                yield error
-        if not found:
+
+        def fetch(name: str) -> Copy | None:
+            data, origin = self._get(location, name, limit)
+            return None if data is None else (data, origin)
+
+        nothing_there = yield from download.each_copy(
+            (pen_file.name + ".Z", pen_file.name), fetch,
+            lambda copy: (self._unpack(*copy, pen_file), copy[1]))
+        if nothing_there:
             yield SourceError(location, f"no {pen_file.name}.Z or {pen_file.name} there")
 
     def from_zip(self, pen_file: PenFile) -> Iterator[Copy | SourceError]:
