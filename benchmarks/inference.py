@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 
 import common
-import harness
 import numpy as np
 import serve_latency  # its client: requests/s at 1, 8 and 32 clients
 
-from mnist_pipeline import paths
+from mnist_pipeline import paths, testing
 
 KINDS = ("onnx", "keras")
 
@@ -57,7 +56,7 @@ def models(requested: Path | None, folder: Path, smoke: bool) -> tuple[dict[str,
 
 def digit_png(folder: Path) -> Path:
     path = folder / "digit.png"
-    path.write_bytes(harness.png_bytes(harness.sample_digit()))
+    path.write_bytes(testing.png_bytes(testing.sample_digit()))
     return path
 
 
@@ -99,14 +98,14 @@ def images_per_second(model: Path, pixels: np.ndarray) -> dict[str, float]:
 
 
 def resident_mb(pid: int) -> float:
-    return harness.rss_bytes(pid) / 2**20
+    return testing.rss_bytes(pid) / 2**20
 
 
 def serve_run(model: Path, seconds: float) -> dict:
     request = serve_latency.payloads()["json"]
-    port = harness.free_port()
+    port = testing.free_port()
     started = time.perf_counter()
-    process = harness.start_server(
+    process = testing.start_server(
         [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
          "--port", str(port)], port)
     try:
@@ -118,7 +117,7 @@ def serve_run(model: Path, seconds: float) -> dict:
                 for clients in serve_latency.CONCURRENCY]
         loaded = resident_mb(process.pid)
     finally:
-        harness.stop_server(process)
+        testing.stop_server(process)
     return {"start_to_health_s": up_s, "idle_rss_mb": idle, "rss_after_load_mb": loaded,
             "throughput": runs}
 

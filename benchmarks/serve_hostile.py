@@ -49,8 +49,9 @@ import time
 from pathlib import Path
 
 import common
-import harness
 import numpy as np
+
+from mnist_pipeline import testing
 
 MIB = 1 << 20
 
@@ -77,7 +78,7 @@ def start_server(model: Path, port: int, log, checkout: Path | None = None
     command = [sys.executable, "-m", "mnist_pipeline.app.cli", "serve", "--model", str(model),
                "--port", str(port)]
     if checkout is None:
-        return harness.start_server(command, port, log)
+        return testing.start_server(command, port, log)
     # `python -m` puts the working folder first on sys.path: the other checkout's package.
     process = subprocess.Popen(command, cwd=checkout, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONPATH": str(checkout)})
@@ -88,7 +89,7 @@ def start_server(model: Path, port: int, log, checkout: Path | None = None
                 return process
         except OSError:
             time.sleep(0.2)
-    harness.stop_server(process)
+    testing.stop_server(process)
     raise RuntimeError(f"the server of {checkout} did not answer /health")
 
 
@@ -116,10 +117,10 @@ def post_raw(port: int, body: bytes, content_type: str, timeout: float,
 
 
 def attack_pictures(pid: int, port: int, count: int = 8, side: int = 6300) -> dict:
-    picture = harness.worst_png(side)
-    before = harness.rss_bytes(pid)
+    picture = testing.worst_png(side)
+    before = testing.rss_bytes(pid)
     results: list[tuple[int, float]] = []
-    with harness.PeakRss(pid) as sampler:
+    with testing.PeakRss(pid) as sampler:
         threads = [threading.Thread(target=lambda: results.append(
             post_raw(port, picture, "image/png", 120))) for _ in range(count)]
         start = time.perf_counter()
@@ -133,7 +134,7 @@ def attack_pictures(pid: int, port: int, count: int = 8, side: int = 6300) -> di
             "statuses": sorted(status for status, _ in results),
             "seconds": round(elapsed, 2),
             "peak_growth_mb": round((sampler.peak - before) / 1e6, 1),
-            "settled_growth_mb": round((harness.rss_bytes(pid) - before) / 1e6, 1)}
+            "settled_growth_mb": round((testing.rss_bytes(pid) - before) / 1e6, 1)}
 
 
 def attack_unfinished(pid: int, port: int, count: int = 200, declared: int = 8 * MIB,
@@ -143,10 +144,10 @@ def attack_unfinished(pid: int, port: int, count: int = 200, declared: int = 8 *
     head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             f"Content-Length: {declared}\r\n\r\n").encode()
     sockets = []
-    before = harness.rss_bytes(pid)
+    before = testing.rss_bytes(pid)
     start = time.perf_counter()
     answers: dict[str, int] = {}
-    with harness.PeakRss(pid) as sampler:
+    with testing.PeakRss(pid) as sampler:
         try:
             for _ in range(count):
                 connection = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -187,7 +188,7 @@ def attack_unfinished(pid: int, port: int, count: int = 200, declared: int = 8 *
                         answered(connection)
                         open_.discard(connection)
             fully_sent = sum(sent[c] == len(body) for c in sockets)
-            held_growth = harness.rss_bytes(pid) - before
+            held_growth = testing.rss_bytes(pid) - before
         finally:
             for connection in sockets:
                 connection.close()
@@ -199,7 +200,7 @@ def attack_unfinished(pid: int, port: int, count: int = 200, declared: int = 8 *
             "seconds": round(elapsed, 1),
             "peak_growth_mb": round((sampler.peak - before) / 1e6, 1),
             "growth_at_end_of_hold_mb": round(held_growth / 1e6, 1),
-            "settled_growth_mb": round((harness.rss_bytes(pid) - before) / 1e6, 1)}
+            "settled_growth_mb": round((testing.rss_bytes(pid) - before) / 1e6, 1)}
 
 
 def hostile_json(size: int = 8 * MIB - 64) -> bytes:
@@ -256,7 +257,7 @@ def attack_flood(pid: int, port: int, idle: int = 200, slow: int = 200, hold: fl
     """``idle`` sockets that send nothing and ``slow`` ones that send headers a byte every
     ``drip_seconds``, held ``hold`` s while /health and /predict are probed every 100 ms."""
     digit = json.dumps({"pixels": (np.eye(28) * 255).astype(int).tolist()}).encode()
-    before, cpu_before = harness.rss_bytes(pid), cpu_seconds(pid)
+    before, cpu_before = testing.rss_bytes(pid), cpu_seconds(pid)
     probes: dict[str, list[tuple[int, float]]] = {"health": [], "predict": []}
     closed_after: dict[str, list[float]] = {"idle": [], "slow": []}
     kind_of: dict[socket.socket, str] = {}
@@ -272,7 +273,7 @@ def attack_flood(pid: int, port: int, idle: int = 200, slow: int = 200, hold: fl
                     probes[name].append((0, 10.0))
 
     start = time.perf_counter()
-    with harness.PeakRss(pid) as sampler:
+    with testing.PeakRss(pid) as sampler:
         try:
             kinds = itertools.chain(*itertools.zip_longest(["idle"] * idle, ["slow"] * slow))
             for kind in filter(None, kinds):  # idle and slow ones alternate
@@ -332,7 +333,7 @@ def attack_flood(pid: int, port: int, idle: int = 200, slow: int = 200, hold: fl
             "slow_closed": closing(closed_after["slow"]), "still_open_at_end": still_open,
             "seconds": round(elapsed, 1), "server_cpu_s": round(cpu, 2),
             "peak_growth_mb": round(sampler.growth_mb, 1),
-            "settled_growth_mb": round((harness.rss_bytes(pid) - before) / 1e6, 1)}
+            "settled_growth_mb": round((testing.rss_bytes(pid) - before) / 1e6, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,16 +362,16 @@ def main(argv: list[str] | None = None) -> None:
         log_path = Path(folder) / "server.log"
         with log_path.open("w") as log:
             for attack in attacks:  # a fresh server per attack: growth is measured from idle
-                port = harness.free_port()
+                port = testing.free_port()
                 process = start_server(model, port, log, args.checkout)
                 try:
                     results["attacks"].setdefault("idle_rss_mb", {})[attack] = round(
-                        harness.rss_bytes(process.pid) / 1e6, 1)
+                        testing.rss_bytes(process.pid) / 1e6, 1)
                     outcome = run_attack(attack, process.pid, port, args)
                     results["attacks"][attack] = outcome
                     print(attack, json.dumps(outcome), flush=True)
                 finally:
-                    harness.stop_server(process)
+                    testing.stop_server(process)
         log_text = log_path.read_text(errors="replace")
         results["server_log"] = {"lines": log_text.count("\n"),
                                  "tracebacks": log_text.count("Traceback")}

@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 
 import common
-import harness
 import numpy as np
 
-from mnist_pipeline import paths
+from mnist_pipeline import paths, testing
 
 CONCURRENCY = (1, 8, 32)
 UNBATCHED_SERVER = (
@@ -60,11 +59,11 @@ def model_file(requested: Path | None, folder: Path) -> tuple[Path, str]:
 
 def payloads() -> dict[str, dict]:
     """One-digit requests: JSON pixels of a real digit, and a 280x280 drawing as a PNG."""
-    digit = harness.sample_digit()
+    digit = testing.sample_digit()
     return {
         "json": {"content": json.dumps({"pixels": digit.tolist()}),
                  "headers": {"content-type": "application/json"}},
-        "png": {"files": {"file": ("drawing.png", harness.png_bytes(digit, size=280),
+        "png": {"files": {"file": ("drawing.png", testing.png_bytes(digit, size=280),
                                    "image/png")}},
     }
 
@@ -145,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
                                                      str(model_path)]
         results = {"model": model_origin, "env": env_note, "latency": {}, "throughput": {}}
         for name, command in servers.items():
-            port = harness.free_port()
+            port = testing.free_port()
             started = time.perf_counter()
-            process = harness.start_server([*command, str(port)], port)
+            process = testing.start_server([*command, str(port)], port)
             url = f"http://127.0.0.1:{port}"
             try:
                 if name == "batched":
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                     for clients in CONCURRENCY
                 ]
             finally:
-                harness.stop_server(process)
+                testing.stop_server(process)
 
     print(f"\nmodel: {model_origin}; server up (model loaded) in "
           f"{results['start_to_health_s']:.1f} s\n")

@@ -1,5 +1,7 @@
 """Shared pytest fixtures. Keep each one self-contained: any test file may use any of them."""
 
+import fcntl
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,13 +56,25 @@ def browser(tmp_path_factory) -> Iterator[DevTools]:
 
 
 @pytest.fixture(scope="session")
-def quick_baseline(tmp_path_factory) -> Path:
+def quick_baseline(tmp_path_factory, worker_id: str) -> Path:
     """The project in a temporary git+DVC repo after `dvc repro` with QUICK_SAMPLE_PARAMS and
     `make baseline`, as the README's everyday loop starts: built once per test run (the
     pipeline's one small training), read-only; a test that changes it works on a copy
-    (:func:`project_repo.copy_repo`)."""
-    repo = init_project_repo(tmp_path_factory.mktemp("quick_baseline") / "repo",
-                             QUICK_SAMPLE_PARAMS)
-    dvc("repro", cwd=repo)
-    run(["make", "baseline"], cwd=repo)
-    return repo
+    (:func:`project_repo.copy_repo`).
+
+    Under pytest-xdist every worker asks for it: the first builds it in the run's shared
+    temporary folder while the others wait on a lock, then all read the same repo."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # pytest-<n>/, above each worker's popen-gw<i>/
+    folder = shared / "quick_baseline"
+    built = folder / "built"
+    with open(shared / "quick_baseline.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed halfway
+            repo = init_project_repo(folder / "repo", QUICK_SAMPLE_PARAMS)
+            dvc("repro", cwd=repo)
+            run(["make", "baseline"], cwd=repo)
+            built.touch()
+    return folder / "repo"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from benchmarks.harness import free_port
+from mnist_pipeline.testing import free_port
 
 
 class Server:

@@ -81,10 +81,10 @@ def test_inference_onnx_and_keras_in_processes_and_servers(results: Path) -> Non
 
 
 def test_the_shared_helpers_import_from_a_test() -> None:
-    """benchmarks/harness.py is the one copy of these helpers for scripts and tests alike."""
+    """mnist_pipeline/testing.py is the one copy of these helpers for scripts and tests alike."""
     from PIL import Image
 
-    from benchmarks.harness import free_port, png_bytes, sample_digit
+    from mnist_pipeline.testing import free_port, png_bytes, sample_digit
 
     assert 1024 <= free_port() < 65536
     picture = Image.open(io.BytesIO(png_bytes(sample_digit(), size=56)))
@@ -125,7 +125,7 @@ def test_corrections_teach_on_a_smoke_base(results: Path, tmp_path, capsys) -> N
 # Scripts whose smoke runs live with their own tests (serving, hostile traffic, corrections,
 # scans: tests/test_scans.py); the shared modules are not scripts.
 ELSEWHERE = {"serve_latency.py", "serve_hostile.py", "corrections.py", "scan_recipes.py"}
-SHARED = {"common.py", "harness.py"}
+SHARED = {"common.py"}
 
 
 def test_every_other_script_is_run_here() -> None:

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
+from collect_client import STAND_IN, folder_files, picture, post
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_corrections import STAND_IN, folder_files, picture, post
 
 from mnist_pipeline import labelled
 from mnist_pipeline.app import api, cli, corrections, guard

@@ -19,27 +19,12 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import pytest
+from collect_client import STAND_IN, folder_files, picture, post
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnist_pipeline import inference
 from mnist_pipeline.app import api, cli, corrections, limits
 from mnist_pipeline.labelled import LABELS_FILE, read_folder
-
-
-def uniform(pixels: np.ndarray) -> np.ndarray:
-    return np.full((len(pixels), 10), 0.1, np.float32)
-
-
-STAND_IN = inference.Classifier(None, "onnx", uniform, uniform)
-
-
-def picture(digit: np.ndarray, format: str = "PNG", size: int = 280) -> bytes:
-    """A real digit as the page sends a drawing: light on black, ``size`` pixels wide."""
-    image = Image.fromarray(digit.astype(np.uint8)).resize((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format=format)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +38,6 @@ def pictures(sample_digits) -> list[tuple[bytes, int]]:
 def collecting(folder: Path, **options) -> TestClient:
     folder_object = corrections.CorrectionFolder(folder, **options)
     return TestClient(api.create_app(STAND_IN, collect=folder_object))
-
-
-def post(client: TestClient, data: bytes, label: str | None = "3", writer: str | None = None,
-         name: str = "drawing.png", kind: str = "image/png"):
-    fields = {key: value for key, value in (("label", label), ("writer", writer))
-              if value is not None}
-    return client.post("/corrections", files={"file": (name, data, kind)}, data=fields)
-
-
-def folder_files(folder: Path) -> list[str]:
-    return sorted(path.name for path in folder.iterdir())
 
 
 # --- what is saved ---------------------------------------------------------------------------

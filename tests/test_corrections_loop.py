@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 from project_repo import copy_repo, dvc, git, run
 
-from benchmarks.harness import free_port, stop_server
+from mnist_pipeline.testing import free_port, stop_server
 
 pytestmark = pytest.mark.slow  # two pipeline runs, a server: about two minutes
 

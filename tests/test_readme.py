@@ -1,6 +1,6 @@
-"""The README and docs/ say what the code does: the project tree names exactly the files there
-are, where they are; links and their anchors resolve; every file, params key and `make`
-target named exists.
+"""The README and docs/ say what the code does: the project tree (docs/layout.md) names
+exactly the files there are, where they are; links and their anchors resolve; every file,
+params key and `make` target named exists.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def page_id(page: Path) -> str:
 
 
 def tree_block() -> str:
-    text = (ROOT / "README.md").read_text()
+    """The full project tree (docs/layout.md; the README shows only its top)."""
+    text = (ROOT / "docs" / "layout.md").read_text()
     return text.split("## Project tree\n", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
 
 

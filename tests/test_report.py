@@ -16,22 +16,21 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from project_repo import PROJECT, dvc, git, init_project_repo, run, update_params
-from test_gate import (
+from review_repo import (
     BASE,
     HOSTILE_BRANCH,
     MAKE_EXPANSION,
     MARKERS,
+    assert_report_pictures,
     commit,
     evaluate_diff,
     metrics_entry,
+    report_command,
     review_repo,
     scores,
     write_results,
@@ -149,20 +148,6 @@ def test_the_out_folder_holds_only_what_the_report_wrote(in_tmp_dir):
 
 
 # --- `make report` in a repository with metrics written by the test ----------------------------
-
-def report_command(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "mnist_pipeline.report", *args], cwd=repo, check=False)
-
-
-def assert_report_pictures(folder: Path, text: str) -> list[str]:
-    """Every picture report.md links exists beside it as a PNG with something drawn on it."""
-    linked = IMAGE_LINK.findall(text)
-    for name in linked:
-        with Image.open(folder / name) as image:
-            assert image.format == "PNG" and min(image.size) >= 200, (name, image.size)
-            assert np.asarray(image.convert("L"), dtype=float).std() > 10, f"{name} is blank"
-    return linked
-
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:

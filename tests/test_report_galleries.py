@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from project_repo import git, run
-from test_gate import BASE, commit, review_repo, scores, write_results
-from test_report import assert_report_pictures, report_command
+from review_repo import (
+    BASE,
+    assert_report_pictures,
+    commit,
+    report_command,
+    review_repo,
+    scores,
+    write_results,
+)
 
 from mnist_pipeline import report
 

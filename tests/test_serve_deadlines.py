@@ -19,7 +19,7 @@ import pytest
 from sample_data import SmallModel
 from serve_process import Server, serving
 
-from benchmarks.harness import PeakRss
+from mnist_pipeline.testing import PeakRss
 
 pytestmark = pytest.mark.slow  # a server process and 400 sockets: ~30 s
 

@@ -30,8 +30,8 @@ import pytest
 from sample_data import SmallModel
 from serve_process import Server, serving
 
-from benchmarks.harness import PeakRss, rss_bytes, worst_png
 from mnist_pipeline.app.limits import MAX_BODIES
+from mnist_pipeline.testing import PeakRss, rss_bytes, worst_png
 
 pytestmark = pytest.mark.slow  # a server process and ~2 GB of loopback traffic: ~40 s
 

@@ -371,7 +371,7 @@ def test_twenty_swaps_under_traffic_fail_no_request_and_keep_memory_bounded(
     import sys
     import urllib.request
 
-    from benchmarks.harness import PeakRss, free_port, rss_bytes, start_server, stop_server
+    from mnist_pipeline.testing import PeakRss, free_port, rss_bytes, start_server, stop_server
 
     path, expected = served.path, served.expected
     models = {"small": served.good, "other": OTHER}

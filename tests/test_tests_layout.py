@@ -12,20 +12,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 STAGE_NAMES = {path.stem for path in (TESTS.parent / "stages").glob("*.py")} - {"__init__"}
-# Left to do, each a test module importing another's helpers or benchmarks/harness.py (shared
-# with the benchmark scripts: it needs a home both import). Shrink it; never grow it.
-KNOWN = {
-    ("test_collect_safety", "test_corrections"),
-    ("test_report", "test_gate"),
-    ("test_report_galleries", "test_gate"),
-    ("test_report_galleries", "test_report"),
-    ("serve_process", "benchmarks.harness"),
-    ("test_benchmarks_smoke", "benchmarks.harness"),
-    ("test_corrections_loop", "benchmarks.harness"),
-    ("test_serve_deadlines", "benchmarks.harness"),
-    ("test_serve_load", "benchmarks.harness"),
-    ("test_serve_reload", "benchmarks.harness"),
-}
+KNOWN: set[tuple[str, str]] = set()  # exceptions to the rule: none left; keep it so
 
 
 def imports(source: Path) -> set[str]:

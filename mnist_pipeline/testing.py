@@ -1,9 +1,8 @@
-"""Ports, server processes, memory and pictures: the helpers that the benchmarks and the tests
-both need, in one place. Light on purpose: no TensorFlow, no params, only numpy and Pillow
-(imported where used), so a test or a serve-only measurement can import it.
-
-From a benchmark script: ``import harness``; from a test: ``from benchmarks.harness import
-free_port`` (pytest puts the repository root on ``sys.path``).
+"""Ports, server processes, memory and pictures: what the tests and the benchmarks both need to
+drive and measure the pipeline's commands, in the one place both import (as ``numpy.testing``
+or ``dvc.testing`` serve theirs). Light on purpose: no TensorFlow, no params, nothing of the
+app; numpy, Pillow and mlxtend are imported where used, so a serve-only measurement can
+import it.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
@@ -28,10 +25,10 @@ def free_port() -> int:
 
 
 def start_server(command: list[str], port: int, log=subprocess.DEVNULL,
-                 timeout: float = 120) -> subprocess.Popen:
-    """Run ``command`` (a server on 127.0.0.1:``port``), its output to ``log``; return the
-    process once ``/health`` answers 200."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                 timeout: float = 120, cwd: Path | None = None) -> subprocess.Popen:
+    """Run ``command`` (a server on 127.0.0.1:``port``) in ``cwd``, its output to ``log``;
+    return the process once ``/health`` answers 200."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
