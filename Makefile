@@ -99,12 +99,18 @@ gate:
 	python -m mnist_pipeline.gate --base="$$REVIEW_BASE"
 
 # PLOTS_HTML_REQUIRED=1: a missing Chromium or node_modules fails the browser test, not skips it.
+# Both cores: TEST_WORKERS=2 processes (pytest-xdist), each given whole files (a module's
+# shared fixture is built once), the longest first (tests/conftest.py's LONGEST_FIRST, not
+# xdist's most-tests-first). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST := python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: install
 	ruff check .
-	PLOTS_HTML_REQUIRED=1 python -m pytest
+	PLOTS_HTML_REQUIRED=1 $(PYTEST)
 
 test-fast: install
-	python -m pytest -m 'not slow'
+	$(PYTEST) -m 'not slow'
 
 lint: install
 	ruff check .

@@ -176,12 +176,18 @@ def run(args: argparse.Namespace) -> dict:
     recipe = {"share": args.share, "epochs": args.epochs, "learning_rate": args.learning_rate,
               "schedule": args.schedule, "ema": args.ema,
               "style": dataclasses.asdict(scan_style(args.style)),
-              "digits": args.digits, "train_bn": args.train_bn, "seed": args.seed}
+              "digits": args.digits, "train_bn": args.train_bn, "seed": args.seed,
+              "interpolate": args.interpolate}
     cost = {"degrade_cpu_s": 0.0, "fit_cpu_s": 0.0}
     tuned = model
     if args.epochs:
         network = keras.saving.load_model(args.base / "network.keras")
+        base_weights = network.get_weights()
         cost = finetune_scans(network, data, args, params)
+        if args.interpolate != 1.0:  # WiSE-FT: a point on the line from the base to the tuned
+            network.set_weights([(1 - args.interpolate) * before + args.interpolate * after
+                                 for before, after in zip(base_weights, network.get_weights(),
+                                                          strict=True)])
         tuned = export_model(network, base["test_time_shifts"], base["temperature"])
     scores = {}
     for name, (_images, labels) in sets.items():
@@ -229,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a field of mnist_pipeline.scans.ScanStyle (repeatable)")
     parser.add_argument("--train-bn", action="store_true",
                         help="let batch normalization learn (frozen by default)")
+    parser.add_argument("--interpolate", type=float, default=1.0, metavar="ALPHA",
+                        help="keep base + ALPHA x (tuned - base) of every weight (Wortsman et "
+                             "al. 2022, WiSE-FT); 1: the tuned weights")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)

@@ -12,6 +12,21 @@ from headless_chromium import DevTools, devtools_browser
 from loopback_http import loopback_server
 from project_repo import QUICK_SAMPLE_PARAMS, dvc, init_project_repo, run
 
+# The modules of the longest end-to-end runs (benchmarks/README.md#the-test-suite), started
+# first: `make test` hands whole files to its two workers in collection order, and a long one
+# left for the end keeps one worker busy while the other waits. A name missing here costs
+# only time.
+LONGEST_FIRST = ("test_pipeline_e2e", "test_report", "test_corrections_loop", "test_dvc_remote",
+                 "test_benchmarks_smoke", "test_distributed", "test_without_tensorflow")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.stem
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
 
 @pytest.fixture
 def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
