@@ -43,3 +43,10 @@ def test_the_known_exceptions_are_still_there():
     """An exception fixed leaves the list: this keeps the list honest."""
     present = {(module, name) for module, name in KNOWN if (TESTS / f"{module}.py").exists()}
     assert present - offending_imports() == set()
+
+
+def test_the_modules_started_first_exist():
+    """conftest.LONGEST_FIRST names modules by file: a rename must follow there."""
+    from conftest import LONGEST_FIRST
+
+    assert [name for name in LONGEST_FIRST if not (TESTS / f"{name}.py").exists()] == []
