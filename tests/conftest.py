@@ -1,6 +1,7 @@
 """Shared pytest fixtures. Keep each one self-contained: any test file may use any of them."""
 
 import fcntl
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,7 @@ def browser(tmp_path_factory) -> Iterator[DevTools]:
 
 
 @pytest.fixture(scope="session")
-def quick_baseline(tmp_path_factory, worker_id: str) -> Path:
+def quick_baseline(tmp_path_factory) -> Path:
     """The project in a temporary git+DVC repo after `dvc repro` with QUICK_SAMPLE_PARAMS and
     `make baseline`, as the README's everyday loop starts: built once per test run (the
     pipeline's one small training), read-only; a test that changes it works on a copy
@@ -80,7 +81,7 @@ def quick_baseline(tmp_path_factory, worker_id: str) -> Path:
     Under pytest-xdist every worker asks for it: the first builds it in the run's shared
     temporary folder while the others wait on a lock, then all read the same repo."""
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # set in each worker by pytest-xdist
         shared = shared.parent  # pytest-<n>/, above each worker's popen-gw<i>/
     folder = shared / "quick_baseline"
     built = folder / "built"
