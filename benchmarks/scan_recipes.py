@@ -17,16 +17,18 @@ broke (the paired view of noise):
   pictures.picture_to_digit on PNG bytes). Validation only: nothing here trains on it.
 - ``mnist``: the fold's 6,000 held-out MNIST digits; ``pen``: the fold's held-out pen writers.
 
-``--label today`` (no ``--epochs``) scores the base as it is. A recipe fine-tunes the base's
-network for ``--epochs`` epochs over the fold's training digits (MNIST and the pen digits,
-``--digits`` of them per epoch, all by default): Adam at ``--learning-rate``, constant or
-(``--schedule cosine``) down to 0, with a moving average of the weights (``--ema``) or not,
-the training's label smoothing and augmentation, batch normalization frozen unless
-``--train-bn``. A share ``--share`` of each epoch's digits is made scan-like anew, at a scan's
-own size, before normalize_digit (mnist_pipeline.scans.scan_digits; ``--style`` changes a
-field of its ScanStyle). The result is exported with the base's test-time shifts and
-temperature. CPU seconds are this process's, for the degradation and the fit.
-Runs accumulate in benchmarks/results/scan_recipes.json, one entry per label and fold.
+``--label today`` (no ``--epochs``) scores the base as it is; with ``--against DIR`` (a base of
+the same fold trained another way: ``drawn_recipes.py --scan-copies``) it counts fixed and
+broke against that one. A recipe fine-tunes the base's network for ``--epochs`` epochs over the
+fold's training digits (MNIST and the pen digits, ``--digits`` of them per epoch, all by
+default): Adam at ``--learning-rate``, constant or (``--schedule cosine``) down to 0, with a
+moving average of the weights (``--ema``) or not, the training's label smoothing and
+augmentation, batch normalization frozen unless ``--train-bn``. A share ``--share`` of each
+epoch's digits is made scan-like anew, at a scan's own size, before normalize_digit
+(mnist_pipeline.scans.scan_digits; ``--style`` changes a field of its ScanStyle). The result is
+exported with the base's test-time shifts and temperature. CPU seconds are this process's, for
+the degradation and the fit. Runs accumulate in benchmarks/results/scan_recipes.json, one entry
+per label and fold.
 """
 
 from __future__ import annotations
@@ -189,11 +191,19 @@ def run(args: argparse.Namespace) -> dict:
                                  for before, after in zip(base_weights, network.get_weights(),
                                                           strict=True)])
         tuned = export_model(network, base["test_time_shifts"], base["temperature"])
+    reference = None if tuned is model else base_answers
+    if args.against:  # another model of the same fold: fixed / broke against its answers
+        other, other_data, _ = load_base(args.against)
+        for key in ("mnist_images", "mnist_labels", "drawn_images", "drawn_labels"):
+            if not np.array_equal(data[key], other_data[key]):
+                raise SystemExit(f"--against: its {key} differ from --base's (another fold?)")
+        reference = {name: answers(other, images) for name, (images, _labels) in sets.items()}
     scores = {}
     for name, (_images, labels) in sets.items():
         predicted = base_answers[name] if tuned is model else answers(tuned, sets[name][0])
-        scores[name] = score(predicted, labels, None if tuned is model else base_answers[name])
+        scores[name] = score(predicted, labels, None if reference is None else reference[name])
     return {"label": args.label, "fold": args.fold, "base": str(args.base),
+            "against": str(args.against) if args.against else None,
             "recipe": recipe if args.epochs else None, **cost,
             "cpu_s": round(cost["degrade_cpu_s"] + cost["fit_cpu_s"], 1),
             "score_cpu_s": round(score_cpu, 1), "machine": common.machine(), **scores}
@@ -221,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--label", default="today")
     parser.add_argument("--optdigits", type=Path, default=OPTDIGITS)
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another saved base of the same fold: fixed / broke against it")
     parser.add_argument("--share", type=float, default=0.5,
                         help="of each epoch's digits made scan-like")
     parser.add_argument("--epochs", type=int, default=0, help="0: score the base as it is")
