@@ -41,8 +41,6 @@ class ParamsError(ValueError):
 _QUOTE = reprlib.Repr()
 _QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict = 2, 4, 4
 _QUOTE.maxstring = _QUOTE.maxother = 40
-
-
 _show = _QUOTE.repr
 
 
@@ -52,8 +50,7 @@ def _show_key(key: Any) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (as DVC's ruamel does)
-    instead of silently keeping the last value."""
+    """PyYAML's safe loader: a key given twice in a mapping is refused (as DVC's ruamel does)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -72,8 +69,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 @dataclass(frozen=True)
 class DataParams:
     dataset: DatasetName = "mnist"
-    # UCI's pen-drawn digits of 44 writers as a second source (train, validation and a test
-    # split of their own); only beside a digits dataset.
+    # UCI's pen-drawn digits of 44 writers, a second source; only beside a digits dataset
     drawn: bool = True
     mirrors: tuple[str, ...] = ()
     timeout_seconds: float = 30.0
@@ -120,10 +116,12 @@ class DrawnParams:
 class PreprocessParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    scan_copies: float = 0.15
     drawn: DrawnParams = field(default_factory=DrawnParams)
 
     def check(self) -> None:
         self.drawn.check()
+        _require(0 <= self.scan_copies <= 1, "preprocess.scan_copies", self.scan_copies, "0..1")
         _require(0 < self.val_fraction < 1, "preprocess.val_fraction", self.val_fraction,
                  "a fraction in (0, 1)")
         _require(0 < self.test_fraction < 1, "preprocess.test_fraction", self.test_fraction,
@@ -297,6 +295,9 @@ class Params:
         for section in (self.data, self.preprocess, self.model, self.train, self.corrections,
                         self.evaluate, self.plot):
             section.check()
+        _require(not (self.preprocess.scan_copies and self.data.dataset == "fashion-mnist"),
+                 "preprocess.scan_copies", self.preprocess.scan_copies,
+                 "0 with fashion-mnist (scans of handwritten digits, not clothes)")
 
 
 def load_params(path: str | Path = paths.PARAMS_FILE) -> Params:
@@ -362,9 +363,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ParamsError(
-                f"{key}: {_show(value)} is not allowed; choose one of {', '.join(allowed)}"
-            )
+            raise ParamsError(f"{key}: {_show(value)} is not allowed; choose one of "
+                              f"{', '.join(allowed)}")
         return value
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(hint)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_pipeline import drawn, fileio, idx, paths, pendigits
+from mnist_pipeline import drawn, fileio, idx, paths, pendigits, scans
 from mnist_pipeline.params import PreprocessParams
 from mnist_pipeline.pendigits import PenDigit
 from mnist_pipeline.prepared import (  # normalize: the stage's, kept in the contract's module
@@ -120,14 +120,17 @@ def split_dataset(
 
 
 def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int) -> dict[str, Split]:
-    """The stage's whole computation: split, add the drawn digits, normalize each split.
+    """The stage's whole computation: split, add the drawn digits and the scan-like copies,
+    normalize each split.
 
-    The drawn digits (``raw.drawn``) are split by writer. Returns {"train", "val", "test"[,
-    "test_drawn"]} of (float32 images in [0, 1], uint8 labels): train and val hold both
-    sources (the model learns and is calibrated on both), and each source keeps a test split
-    of its own (:func:`test_splits`). Splitting before normalizing copies uint8 arrays, a
-    quarter of the bytes of float32 ones. (Labelled pictures, such as the page's
-    corrections, are the read_corrections and finetune stages' work.)
+    The drawn digits (``raw.drawn``) are split by writer; about ``params.scan_copies`` of the
+    training digits (both sources) are added again as if scanned
+    (:func:`scans.add_scan_copies`). Returns {"train", "val", "test"[, "test_drawn"]} of
+    (float32 images in [0, 1], uint8 labels): train and val hold both sources (the model
+    learns and is calibrated on both), and each source keeps a test split of its own
+    (:func:`test_splits`). Splitting before normalizing copies uint8 arrays, a quarter of
+    the bytes of float32 ones. (Labelled pictures, such as the page's corrections, are the
+    read_corrections and finetune stages' work.)
     """
     splits = split_dataset(raw.train, raw.test, params, seed)
     others = {}
@@ -138,6 +141,8 @@ def prepare_splits(raw: RawDataset, params: PreprocessParams, seed: int) -> dict
             splits[name] = concatenate(splits[name], parts[name])
         if len(parts["test"][1]):
             splits[test_split(source)] = parts["test"]
+    if params.scan_copies:  # the training digits of both sources again, as if scanned
+        splits["train"] = scans.add_scan_copies(*splits["train"], params.scan_copies, seed)
     return {name: (normalize(images), labels) for name, (images, labels) in splits.items()}
 
 

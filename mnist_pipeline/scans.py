@@ -313,3 +313,22 @@ def scan_digits(images: np.ndarray, share: float, rng: np.random.Generator,
         out[index] = np.clip(np.rint(scanned), 0, 255).astype(np.uint8)
         changed[index] = True
     return out, changed
+
+
+# The scan-like copies preprocess adds to the training digits (preprocess.scan_copies):
+# thick strokes, often stretched to the box, half of the 1s continental. Measured on three
+# writer folds in benchmarks/README.md#scanned-digits.
+TRAINING_STYLE = ScanStyle(stroke_change=(-2.0, 9.0), stretch_probability=0.8,
+                           continental_ones=0.5)
+
+
+def add_scan_copies(images: np.ndarray, labels: np.ndarray, share: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` (N, 28, 28) uint8 and their ``labels``, followed by scan-like copies
+    (:data:`TRAINING_STYLE`, :func:`scan_digits`) of about ``share`` of them, drawn with
+    ``seed``. Copies, not replacements: every digit is also learned as it was written."""
+    rng = np.random.default_rng(seed)
+    chosen = np.flatnonzero(rng.random(len(labels)) < share)
+    copies, changed = scan_digits(images[chosen], 1.0, rng, TRAINING_STYLE, labels[chosen])
+    return (np.concatenate([images, copies[changed]]),
+            np.concatenate([labels, labels[chosen][changed]]))

@@ -25,7 +25,7 @@ def workspace(tmp_path, monkeypatch, sample_digits):
     keep = np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(10)])
     (tmp_path / "params.yaml").write_text(
         "seed: 42\npreprocess:\n  val_fraction: 0.1\n  test_fraction: 0.2\n"
-        "  drawn:\n    val_writers: 1\n    copies: 2\n")
+        "  scan_copies: 0\n  drawn:\n    val_writers: 1\n    copies: 2\n")  # sizes exact
     raw = write_raw(tmp_path / paths.RAW_DIR, "mnist-sample", (images[keep], labels[keep]))
     (raw / TRA).write_text(pen_text(range(1, 5), per_writer=10, seed=0))
     (raw / TES).write_text(pen_text(range(1, 3), per_writer=10, seed=1))

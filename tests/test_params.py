@@ -182,12 +182,16 @@ def test_bad_values_are_refused_naming_the_key(key, value, message):
         params_from_dict(with_value(key, value))
 
 
-def test_drawn_digits_are_refused_beside_fashion_mnist():
+def test_drawn_digits_and_scan_copies_are_refused_beside_fashion_mnist():
     raw = with_value("data.dataset", "fashion-mnist")
     with pytest.raises(ParamsError, match=r"^data.drawn: True is out of range; allowed: false "
                                           r"with fashion-mnist"):
         params_from_dict(raw)
     raw["data"]["drawn"] = False
+    with pytest.raises(ParamsError, match=r"^preprocess.scan_copies: 0.15 is out of range; "
+                                          r"allowed: 0 with fashion-mnist"):
+        params_from_dict(raw)
+    raw["preprocess"]["scan_copies"] = 0
     assert params_from_dict(raw).data.dataset == "fashion-mnist"
 
 

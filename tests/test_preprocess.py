@@ -6,6 +6,7 @@ files, where installed, check the full-size splits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from stages import preprocess as preprocess_stage
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_SCRIPT = ROOT / "stages" / "preprocess.py"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-PARAMS = PreprocessParams(val_fraction=0.1, test_fraction=0.2)
+# Without scan-like copies: these tests are about the splits (the copies have their own).
+PARAMS = PreprocessParams(val_fraction=0.1, test_fraction=0.2, scan_copies=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +293,28 @@ def test_the_test_split_comes_from_the_manifest_not_the_dataset_name(tmp_path, s
     assert set(pp.prepare_splits(raw, PARAMS, seed=1)) == {"train", "val", "test"}
 
 
+def test_scan_copies_add_scanned_training_digits_and_leave_the_rest(small):
+    """preprocess.scan_copies: about that share of the training digits again, scan-like and
+    read back MNIST-style, with their labels; validation and test as without them."""
+    raw = pp.RawDataset("mnist-sample", small, None)
+    plain = pp.prepare_splits(raw, PARAMS, seed=1)
+    scanned = pp.prepare_splits(raw, dataclasses.replace(PARAMS, scan_copies=0.5), seed=1)
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(scanned[split][0], plain[split][0])
+    (images, labels), (own, own_labels) = scanned["train"], plain["train"]
+    count = len(own_labels)
+    assert 0.35 * count <= len(labels) - count <= 0.65 * count
+    np.testing.assert_array_equal(images[:count], own)  # the digits themselves stay, first
+    np.testing.assert_array_equal(labels[:count], own_labels)
+    copies = images[count:]
+    assert copies.dtype == np.float32 and copies.min() >= 0 and copies.max() <= 1
+    assert set(labels[count:]) <= set(own_labels)
+    # scan-like, not the digits again: none of the copies equals a training digit
+    assert not any((own == copy).all(axis=(1, 2)).any() for copy in copies[:20])
+    again = pp.prepare_splits(raw, dataclasses.replace(PARAMS, scan_copies=0.5), seed=1)
+    np.testing.assert_array_equal(again["train"][0], images)
+
+
 # --- the stage ------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -298,6 +322,7 @@ def workspace(tmp_path, monkeypatch, small):
     """A repository root with params.yaml and the download stage's output for 300 digits."""
     (tmp_path / "params.yaml").write_text(
         "seed: 42\npreprocess:\n  val_fraction: 0.1\n  test_fraction: 0.2\n"
+        "  scan_copies: 0\n"
     )
     write_raw(tmp_path / paths.RAW_DIR, "mnist-sample", small)
     monkeypatch.chdir(tmp_path)

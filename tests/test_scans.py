@@ -251,3 +251,19 @@ def test_scan_recipes_smoke(tmp_path, monkeypatch, capsys) -> None:
     assert {"fixed", "broke"} <= set(runs[1]["optdigits"])
     assert runs[0]["optdigits"]["digits"] == 2 and runs[0]["mnist"]["digits"] == 8
     assert "| tuned | 0 |" in capsys.readouterr().out
+
+
+def test_add_scan_copies_appends_scanned_copies_with_their_labels() -> None:
+    digits = np.stack([stroke_digit("one"), stroke_digit("zero")] * 20)
+    labels = np.array([1, 0] * 20, dtype=np.uint8)
+    images, out_labels = scans.add_scan_copies(digits, labels, 0.5, seed=3)
+    added = len(out_labels) - len(labels)
+    assert 8 <= added <= 32 and images.shape == (len(out_labels), 28, 28)
+    np.testing.assert_array_equal(images[:40], digits)
+    np.testing.assert_array_equal(out_labels[:40], labels)
+    for copy, label in zip(images[40:], out_labels[40:], strict=True):
+        assert not np.array_equal(copy, stroke_digit("one" if label == 1 else "zero"))
+    again = scans.add_scan_copies(digits, labels, 0.5, seed=3)
+    np.testing.assert_array_equal(again[0], images)
+    none = scans.add_scan_copies(digits, labels, 0.0, seed=3)
+    np.testing.assert_array_equal(none[0], digits)
