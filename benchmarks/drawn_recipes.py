@@ -50,10 +50,6 @@ from mnist_pipeline import drawn, idx, pendigits, preprocess
 from mnist_pipeline.datasets import MNIST, get_dataset
 from mnist_pipeline.strokes import Placement
 
-# scan_recipes.py's best fine-tuning style (benchmarks/README.md#scanned-digits)
-SCAN_STYLE_FIELDS = {"stretch_probability": 0.8, "stroke_change": (-2, 9),
-                     "continental_ones": 0.5}
-
 RESULTS_NAME = "drawn_recipes.json"
 SMALL_HEIGHT = 90.0
 STYLE_POOL = 10  # --corrections: a writer's first 10 digits of the style may be learned
@@ -131,16 +127,12 @@ def run(args: argparse.Namespace) -> dict:
         placements = drawn.evaluation_placements(len(learned), np.random.default_rng(seed))
         train = preprocess.concatenate(train, drawn.render_all(learned, placements))
     scan_cpu = 0.0
-    if args.scan_copies:  # scan-like copies of a share of the training digits, added once
+    if args.scan_copies:  # as preprocess.scan_copies adds them, once, before training
         from mnist_pipeline import scans
 
-        scan_style = scans.ScanStyle(**SCAN_STYLE_FIELDS)
         scan_cpu = time.process_time()
-        rng = np.random.default_rng(seed)
-        chosen = np.flatnonzero(rng.random(len(train[1])) < args.scan_copies)
-        copies, changed = scans.scan_digits(train[0][chosen].astype(np.uint8), 1.0, rng,
-                                            scan_style, train[1][chosen])
-        train = preprocess.concatenate(train, (copies[changed], train[1][chosen][changed]))
+        train = scans.add_scan_copies(train[0].astype(np.uint8), train[1], args.scan_copies,
+                                      seed)
         scan_cpu = time.process_time() - scan_cpu
     norm = preprocess.normalize
     training.set_determinism(seed)
@@ -314,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save", type=Path, metavar="DIR",
                         help="keep the trained model and the fold's arrays in DIR")
     parser.add_argument("--scan-copies", type=float, default=0.0, metavar="SHARE",
-                        help="add scan-like copies (scans.scan_digits, SCAN_STYLE) of this "
-                             "share of the training digits, once, before training")
+                        help="add scan-like copies of this share of the training digits "
+                             "before training, as preprocess.scan_copies does")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
